@@ -1,0 +1,237 @@
+//! Checks a sender's frame and turns it into an event to relay.
+//!
+//! The check runs on the sender's session, so a stream actor only ever sees
+//! well-formed events. Each event is encoded once, compactly and on one line,
+//! and that text is what every viewer receives and what the recording keeps.
+
+use bytestring::ByteString;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Which of the three events a frame carries, with what the stream needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A move; the latest one is replayed to new viewers.
+    Move,
+    /// An orientation; the latest one is replayed to new viewers.
+    Orientation,
+    /// A reset; its flag drives the reset loop guard.
+    Reset {
+        /// `data.trackingOrientation` of the reset.
+        tracking_orientation: bool,
+    },
+}
+
+/// A checked event, ready to relay.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The kind of event.
+    pub kind: EventKind,
+    /// `{"event": …, "data": …}` encoded once; viewers share these bytes.
+    pub text: ByteString,
+}
+
+/// Why a frame was refused: the message of the error frame the sender gets.
+pub type Refusal = String;
+
+/// Parses and checks one text frame from a sender.
+pub fn parse_event(frame: &str) -> Result<Event, Refusal> {
+    let value: Value =
+        serde_json::from_str(frame).map_err(|e| format!("frame is not valid JSON: {e}"))?;
+    let Value::Object(mut message) = value else {
+        return Err(r#"expected a JSON object {"event": ..., "data": ...}"#.to_owned());
+    };
+    let name = match message.get("event") {
+        Some(Value::String(name)) => name.clone(),
+        Some(other) => {
+            return Err(format!(
+                r#"unknown event {other}: expected "move", "orientation" or "reset""#
+            ))
+        }
+        None => {
+            return Err(
+                r#"the "event" field is missing: expected "move", "orientation" or "reset""#
+                    .to_owned(),
+            )
+        }
+    };
+    let data = match message.remove("data") {
+        Some(Value::Object(data)) => data,
+        _ => {
+            return match name.as_str() {
+                "move" | "orientation" | "reset" => {
+                    Err(format!(r#"{name}: "data" must be an object"#))
+                }
+                _ => Err(unknown_event(&name)),
+            }
+        }
+    };
+    let kind = match name.as_str() {
+        "move" => check_move(&data)?,
+        "orientation" => check_orientation(&data)?,
+        "reset" => check_reset(&data)?,
+        _ => return Err(unknown_event(&name)),
+    };
+    let text = serde_json::to_string(&Encoded {
+        event: &name,
+        data: &data,
+    })
+    .map_err(|e| format!("event cannot be encoded: {e}"))?;
+    Ok(Event {
+        kind,
+        text: ByteString::from(text),
+    })
+}
+
+/// The shape every relayed event is encoded in.
+#[derive(Serialize)]
+struct Encoded<'a> {
+    event: &'a str,
+    data: &'a Map<String, Value>,
+}
+
+fn unknown_event(name: &str) -> Refusal {
+    let shown = serde_json::to_string(name).unwrap_or_default();
+    format!(r#"unknown event {shown}: expected "move", "orientation" or "reset""#)
+}
+
+fn is_number(value: Option<&Value>) -> bool {
+    value.is_some_and(Value::is_number)
+}
+
+fn check_move(data: &Map<String, Value>) -> Result<EventKind, Refusal> {
+    if !data.contains_key("latestMove") {
+        return Err("move: data.latestMove is missing".to_owned());
+    }
+    if !is_number(data.get("timeStamp")) {
+        return Err("move: data.timeStamp must be a number".to_owned());
+    }
+    match data.get("binaryState") {
+        Some(Value::String(_)) => {}
+        Some(_) => return Err("move: data.binaryState must be a string".to_owned()),
+        None if data.contains_key("state") => {}
+        None => {
+            return Err("move: data.binaryState must be a string (or send data.state)".to_owned())
+        }
+    }
+    Ok(EventKind::Move)
+}
+
+fn check_orientation(data: &Map<String, Value>) -> Result<EventKind, Refusal> {
+    let quaternion_ok = match data.get("quaternion") {
+        Some(Value::Object(q)) => ["x", "y", "z", "w"]
+            .iter()
+            .all(|axis| is_number(q.get(*axis))),
+        _ => false,
+    };
+    if !quaternion_ok {
+        return Err(
+            r#"orientation: data.quaternion must be {"x", "y", "z", "w"} numbers"#.to_owned(),
+        );
+    }
+    if !is_number(data.get("timeStamp")) {
+        return Err("orientation: data.timeStamp must be a number".to_owned());
+    }
+    Ok(EventKind::Orientation)
+}
+
+fn check_reset(data: &Map<String, Value>) -> Result<EventKind, Refusal> {
+    match data.get("trackingOrientation") {
+        Some(Value::Bool(tracking_orientation)) => Ok(EventKind::Reset {
+            tracking_orientation: *tracking_orientation,
+        }),
+        _ => Err("reset: data.trackingOrientation must be a boolean".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(frame: &str) -> String {
+        parse_event(frame).expect_err(frame)
+    }
+
+    #[test]
+    fn accepts_the_three_events_and_encodes_them_on_one_line() {
+        let mv = parse_event("{\n \"event\": \"move\", \"data\": {\"latestMove\": {\"family\": \"R\", \"amount\": 1}, \"timeStamp\": 12.5, \"binaryState\": \"AAB\"}}").unwrap();
+        assert_eq!(mv.kind, EventKind::Move);
+        assert!(!mv.text.contains('\n'));
+        let back: Value = serde_json::from_str(&mv.text).unwrap();
+        assert_eq!(back["data"]["latestMove"]["family"], "R");
+        assert_eq!(back["event"], "move");
+
+        let old = parse_event(
+            r#"{"event":"move","data":{"latestMove":"R","timeStamp":1,"state":{"a":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.kind, EventKind::Move);
+
+        let o = parse_event(r#"{"event":"orientation","data":{"quaternion":{"x":0,"y":0.5,"z":0,"w":1},"timeStamp":3}}"#).unwrap();
+        assert_eq!(o.kind, EventKind::Orientation);
+
+        let r = parse_event(r#"{"event":"reset","data":{"trackingOrientation":true}}"#).unwrap();
+        assert_eq!(
+            r.kind,
+            EventKind::Reset {
+                tracking_orientation: true
+            }
+        );
+    }
+
+    #[test]
+    fn drops_fields_beside_event_and_data() {
+        let r =
+            parse_event(r#"{"event":"reset","data":{"trackingOrientation":false},"junk":[1,2,3]}"#)
+                .unwrap();
+        assert_eq!(
+            &*r.text,
+            r#"{"event":"reset","data":{"trackingOrientation":false}}"#
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_event() {
+        assert!(refusal("{").starts_with("frame is not valid JSON"));
+        assert!(refusal("[1]").starts_with("expected a JSON object"));
+        assert!(refusal(r#"{"data":{}}"#).contains("missing"));
+        assert!(refusal(r#"{"event":"chat","data":{}}"#).starts_with("unknown event \"chat\""));
+        assert!(refusal(r#"{"event":7,"data":{}}"#).starts_with("unknown event 7"));
+        assert!(refusal(r#"{"event":"move","data":[]}"#).contains("must be an object"));
+        assert!(refusal(r#"{"event":"move"}"#).contains("must be an object"));
+    }
+
+    #[test]
+    fn refuses_events_of_the_wrong_shape() {
+        assert!(
+            refusal(r#"{"event":"move","data":{"timeStamp":1,"binaryState":""}}"#)
+                .contains("latestMove")
+        );
+        assert!(refusal(
+            r#"{"event":"move","data":{"latestMove":1,"timeStamp":"1","binaryState":""}}"#
+        )
+        .contains("timeStamp"));
+        assert!(
+            refusal(r#"{"event":"move","data":{"latestMove":1,"timeStamp":1}}"#)
+                .contains("binaryState")
+        );
+        assert!(refusal(
+            r#"{"event":"move","data":{"latestMove":1,"timeStamp":1,"binaryState":5}}"#
+        )
+        .contains("binaryState"));
+        assert!(refusal(
+            r#"{"event":"orientation","data":{"quaternion":{"x":0,"y":0,"z":0},"timeStamp":1}}"#
+        )
+        .contains("quaternion"));
+        assert!(refusal(r#"{"event":"orientation","data":{"quaternion":{"x":0,"y":0,"z":0,"w":"1"},"timeStamp":1}}"#).contains("quaternion"));
+        assert!(refusal(
+            r#"{"event":"orientation","data":{"quaternion":{"x":0,"y":0,"z":0,"w":1}}}"#
+        )
+        .contains("timeStamp"));
+        assert!(
+            refusal(r#"{"event":"reset","data":{"trackingOrientation":"yes"}}"#)
+                .contains("trackingOrientation")
+        );
+        assert!(refusal(r#"{"event":"reset","data":{}}"#).contains("trackingOrientation"));
+    }
+}

@@ -1,0 +1,386 @@
+//! The stream actor: one per stream, owning its sockets and its latest state.
+//!
+//! WebSocket sessions join and leave it and publish their senders' events; it
+//! relays each event to every other socket, remembers the last reset,
+//! orientation and move for viewers who join later, records every accepted
+//! event, and ends the stream when no sender has been connected for the idle
+//! timeout. The registry created it and hears when it stops.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use crate::event::{Event, EventKind};
+
+/// Close code for a stream that ended normally.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close reason sent to every socket when the idle countdown runs out.
+pub const STREAM_ENDED: &str = "stream ended";
+/// Close code for a socket dropped by policy (a viewer sending, a reader too slow).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close reason for a socket whose queue of unsent events filled up.
+pub const TOO_SLOW: &str = "too many unsent events";
+
+/// Identifies a socket within its stream.
+pub type SocketId = u64;
+
+/// What a stream tells one of its sockets.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum Outbound {
+    /// An event to write to the socket as a text frame.
+    Event(ByteString),
+    /// Close the socket with this code and reason.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason.
+        reason: &'static str,
+    },
+}
+
+/// Adds a socket to the stream; a sender if `user_id` is a permitted sender.
+#[derive(Message)]
+#[rtype(result = "Result<Joined, Ended>")]
+pub struct Join {
+    /// Where the stream sends this socket its events; a bounded mailbox.
+    pub outbox: Recipient<Outbound>,
+    /// The signed-in user of the socket, if any.
+    pub user_id: Option<String>,
+}
+
+/// How a socket joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// The socket's ID, for `Leave` and `Publish`.
+    pub socket: SocketId,
+    /// Whether the socket may send events.
+    pub sender: bool,
+}
+
+/// The stream has ended; nothing more can join it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended;
+
+/// Removes a socket from the stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The socket that closed.
+    pub socket: SocketId,
+}
+
+/// A sender's checked event, to remember and relay.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    /// The socket it came from; it gets no echo.
+    pub socket: SocketId,
+    /// The event.
+    pub event: Event,
+}
+
+/// Ends the stream now: every socket is closed with this code and reason.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndStream {
+    /// WebSocket close code for the sockets.
+    pub code: u16,
+    /// Close reason for the sockets.
+    pub reason: &'static str,
+}
+
+/// What the stream looks like right now.
+#[derive(Message)]
+#[rtype(result = "StreamStatus")]
+pub struct GetStatus;
+
+/// The answer to [`GetStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// Sockets joined, senders and viewers.
+    pub sockets: usize,
+    /// Sender sockets joined.
+    pub senders: usize,
+    /// Whether the idle countdown is running.
+    pub counting_down: bool,
+}
+
+/// Sent to the registry when a stream actor stops, for whatever reason.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct StreamStopped {
+    /// The stream that stopped.
+    pub id: String,
+}
+
+/// Everything a stream actor is made from.
+pub struct StreamSetup {
+    /// The stream's ID.
+    pub id: String,
+    /// User IDs allowed to send.
+    pub senders: Vec<String>,
+    /// How long the stream lives without a connected sender.
+    pub idle_timeout: Duration,
+    /// Where the recording goes (`{data}/log/streams/{id}.log`); none in tests that need no file.
+    pub recording: Option<PathBuf>,
+    /// Told when the stream stops.
+    pub registry: Option<Recipient<StreamStopped>>,
+}
+
+/// One joined socket.
+struct Member {
+    outbox: Recipient<Outbound>,
+    sender: bool,
+}
+
+/// One stream: its sockets, its latest state, its countdown and recording.
+pub struct StreamActor {
+    /// The stream's ID.
+    id: String,
+    /// User IDs allowed to send.
+    senders: Vec<String>,
+    /// Joined sockets by ID.
+    members: HashMap<SocketId, Member>,
+    /// The ID the next socket gets.
+    next_socket: SocketId,
+    /// How many joined sockets are senders; the countdown runs while this is zero.
+    connected_senders: usize,
+    /// Last accepted reset, replayed first to a new viewer.
+    last_reset: Option<ByteString>,
+    /// Last accepted orientation, replayed second.
+    last_orientation: Option<ByteString>,
+    /// Last accepted move, replayed third.
+    last_move: Option<ByteString>,
+    /// Kind of the last accepted event, for the reset loop guard.
+    last_kind: Option<EventKind>,
+    /// How long the stream lives without a connected sender.
+    idle_timeout: Duration,
+    /// The running idle countdown, if no sender is connected.
+    countdown: Option<SpawnHandle>,
+    /// Where the recording goes.
+    recording_path: Option<PathBuf>,
+    /// The open recording; `None` until started, or if it could not be opened.
+    recording: Option<File>,
+    /// Told when the stream stops.
+    registry: Option<Recipient<StreamStopped>>,
+}
+
+impl StreamActor {
+    /// A stream actor, not yet started.
+    pub fn new(setup: StreamSetup) -> StreamActor {
+        StreamActor {
+            id: setup.id,
+            senders: setup.senders,
+            members: HashMap::new(),
+            next_socket: 0,
+            connected_senders: 0,
+            last_reset: None,
+            last_orientation: None,
+            last_move: None,
+            last_kind: None,
+            idle_timeout: setup.idle_timeout,
+            countdown: None,
+            recording_path: setup.recording,
+            recording: None,
+            registry: setup.registry,
+        }
+    }
+
+    fn start_countdown(&mut self, ctx: &mut Context<Self>) {
+        if self.countdown.is_none() {
+            self.countdown = Some(ctx.run_later(self.idle_timeout, |actor, ctx| {
+                log::info!(
+                    "stream {} ended: no sender for {:?}",
+                    actor.id,
+                    actor.idle_timeout
+                );
+                actor.end(CLOSE_NORMAL, STREAM_ENDED, ctx);
+            }));
+        }
+    }
+
+    fn end(&mut self, code: u16, reason: &'static str, ctx: &mut Context<Self>) {
+        for (_, member) in self.members.drain() {
+            // `do_send` on purpose: the close must get through even to a
+            // socket whose queue is full.
+            member.outbox.do_send(Outbound::Close { code, reason });
+        }
+        self.connected_senders = 0;
+        ctx.stop();
+    }
+
+    fn remove(&mut self, socket: SocketId, ctx: &mut Context<Self>) -> Option<Member> {
+        let member = self.members.remove(&socket)?;
+        if member.sender {
+            self.connected_senders -= 1;
+            if self.connected_senders == 0 {
+                self.start_countdown(ctx);
+            }
+        }
+        Some(member)
+    }
+
+    fn record(&mut self, text: &str) {
+        let Some(file) = self.recording.as_mut() else {
+            return;
+        };
+        let mut line = Vec::with_capacity(text.len() + 1);
+        line.extend_from_slice(text.as_bytes());
+        line.push(b'\n');
+        // One write(2) into the page cache, no fsync: it survives the process
+        // being killed, costs microseconds, and keeps the stream's thread free.
+        if let Err(e) = file.write_all(&line) {
+            log::error!("stream {}: recording stopped: {e}", self.id);
+            self.recording = None;
+        }
+    }
+}
+
+impl Actor for StreamActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(path) = &self.recording_path {
+            match OpenOptions::new().create(true).append(true).open(path) {
+                Ok(file) => self.recording = Some(file),
+                Err(e) => log::error!(
+                    "stream {}: cannot open recording {}: {e}",
+                    self.id,
+                    path.display()
+                ),
+            }
+        }
+        self.start_countdown(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(registry) = &self.registry {
+            registry.do_send(StreamStopped {
+                id: self.id.clone(),
+            });
+        }
+    }
+}
+
+impl Handler<Join> for StreamActor {
+    type Result = Result<Joined, Ended>;
+
+    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(ctx.state(), ActorState::Running) {
+            return Err(Ended);
+        }
+        let sender = msg
+            .user_id
+            .as_ref()
+            .is_some_and(|user| self.senders.contains(user));
+        let socket = self.next_socket;
+        self.next_socket += 1;
+        if sender {
+            self.connected_senders += 1;
+            if let Some(countdown) = self.countdown.take() {
+                ctx.cancel_future(countdown);
+            }
+        } else {
+            for text in [&self.last_reset, &self.last_orientation, &self.last_move]
+                .into_iter()
+                .flatten()
+            {
+                // A fresh mailbox has room for the three of them.
+                let _ = msg.outbox.try_send(Outbound::Event(text.clone()));
+            }
+        }
+        self.members.insert(
+            socket,
+            Member {
+                outbox: msg.outbox,
+                sender,
+            },
+        );
+        Ok(Joined { socket, sender })
+    }
+}
+
+impl Handler<Leave> for StreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
+        self.remove(msg.socket, ctx);
+    }
+}
+
+impl Handler<Publish> for StreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        if !self
+            .members
+            .get(&msg.socket)
+            .is_some_and(|member| member.sender)
+        {
+            return;
+        }
+        let Event { kind, text } = msg.event;
+        if let (EventKind::Reset { .. }, Some(EventKind::Reset { .. })) = (kind, self.last_kind) {
+            if Some(kind) == self.last_kind {
+                // The reset loop guard: the client can bounce the same reset
+                // back and forth; the repeat is neither relayed nor kept.
+                return;
+            }
+        }
+        self.last_kind = Some(kind);
+        match kind {
+            EventKind::Move => self.last_move = Some(text.clone()),
+            EventKind::Orientation => self.last_orientation = Some(text.clone()),
+            EventKind::Reset { .. } => self.last_reset = Some(text.clone()),
+        }
+        let mut dropped = Vec::new();
+        for (&socket, member) in &self.members {
+            if socket == msg.socket {
+                continue;
+            }
+            match member.outbox.try_send(Outbound::Event(text.clone())) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => dropped.push((socket, true)),
+                Err(SendError::Closed(_)) => dropped.push((socket, false)),
+            }
+        }
+        for (socket, full) in dropped {
+            if let Some(member) = self.remove(socket, ctx) {
+                if full {
+                    log::info!("stream {}: dropping socket {socket}: {TOO_SLOW}", self.id);
+                    member.outbox.do_send(Outbound::Close {
+                        code: CLOSE_POLICY,
+                        reason: TOO_SLOW,
+                    });
+                }
+            }
+        }
+        self.record(&text);
+    }
+}
+
+impl Handler<EndStream> for StreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EndStream, ctx: &mut Self::Context) {
+        self.end(msg.code, msg.reason, ctx);
+    }
+}
+
+impl Handler<GetStatus> for StreamActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(StreamStatus {
+            sockets: self.members.len(),
+            senders: self.connected_senders,
+            counting_down: self.countdown.is_some(),
+        })
+    }
+}
