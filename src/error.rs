@@ -1,0 +1,147 @@
+//! The HTTP layer's one error type: each variant's status and JSON body, in one place.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use twizzle_actors::registry::RegistryError;
+use twizzle_actors::tokens::TokenError;
+
+/// Every way a request can fail, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Creating a stream needs an access token.
+    MissingAccessToken,
+    /// The access token belongs to nobody.
+    InvalidAccessToken,
+    /// The stream does not exist, or has ended.
+    UnknownStream,
+    /// The socket endpoint was called without a WebSocket upgrade.
+    NotAnUpgrade,
+    /// The user has the most open streams allowed.
+    TooManyStreams {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The server holds the most open sockets allowed.
+    TooManySockets {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The OAuth callback came without a code.
+    MissingCode,
+    /// The WCA refused the code, or could not be reached.
+    WcaFailed,
+    /// No WCA client secret is configured.
+    SignInNotConfigured,
+    /// Claiming needs a claim token.
+    MissingClaimToken,
+    /// The claim token is unknown, already used, or expired.
+    InvalidClaimToken,
+    /// The query string could not be read.
+    BadQuery(String),
+    /// No endpoint at this path.
+    NoSuchEndpoint(String),
+    /// The endpoint exists but not for this method.
+    MethodNotAllowed,
+    /// Something on our side failed (storage, an actor gone); the details are in the log.
+    Internal,
+}
+
+impl ApiError {
+    fn message(&self) -> String {
+        match self {
+            ApiError::MissingAccessToken => "a twizzle access token is required".to_owned(),
+            ApiError::InvalidAccessToken => "invalid twizzle access token".to_owned(),
+            ApiError::UnknownStream => "stream ID is unknown".to_owned(),
+            ApiError::NotAnUpgrade => "this endpoint expects a WebSocket upgrade".to_owned(),
+            ApiError::TooManyStreams { limit } => {
+                format!("too many open streams (at most {limit} per user)")
+            }
+            ApiError::TooManySockets { limit } => {
+                format!("too many open sockets (at most {limit})")
+            }
+            ApiError::MissingCode => "code was not provided".to_owned(),
+            ApiError::WcaFailed => "Could not get WCA info. Please start over.".to_owned(),
+            ApiError::SignInNotConfigured => {
+                "WCA sign-in is not configured on this server".to_owned()
+            }
+            ApiError::MissingClaimToken => "claimToken was not provided".to_owned(),
+            ApiError::InvalidClaimToken => {
+                "claim token is unknown, already used, or expired".to_owned()
+            }
+            ApiError::BadQuery(why) => format!("bad query string: {why}"),
+            ApiError::NoSuchEndpoint(path) => format!("no such endpoint: {path}"),
+            ApiError::MethodNotAllowed => "method not allowed here".to_owned(),
+            ApiError::Internal => "internal error".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// The body of every error response.
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MissingAccessToken
+            | ApiError::InvalidAccessToken
+            | ApiError::InvalidClaimToken => StatusCode::UNAUTHORIZED,
+            ApiError::UnknownStream | ApiError::NoSuchEndpoint(_) => StatusCode::NOT_FOUND,
+            ApiError::NotAnUpgrade
+            | ApiError::MissingCode
+            | ApiError::MissingClaimToken
+            | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManySockets { .. } | ApiError::SignInNotConfigured => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::WcaFailed => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            error: self.message(),
+        })
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> ApiError {
+        match e {
+            TokenError::InvalidAccessToken => ApiError::InvalidAccessToken,
+            TokenError::InvalidClaimToken => ApiError::InvalidClaimToken,
+            TokenError::Storage(_) => ApiError::Internal,
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        match e {
+            RegistryError::UnknownStream => ApiError::UnknownStream,
+            RegistryError::TooManyStreams { limit } => ApiError::TooManyStreams { limit },
+            RegistryError::TooManySockets { limit } => ApiError::TooManySockets { limit },
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> ApiError {
+        log::error!("an actor did not answer: {e}");
+        ApiError::Internal
+    }
+}

@@ -1,0 +1,24 @@
+//! The API server behind twizzle.net/stream.
+//!
+//! A cuber signs in with their WCA account, creates a stream and sends the
+//! moves of a smart cube over a WebSocket; anyone can watch live. The actors
+//! that do the work live in the `twizzle-actors` crate; this crate is the
+//! HTTP and WebSocket edge around them.
+//!
+//! # Layout
+//!
+//! - [`config`]: the settings, from flags and `TWIZZLE_…` variables.
+//! - [`startup`]: [`startup::Application`] starts the actors, binds, serves.
+//! - [`routes`]: the HTTP handlers; they only pass messages to actors.
+//! - [`session`]: the WebSocket session actor, one per socket.
+//! - [`wca`]: the WCA OAuth client used by the sign-in callback.
+//! - [`error`]: the one error type of the HTTP layer and its responses.
+//! - [`time`]: JavaScript-style date strings for the liveness check.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod session;
+pub mod startup;
+pub mod time;
+pub mod wca;

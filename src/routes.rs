@@ -1,0 +1,342 @@
+//! The HTTP handlers. Each takes the actors' addresses from `web::Data`,
+//! sends them a message or two, and turns the answers into a response.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::Addr;
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use twizzle_actors::ids::{self, PublicUserInfo};
+use twizzle_actors::registry::{
+    CreateStream, FindStream, ListStreams, OpenSocket, Registry, SocketClosed, StreamSummary,
+};
+use twizzle_actors::tokens::{
+    Authenticate, AuthenticatedUser, LookupUsers, RedeemClaim, SignIn, TokenActor,
+};
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::session::{SessionSetup, WsSession};
+use crate::time::js_date_string;
+use crate::wca::WcaClient;
+
+/// What every handler may use: the actors and the settings. No state of its own.
+pub struct AppState {
+    /// Creates, lists and finds streams.
+    pub registry: Addr<Registry>,
+    /// Users, access tokens and claim tokens.
+    pub tokens: Addr<TokenActor>,
+    /// The server's settings.
+    pub settings: Settings,
+    /// When the server started, for the liveness check.
+    pub started: SystemTime,
+}
+
+/// Registers every endpoint on `cfg`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/", web::get().to(welcome)))
+        .service(resource(
+            "/v0/infra/liveness_check",
+            web::get().to(liveness_check),
+        ))
+        .service(
+            web::resource("/v0/streams")
+                .route(web::get().to(list_streams))
+                .route(web::post().to(create_stream))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(resource(
+            "/v0/streams/{stream_id}/socket",
+            web::get().to(socket),
+        ))
+        .service(resource(
+            "/v0/auth/wca/oauth_callback",
+            web::get().to(oauth_callback),
+        ))
+        .service(resource("/v0/claim", web::post().to(claim)))
+        .default_service(web::to(not_found));
+}
+
+fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+/// The answer to a CORS preflight, on any path.
+fn preflight() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
+        .insert_header((
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "Authorization, Content-Type",
+        ))
+        .insert_header((header::ACCESS_CONTROL_MAX_AGE, "86400"))
+        .finish()
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    match *req.method() {
+        Method::OPTIONS => Ok(preflight()),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    match *req.method() {
+        Method::OPTIONS => Ok(preflight()),
+        _ => Err(ApiError::NoSuchEndpoint(req.path().to_owned())),
+    }
+}
+
+async fn welcome() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("twizzle stream broker (api.twizzle.net): the API server behind twizzle.net/stream. See /v0/streams.\n")
+}
+
+async fn liveness_check(state: web::Data<AppState>) -> HttpResponse {
+    let start_ms = state
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let uptime = SystemTime::now()
+        .duration_since(state.started)
+        .map_or(0, |d| d.as_secs());
+    HttpResponse::Ok().json(json!({
+        "startTimestamp": start_ms,
+        "startTimestampHuman": js_date_string(state.started),
+        "uptimeSeconds": uptime,
+    }))
+}
+
+/// A stream as the API shows it.
+#[derive(Serialize)]
+struct StreamInfo {
+    #[serde(rename = "streamID")]
+    stream_id: String,
+    senders: Vec<PublicUserInfo>,
+}
+
+async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let summaries: Vec<StreamSummary> = state.registry.send(ListStreams).await?;
+    let user_ids = summaries
+        .iter()
+        .flat_map(|s| s.senders.iter().cloned())
+        .collect();
+    let mut infos = state
+        .tokens
+        .send(LookupUsers { user_ids })
+        .await?
+        .into_iter();
+    let streams: Vec<StreamInfo> = summaries
+        .into_iter()
+        .map(|summary| StreamInfo {
+            senders: infos.by_ref().take(summary.senders.len()).collect(),
+            stream_id: summary.id,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "streams": streams })))
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    #[serde(rename = "twizzleAccessToken")]
+    access_token: Option<String>,
+}
+
+/// The access token from `?twizzleAccessToken=` or `Authorization: Bearer`.
+fn access_token(req: &HttpRequest, query: &TokenQuery) -> Option<String> {
+    if let Some(token) = query.access_token.as_ref().filter(|t| !t.is_empty()) {
+        return Some(token.clone());
+    }
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+async fn authenticate(state: &AppState, token: String) -> Result<AuthenticatedUser, ApiError> {
+    Ok(state
+        .tokens
+        .send(Authenticate {
+            access_token: token,
+        })
+        .await??)
+}
+
+async fn create_stream(
+    req: HttpRequest,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = access_token(&req, &query).ok_or(ApiError::MissingAccessToken)?;
+    let user = authenticate(&state, token).await?;
+    let summary = state
+        .registry
+        .send(CreateStream { owner: user.id })
+        .await??;
+    let stream = StreamInfo {
+        stream_id: summary.id,
+        senders: vec![user.info],
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "streamID": stream.stream_id,
+        "senders": stream.senders,
+        "stream": stream,
+    })))
+}
+
+async fn socket(
+    req: HttpRequest,
+    payload: web::Payload,
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let stream_id = path.into_inner();
+    if state
+        .registry
+        .send(FindStream {
+            id: stream_id.clone(),
+        })
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::UnknownStream);
+    }
+    let user_id = match access_token(&req, &query) {
+        Some(token) => Some(authenticate(&state, token).await?.id),
+        None => None,
+    };
+    ws::handshake(&req).map_err(|_| ApiError::NotAnUpgrade)?;
+    let stream = state
+        .registry
+        .send(OpenSocket {
+            stream_id: stream_id.clone(),
+        })
+        .await??;
+    let limits = &state.settings.limits;
+    let session = WsSession::new(SessionSetup {
+        stream,
+        stream_id,
+        user_id,
+        registry: state.registry.clone(),
+        heartbeat: state.settings.heartbeat,
+        max_queued_events: limits.max_queued_events,
+        events_per_sec: limits.sender_events_per_sec,
+        event_burst: limits.sender_event_burst,
+    });
+    ws::WsResponseBuilder::new(session, &req, payload)
+        .frame_size(limits.max_frame_bytes)
+        .start()
+        .map_err(|_| {
+            // The session never started, so it will not report its own close.
+            state.registry.do_send(SocketClosed);
+            ApiError::NotAnUpgrade
+        })
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+}
+
+async fn oauth_callback(
+    query: web::Query<CallbackQuery>,
+    state: web::Data<AppState>,
+    wca: web::Data<WcaClient>,
+) -> Result<HttpResponse, ApiError> {
+    if !wca.configured() {
+        return Err(ApiError::SignInNotConfigured);
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or(ApiError::MissingCode)?;
+    let profile = wca.profile(code).await.map_err(|e| {
+        log::warn!("WCA sign-in failed: {e}");
+        ApiError::WcaFailed
+    })?;
+    let claim_token = state.tokens.send(SignIn { profile }).await??;
+    let target = with_query_param(&state.settings.client_app_url, "claimToken", &claim_token);
+    log::info!(
+        "sign-in: claim token {} issued",
+        ids::redacted(&claim_token)
+    );
+    Ok(HttpResponse::Found()
+        .insert_header((header::LOCATION, target))
+        .finish())
+}
+
+/// `url` with `name=value` added to its query, before any fragment.
+/// `value` must need no escaping (the tokens are hex).
+fn with_query_param(url: &str, name: &str, value: &str) -> String {
+    let (base, fragment) = match url.split_once('#') {
+        Some((base, fragment)) => (base, Some(fragment)),
+        None => (url, None),
+    };
+    let separator = match base.split_once('?') {
+        Some((_, "")) => "",
+        Some((_, query)) if query.ends_with('&') => "",
+        Some(_) => "&",
+        None => "?",
+    };
+    let mut out = format!("{base}{separator}{name}={value}");
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct ClaimQuery {
+    #[serde(rename = "claimToken")]
+    claim_token: Option<String>,
+}
+
+async fn claim(
+    query: web::Query<ClaimQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let claim_token = query
+        .into_inner()
+        .claim_token
+        .filter(|c| !c.is_empty())
+        .ok_or(ApiError::MissingClaimToken)?;
+    let claimed = state.tokens.send(RedeemClaim { claim_token }).await??;
+    Ok(HttpResponse::Ok().json(json!({
+        "twizzleAccessToken": claimed.access_token,
+        "userInfo": claimed.user,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_token_goes_into_the_query_before_the_fragment() {
+        assert_eq!(
+            with_query_param("http://localhost:1234/", "claimToken", "c"),
+            "http://localhost:1234/?claimToken=c"
+        );
+        assert_eq!(
+            with_query_param("https://x/stream/?a=1", "claimToken", "c"),
+            "https://x/stream/?a=1&claimToken=c"
+        );
+        assert_eq!(
+            with_query_param("https://x/?", "claimToken", "c"),
+            "https://x/?claimToken=c"
+        );
+        assert_eq!(
+            with_query_param("https://x/#top", "claimToken", "c"),
+            "https://x/?claimToken=c#top"
+        );
+    }
+}

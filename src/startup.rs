@@ -1,0 +1,195 @@
+//! Builds the application: opens the data directory, starts the actors, binds
+//! the listener and returns a server ready to run.
+
+use std::io;
+use std::net::TcpListener;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use actix_web::dev::Server;
+use actix_web::middleware::{DefaultHeaders, Logger};
+use actix_web::{web, App, HttpServer};
+use twizzle_actors::ids;
+use twizzle_actors::registry::{Registry, RegistrySettings};
+use twizzle_actors::tokens::TokenActor;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::routes::{self, AppState};
+use crate::wca::WcaClient;
+
+/// How long a stopping server waits for open connections before closing them.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest query string read; longer ones are refused before routing.
+const MAX_QUERY_BYTES: usize = 4096;
+/// Query parameters whose values are secrets: only their tails reach the log.
+const SECRET_PARAMS: [&str; 3] = ["twizzleAccessToken", "claimToken", "code"];
+
+/// A built server: the listener is bound and the actors run.
+pub struct Application {
+    /// The port actually bound (useful when the settings asked for port 0).
+    port: u16,
+    /// The HTTP server, not yet awaited.
+    server: Server,
+    /// The threads the token actor and the streams run on; stopped with the server.
+    arbiters: Arbiters,
+}
+
+/// Arbiters that stop when dropped, so a stopped server leaves no threads behind.
+struct Arbiters(Vec<Arbiter>);
+
+impl Drop for Arbiters {
+    fn drop(&mut self) {
+        for arbiter in &self.0 {
+            arbiter.stop();
+        }
+    }
+}
+
+impl Application {
+    /// Opens the data directory, starts the actors and binds `settings.bind`.
+    ///
+    /// Must run inside an actix system (`#[actix_web::main]` or `#[actix_web::test]`).
+    pub async fn build(settings: Settings) -> io::Result<Application> {
+        let cores = thread::available_parallelism().map_or(2, |n| n.get());
+        let token_arbiter = Arbiter::new();
+        let stream_arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
+
+        let token_actor = TokenActor::open(&settings.data_dir, settings.claim_token_ttl)?;
+        let tokens = TokenActor::start_in_arbiter(&token_arbiter.handle(), move |_| token_actor);
+        let registry = Registry::new(
+            RegistrySettings {
+                data_dir: Some(settings.data_dir.clone()),
+                idle_timeout: settings.stream_idle_timeout,
+                max_streams_per_user: settings.limits.max_streams_per_user,
+                max_sockets: settings.limits.max_sockets,
+            },
+            stream_arbiters.iter().map(Arbiter::handle).collect(),
+        )?
+        .start();
+
+        if settings.wca.client_secret.is_none() {
+            log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
+        }
+        let listener = TcpListener::bind(&settings.bind)?;
+        let port = listener.local_addr()?.port();
+        log::info!(
+            "listening on {} (data in {})",
+            listener.local_addr()?,
+            settings.data_dir.display()
+        );
+
+        let state = web::Data::new(AppState {
+            registry,
+            tokens,
+            settings: settings.clone(),
+            started: SystemTime::now(),
+        });
+        let wca_settings = settings.wca.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::Data::new(WcaClient::new(wca_settings.clone())))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()),
+                )
+                .wrap(DefaultHeaders::new().add(("Access-Control-Allow-Origin", "*")))
+                .wrap(
+                    Logger::new("%{request}xi %s %b %Dms").custom_request_replace(
+                        "request",
+                        |req| {
+                            format!(
+                                "{} {}",
+                                req.method(),
+                                redact_secrets(&req.uri().to_string())
+                            )
+                        },
+                    ),
+                )
+                .wrap_fn(|req, srv| {
+                    use actix_web::dev::Service;
+                    let too_long = req.query_string().len() > MAX_QUERY_BYTES;
+                    let fut = (!too_long).then(|| srv.call(req));
+                    async move {
+                        match fut {
+                            Some(fut) => fut.await,
+                            None => Err(ApiError::BadQuery(format!(
+                                "longer than {MAX_QUERY_BYTES} bytes"
+                            ))
+                            .into()),
+                        }
+                    }
+                })
+                .configure(routes::configure)
+        })
+        .workers(cores)
+        .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
+        .listen(listener)?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            arbiters: Arbiters(
+                std::iter::once(token_arbiter)
+                    .chain(stream_arbiters)
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server from elsewhere.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped (SIGTERM, SIGINT, or its handle).
+    pub async fn run_until_stopped(self) -> io::Result<()> {
+        let Application {
+            server, arbiters, ..
+        } = self;
+        let result = server.await;
+        drop(arbiters);
+        result
+    }
+}
+
+/// `uri` with the values of secret query parameters cut to their last four characters.
+pub fn redact_secrets(uri: &str) -> String {
+    let Some((path, query)) = uri.split_once('?') else {
+        return uri.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if SECRET_PARAMS.contains(&name) => {
+                format!("{name}={}", ids::redacted(value))
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_query_strings_are_redacted() {
+        let token = "twizzle_access_token_0123456789abcdef0123456789abcdef";
+        let line = redact_secrets(&format!("/v0/streams?twizzleAccessToken={token}&x=1"));
+        assert_eq!(line, "/v0/streams?twizzleAccessToken=…cdef&x=1");
+        assert_eq!(
+            redact_secrets("/v0/claim?claimToken=claim_token_99aa"),
+            "/v0/claim?claimToken=…99aa"
+        );
+        assert_eq!(redact_secrets("/v0/streams"), "/v0/streams");
+    }
+}
