@@ -1,0 +1,441 @@
+//! One way to start the real server for a test: on port 0, in a fresh data
+//! directory, signed in through a fake WCA on loopback.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_codec::Framed;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use awc::ws::{CloseReason, Codec, Frame, Message};
+use awc::BoxedSocket;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use twizzle_api_server::config::{Secret, Settings};
+use twizzle_api_server::startup::Application;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let name = format!("twizzle-test-{}-{:016x}", std::process::id(), rand_u64());
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TestDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
+}
+
+/// A WCA account the fake WCA knows.
+#[derive(Clone, Debug)]
+pub struct WcaAccount {
+    pub id: u64,
+    pub wca_id: Option<String>,
+    pub name: String,
+}
+
+/// What the fake WCA remembers: accounts by OAuth code, and every token request's form.
+#[derive(Default)]
+pub struct FakeWcaState {
+    codes: HashMap<String, WcaAccount>,
+    pub token_forms: Vec<HashMap<String, String>>,
+}
+
+/// A fake WCA on loopback speaking `POST /oauth/token` and `GET /api/v0/me`.
+pub struct FakeWca {
+    pub origin: String,
+    pub state: Arc<Mutex<FakeWcaState>>,
+}
+
+impl FakeWca {
+    pub fn start() -> FakeWca {
+        let state = Arc::new(Mutex::new(FakeWcaState::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/oauth/token", web::post().to(fake_token))
+                .route("/api/v0/me", web::get().to(fake_me))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_web::rt::spawn(server);
+        FakeWca { origin, state }
+    }
+
+    /// Makes `code` sign in as `account`.
+    pub fn add_code(&self, code: &str, account: WcaAccount) {
+        self.state
+            .lock()
+            .unwrap()
+            .codes
+            .insert(code.to_owned(), account);
+    }
+}
+
+async fn fake_token(
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<Mutex<FakeWcaState>>,
+) -> HttpResponse {
+    let mut state = state.lock().unwrap();
+    state.token_forms.push(form.0.clone());
+    let code = form.get("code").cloned().unwrap_or_default();
+    if form.get("grant_type").map(String::as_str) != Some("authorization_code")
+        || !state.codes.contains_key(&code)
+    {
+        return HttpResponse::Unauthorized().json(json!({"error": "invalid_grant"}));
+    }
+    HttpResponse::Ok()
+        .json(json!({"access_token": format!("wca-access-{code}"), "token_type": "Bearer"}))
+}
+
+async fn fake_me(req: HttpRequest, state: web::Data<Mutex<FakeWcaState>>) -> HttpResponse {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let code = auth.strip_prefix("Bearer wca-access-").unwrap_or("");
+    match state.lock().unwrap().codes.get(code) {
+        Some(account) => HttpResponse::Ok().json(json!({
+            "me": {"id": account.id, "wca_id": account.wca_id, "name": account.name, "avatar": {"url": "x"}}
+        })),
+        None => HttpResponse::Unauthorized().finish(),
+    }
+}
+
+/// The settings a test server runs with: port 0, its own data dir, the fake WCA.
+pub fn test_settings(data_dir: &Path, wca_origin: &str) -> Settings {
+    let mut settings = Settings::local();
+    settings.bind = "127.0.0.1:0".to_owned();
+    settings.data_dir = data_dir.to_owned();
+    settings.wca.origin = wca_origin.to_owned();
+    settings.wca.client_secret = Some(Secret::new("test-client-secret"));
+    settings.client_app_url = "http://localhost:1234/stream/".to_owned();
+    settings
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub wca: FakeWca,
+    pub client: awc::Client,
+    pub handle: Option<actix_web::dev::ServerHandle>,
+    pub dir: Arc<TestDir>,
+    next_code: std::cell::Cell<u64>,
+}
+
+/// Starts a server with the test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server with the test settings, changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_in(Arc::new(TestDir::new()), FakeWca::start(), tweak).await
+}
+
+/// Starts a server on an existing data directory and fake WCA (for restarts).
+pub async fn spawn_app_in(
+    dir: Arc<TestDir>,
+    wca: FakeWca,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = test_settings(dir.path(), &wca.origin);
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("the app builds");
+    let port = app.port();
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        wca,
+        client: awc::Client::builder()
+            .disable_redirects()
+            .timeout(WAIT)
+            .finish(),
+        handle: Some(handle),
+        dir,
+        next_code: std::cell::Cell::new(0),
+    }
+}
+
+impl TestApp {
+    /// A `TestApp` for a server that runs elsewhere (another process) on `port`.
+    pub fn attach(dir: Arc<TestDir>, wca: FakeWca, port: u16) -> TestApp {
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            wca,
+            client: awc::Client::builder()
+                .disable_redirects()
+                .timeout(WAIT)
+                .finish(),
+            handle: None,
+            dir,
+            next_code: std::cell::Cell::new(0),
+        }
+    }
+}
+
+/// A status and a parsed JSON body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: awc::http::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        answer(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("GET answered"),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str) -> Answer {
+        answer(
+            self.client
+                .post(self.url(path))
+                .send()
+                .await
+                .expect("POST answered"),
+        )
+        .await
+    }
+
+    /// A fresh OAuth code that signs `account` in.
+    pub fn code_for(&self, account: WcaAccount) -> String {
+        let n = self.next_code.get() + 1;
+        self.next_code.set(n);
+        let code = format!("code-{}-{n}", account.id);
+        self.wca.add_code(&code, account);
+        code
+    }
+
+    /// The claim token from the sign-in redirect for `code`.
+    pub async fn callback(&self, code: &str) -> String {
+        let answer = self
+            .get(&format!("/v0/auth/wca/oauth_callback?code={code}"))
+            .await;
+        assert_eq!(answer.status, 302, "callback answered {}", answer.body);
+        let location = answer
+            .headers
+            .get("location")
+            .expect("a Location")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let claim = location
+            .split("claimToken=")
+            .nth(1)
+            .expect("claimToken in the redirect");
+        claim.split(['&', '#']).next().unwrap().to_owned()
+    }
+
+    /// Signs in as a user with this WCA account number; returns the access token and user info.
+    pub async fn sign_in(
+        &self,
+        account_id: u64,
+        wca_id: Option<&str>,
+        name: &str,
+    ) -> (String, Value) {
+        let code = self.code_for(WcaAccount {
+            id: account_id,
+            wca_id: wca_id.map(str::to_owned),
+            name: name.to_owned(),
+        });
+        let claim = self.callback(&code).await;
+        let answer = self.post(&format!("/v0/claim?claimToken={claim}")).await;
+        assert_eq!(answer.status, 200, "claim answered {}", answer.body);
+        let token = answer.body["twizzleAccessToken"]
+            .as_str()
+            .expect("an access token")
+            .to_owned();
+        (token, answer.body["userInfo"].clone())
+    }
+
+    /// Creates a stream; returns its ID.
+    pub async fn create_stream(&self, token: &str) -> String {
+        let answer = self
+            .post(&format!("/v0/streams?twizzleAccessToken={token}"))
+            .await;
+        assert_eq!(answer.status, 200, "create answered {}", answer.body);
+        answer.body["streamID"]
+            .as_str()
+            .expect("a stream ID")
+            .to_owned()
+    }
+
+    /// Opens a socket on a stream, with or without a token.
+    pub async fn connect(&self, stream_id: &str, token: Option<&str>) -> WsClient {
+        self.try_connect(stream_id, token)
+            .await
+            .expect("the socket opens")
+    }
+
+    pub async fn try_connect(
+        &self,
+        stream_id: &str,
+        token: Option<&str>,
+    ) -> Result<WsClient, awc::error::WsClientError> {
+        let mut url = format!("ws://127.0.0.1:{}/v0/streams/{stream_id}/socket", self.port);
+        if let Some(token) = token {
+            url.push_str(&format!("?twizzleAccessToken={token}"));
+        }
+        let (_, framed) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(1 << 24)
+            .connect()
+            .await?;
+        Ok(WsClient { framed })
+    }
+}
+
+async fn answer(
+    mut res: awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>
+            + Unpin,
+    >,
+) -> Answer {
+    let bytes = res.body().await.expect("a body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Answer {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body,
+    }
+}
+
+/// A test's end of a WebSocket.
+pub struct WsClient {
+    framed: Framed<BoxedSocket, Codec>,
+}
+
+/// What a socket saw next.
+#[derive(Debug)]
+pub enum Seen {
+    Text(String),
+    Binary,
+    Close(Option<CloseReason>),
+    Ended,
+}
+
+impl WsClient {
+    pub async fn send_text(&mut self, text: &str) {
+        self.framed
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .expect("send a frame");
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.framed.send(message).await.expect("send a frame");
+    }
+
+    /// The next data or close frame (pings are answered, pongs skipped), within the wait bound.
+    pub async fn next(&mut self) -> Seen {
+        loop {
+            let frame = actix::clock::timeout(WAIT, self.framed.next())
+                .await
+                .expect("a frame within the wait bound");
+            match frame {
+                Some(Ok(Frame::Text(bytes))) => {
+                    return Seen::Text(String::from_utf8(bytes.to_vec()).unwrap())
+                }
+                Some(Ok(Frame::Binary(_))) => return Seen::Binary,
+                Some(Ok(Frame::Close(reason))) => return Seen::Close(reason),
+                Some(Ok(Frame::Ping(payload))) => {
+                    let _ = self.framed.send(Message::Pong(payload)).await;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Seen::Ended,
+            }
+        }
+    }
+
+    /// The next frame, which must be a JSON text frame.
+    pub async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            Seen::Text(text) => serde_json::from_str(&text).expect("a JSON frame"),
+            other => panic!("expected a text frame, saw {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be a close frame; its code and reason.
+    pub async fn next_close(&mut self) -> (u16, String) {
+        match self.next().await {
+            Seen::Close(Some(reason)) => (
+                u16::from(reason.code),
+                reason.description.unwrap_or_default(),
+            ),
+            other => panic!("expected a close frame, saw {other:?}"),
+        }
+    }
+}
+
+/// A move event as the client sends it.
+pub fn move_event(n: u64) -> Value {
+    json!({"event": "move", "data": {"latestMove": {"family": "R", "amount": 1, "n": n}, "timeStamp": n, "binaryState": format!("state-{n}")}})
+}
+
+/// An orientation event as the client sends it.
+pub fn orientation_event(w: f64) -> Value {
+    json!({"event": "orientation", "data": {"quaternion": {"x": 0.0, "y": 0.0, "z": 0.0, "w": w}, "timeStamp": 1}})
+}
+
+/// A reset event as the client sends it.
+pub fn reset_event(tracking: bool) -> Value {
+    json!({"event": "reset", "data": {"trackingOrientation": tracking}})
+}

@@ -1,0 +1,238 @@
+//! The plain HTTP endpoints: status codes, bodies, CORS.
+
+use crate::helpers::*;
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `GET /` names the service; every answer carries the CORS origin header.
+#[actix_web::test]
+async fn welcome_names_the_service() {
+    let app = spawn_app().await;
+    let answer = app.get("/").await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.as_str().unwrap().contains("twizzle"));
+    assert_eq!(
+        answer.headers.get("access-control-allow-origin").unwrap(),
+        "*"
+    );
+}
+
+/// The liveness check reports its start in milliseconds, JavaScript's date form, and uptime.
+#[actix_web::test]
+async fn liveness_check_reports_start_and_uptime() {
+    let app = spawn_app().await;
+    let answer = app.get("/v0/infra/liveness_check").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.headers.get("content-type").unwrap(),
+        "application/json"
+    );
+    let start = answer.body["startTimestamp"]
+        .as_u64()
+        .expect("ms since the epoch");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        start <= now && now - start < 60_000,
+        "start {start} vs now {now}"
+    );
+    let human = answer.body["startTimestampHuman"].as_str().unwrap();
+    assert!(
+        human.ends_with("GMT+0000 (Coordinated Universal Time)"),
+        "{human}"
+    );
+    assert!(answer.body["uptimeSeconds"].as_u64().is_some());
+}
+
+/// A preflight on any path answers 204 with methods and headers a browser needs.
+#[actix_web::test]
+async fn preflight_answers_any_path() {
+    let app = spawn_app().await;
+    for path in ["/v0/streams", "/v0/claim", "/no/such/path"] {
+        let res = app
+            .client
+            .request(awc::http::Method::OPTIONS, app.url(path))
+            .insert_header(("Access-Control-Request-Method", "POST"))
+            .insert_header(("Access-Control-Request-Headers", "authorization"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 204, "{path}");
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("access-control-allow-origin"), "*");
+        let methods = header("access-control-allow-methods");
+        for method in ["GET", "POST", "OPTIONS"] {
+            assert!(methods.contains(method), "{methods}");
+        }
+        let headers = header("access-control-allow-headers").to_ascii_lowercase();
+        assert!(
+            headers.contains("authorization") && headers.contains("content-type"),
+            "{headers}"
+        );
+    }
+}
+
+/// Unknown paths answer 404 and wrong methods 405, both as JSON errors with CORS.
+#[actix_web::test]
+async fn unknown_paths_and_methods_answer_json_errors() {
+    let app = spawn_app().await;
+    let answer = app.get("/v1/nothing").await;
+    assert_eq!(answer.status, 404);
+    assert!(answer.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/nothing"));
+    assert_eq!(
+        answer.headers.get("access-control-allow-origin").unwrap(),
+        "*"
+    );
+    let answer = app.get("/v0/claim").await;
+    assert_eq!(answer.status, 405);
+    assert!(answer.body["error"].is_string());
+}
+
+/// Creating a stream needs a valid token (query or Bearer) and answers both shapes.
+#[actix_web::test]
+async fn create_stream_answers_both_shapes() {
+    let app = spawn_app().await;
+    let answer = app.post("/v0/streams").await;
+    assert_eq!(answer.status, 401);
+    assert!(answer.body["error"].is_string());
+    let answer = app
+        .post(
+            "/v0/streams?twizzleAccessToken=twizzle_access_token_00000000000000000000000000000000",
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.body["error"], "invalid twizzle access token");
+
+    let (token, user) = app.sign_in(7, Some("2019TEST01"), "Tess Ter").await;
+    let answer = app
+        .post(&format!("/v0/streams?twizzleAccessToken={token}"))
+        .await;
+    assert_eq!(answer.status, 200);
+    let id = answer.body["streamID"].as_str().unwrap();
+    assert!(
+        id.starts_with("twizzle_stream_") && is_hex(&id["twizzle_stream_".len()..], 16),
+        "{id}"
+    );
+    assert_eq!(answer.body["stream"]["streamID"], id);
+    assert_eq!(answer.body["senders"], serde_json::json!([user.clone()]));
+    assert_eq!(answer.body["stream"]["senders"], serde_json::json!([user]));
+
+    let res = app
+        .client
+        .post(app.url("/v0/streams"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "a Bearer header works too");
+}
+
+/// The list is `{"streams": [...]}` with each stream's senders as an array of public user info.
+#[actix_web::test]
+async fn streams_are_listed_with_their_senders() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.get("/v0/streams").await.body,
+        serde_json::json!({"streams": []})
+    );
+    let (ana, ana_info) = app.sign_in(1, Some("2010ANAA01"), "Ana").await;
+    let (bo, bo_info) = app.sign_in(2, None, "Bo").await;
+    let first = app.create_stream(&ana).await;
+    let second = app.create_stream(&bo).await;
+    let answer = app.get("/v0/streams").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.body,
+        serde_json::json!({"streams": [
+            {"streamID": first, "senders": [ana_info]},
+            {"streamID": second, "senders": [bo_info]},
+        ]})
+    );
+}
+
+/// A user may hold only so many open streams; the next one is a 429 saying so.
+#[actix_web::test]
+async fn streams_per_user_are_limited() {
+    let app = spawn_app_with(|s| s.limits.max_streams_per_user = 2).await;
+    let (token, _) = app.sign_in(3, None, "Many").await;
+    app.create_stream(&token).await;
+    app.create_stream(&token).await;
+    let answer = app
+        .post(&format!("/v0/streams?twizzleAccessToken={token}"))
+        .await;
+    assert_eq!(answer.status, 429);
+    assert!(answer.body["error"].as_str().unwrap().contains("at most 2"));
+    let (other, _) = app.sign_in(4, None, "Other").await;
+    app.create_stream(&other).await;
+}
+
+/// The socket endpoint: unknown stream 404, bad token 401, no upgrade 400, all JSON.
+#[actix_web::test]
+async fn socket_endpoint_errors() {
+    let app = spawn_app().await;
+    let answer = app
+        .get("/v0/streams/twizzle_stream_0000000000000000/socket")
+        .await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.body["error"], "stream ID is unknown");
+
+    let (token, _) = app.sign_in(5, None, "Sock").await;
+    let id = app.create_stream(&token).await;
+    let answer = app
+        .get(&format!(
+            "/v0/streams/{id}/socket?twizzleAccessToken=twizzle_access_token_bogus"
+        ))
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.body["error"], "invalid twizzle access token");
+    let answer = app.get(&format!("/v0/streams/{id}/socket")).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.body["error"].as_str().unwrap().contains("WebSocket"));
+
+    match app
+        .try_connect("twizzle_stream_0000000000000000", None)
+        .await
+    {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 404)
+        }
+        other => panic!("expected a 404, got {:?}", other.map(|_| "a socket")),
+    }
+    match app
+        .try_connect(&id, Some("twizzle_access_token_bogus"))
+        .await
+    {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 401)
+        }
+        other => panic!("expected a 401, got {:?}", other.map(|_| "a socket")),
+    }
+}
+
+/// Over-long and malformed query strings get a 400 JSON answer, not a crash.
+#[actix_web::test]
+async fn bad_query_strings_are_refused() {
+    let app = spawn_app().await;
+    let long = "a".repeat(10_000);
+    let answer = app.post(&format!("/v0/claim?claimToken={long}")).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.body["error"].is_string());
+    let answer = app.post("/v0/claim?claimToken=a&claimToken=b").await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.body["error"].is_string());
+    assert_eq!(app.get("/").await.status, 200, "the server is still up");
+}

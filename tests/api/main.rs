@@ -1,0 +1,8 @@
+//! End-to-end tests: the real server on port 0, a fake WCA on loopback, and
+//! awc's HTTP and WebSocket client.
+
+mod helpers;
+mod http;
+mod restart;
+mod sign_in;
+mod sockets;
