@@ -12,6 +12,10 @@ pub const DEV_WCA_CLIENT_ID: &str = "3GaLUmFKGG-61B1KTmkJnu2NWNbCmuKANvRuAcwKM-E
 /// The WCA's OAuth client ID for api.twizzle.net.
 pub const PROD_WCA_CLIENT_ID: &str = "bnd4XCq3i0e4OesB_ML8YuuwIFLdIhQ19aXDv8su3p0";
 
+/// The systemd credential (`LoadCredential=`) the WCA client secret is read
+/// from when neither the secret nor a secret file is set.
+pub const CREDENTIAL_NAME: &str = "wca-client-secret";
+
 /// A value that must never be shown whole: its `Debug` shows only the tail.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -347,7 +351,16 @@ impl Settings {
         };
 
         let mut secret = get("wca-application-client-secret");
-        let secret_file = get("wca-application-client-secret-file");
+        let mut secret_file = get("wca-application-client-secret-file");
+        if secret_file.is_empty() {
+            // systemd's LoadCredential= puts the secret in this directory.
+            if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+                let candidate = PathBuf::from(dir).join(CREDENTIAL_NAME);
+                if candidate.is_file() {
+                    secret_file = candidate.to_string_lossy().into_owned();
+                }
+            }
+        }
         if secret.is_empty() && !secret_file.is_empty() {
             secret = std::fs::read_to_string(&secret_file)
                 .map_err(|e| {
@@ -517,6 +530,19 @@ mod tests {
             )]
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_secret_can_come_from_a_systemd_credential() {
+        let dir = std::env::temp_dir().join(format!("twizzle-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(CREDENTIAL_NAME), "from-credential").unwrap();
+        let s = settings(
+            &["--prod"],
+            &[("CREDENTIALS_DIRECTORY", dir.to_str().unwrap())],
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.wca.client_secret.unwrap().expose(), "from-credential");
     }
 
     #[test]
