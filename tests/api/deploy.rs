@@ -125,7 +125,7 @@ async fn a_stream_flows_through_caddy() {
     drop(free);
     let dir = TestDir::new();
     let shipped = std::fs::read_to_string(Path::new(ROOT).join("Caddyfile")).unwrap();
-    let config = format!("{{\n\tadmin off\n\tauto_https off\n}}\n")
+    let config = "{\n\tadmin off\n\tauto_https off\n}\n".to_owned()
         + &shipped
             .replace("api.twizzle.net", &format!("http://127.0.0.1:{caddy_port}"))
             .replace("127.0.0.1:3337", &format!("127.0.0.1:{}", app.port));
