@@ -291,8 +291,9 @@ impl Handler<Join> for StreamActor {
                 .into_iter()
                 .flatten()
             {
-                // A fresh mailbox has room for the three of them.
-                let _ = msg.outbox.try_send(Outbound::Event(text.clone()));
+                // At most three messages, so `do_send` cannot grow a mailbox
+                // without bound, and the replay is never cut short.
+                msg.outbox.do_send(Outbound::Event(text.clone()));
             }
         }
         self.members.insert(

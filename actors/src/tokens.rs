@@ -216,27 +216,34 @@ impl TokenActor {
         self.users.insert(user.id.clone(), user);
     }
 
-    /// Writes `record`, compacting the journal when it has grown mostly stale.
+    /// Writes `record` and waits until it is on disk.
     fn write(&mut self, record: &Record) -> Result<(), TokenError> {
         // A synchronous write and fsync on purpose: nothing may be handed out
         // before it is on disk. The token actor runs on its own arbiter, so
         // this stalls sign-ins only, never a stream.
         self.journal
             .append(record)
-            .map_err(|e| storage_error(&self.journal, e))?;
-        if self.journal.appended() > COMPACT_AFTER_APPENDS
-            && self.journal.appended() > self.users.len() + self.claims.len()
+            .map_err(|e| storage_error(&self.journal, e))
+    }
+
+    /// Rewrites the journal from memory once it is mostly stale records.
+    ///
+    /// Called only after a handler has applied its change to memory, so the
+    /// rewrite contains it.
+    fn maybe_compact(&mut self) {
+        if self.journal.appended() <= COMPACT_AFTER_APPENDS
+            || self.journal.appended() <= self.users.len() + self.claims.len()
         {
-            self.sweep_claims();
-            match Journal::rewrite(
-                self.journal.path(),
-                &live_records(&self.users, &self.claims),
-            ) {
-                Ok(journal) => self.journal = journal,
-                Err(e) => log::warn!("{}: compaction failed: {e}", self.journal.path().display()),
-            }
+            return;
         }
-        Ok(())
+        self.sweep_claims();
+        match Journal::rewrite(
+            self.journal.path(),
+            &live_records(&self.users, &self.claims),
+        ) {
+            Ok(journal) => self.journal = journal,
+            Err(e) => log::warn!("{}: compaction failed: {e}", self.journal.path().display()),
+        }
     }
 
     fn sweep_claims(&mut self) {
@@ -320,6 +327,7 @@ impl Handler<SignIn> for TokenActor {
             expires_ms: claim.expires_ms,
         })?;
         self.claims.insert(claim_token.clone(), claim);
+        self.maybe_compact();
         Ok(claim_token)
     }
 }
@@ -347,6 +355,7 @@ impl Handler<RedeemClaim> for TokenActor {
             claim_token: msg.claim_token.clone(),
         })?;
         self.claims.remove(&msg.claim_token);
+        self.maybe_compact();
         log::info!(
             "user {} claimed access token {}",
             user.id,

@@ -1,0 +1,305 @@
+//! The registry: creating, listing and finding streams, the per-user and
+//! socket limits, recordings in the data directory, and streams that end.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use twizzle_actors::ids::is_stream_id;
+use twizzle_actors::registry::{
+    CreateStream, FindStream, ListStreams, OpenSocket, Registry, RegistryError, RegistrySettings,
+    SocketClosed, StreamSummary, CLOSE_GOING_AWAY, RECORDINGS_DIR, SERVER_RESTARTING,
+};
+use twizzle_actors::stream::{EndStream, StreamActor, CLOSE_NORMAL, STREAM_ENDED};
+
+use crate::support::*;
+
+/// Generous limits, no data directory, no countdown in sight.
+fn settings() -> RegistrySettings {
+    RegistrySettings {
+        data_dir: None,
+        idle_timeout: NEVER,
+        max_streams_per_user: 10,
+        max_sockets: 100,
+    }
+}
+
+fn start(settings: RegistrySettings) -> Addr<Registry> {
+    Registry::new(settings, Vec::new())
+        .expect("a registry without a data directory")
+        .start()
+}
+
+async fn create(registry: &Addr<Registry>, owner: &str) -> Result<StreamSummary, RegistryError> {
+    let create = registry.send(CreateStream {
+        owner: owner.to_owned(),
+    });
+    within("CreateStream", create)
+        .await
+        .expect("the registry is running")
+}
+
+async fn list(registry: &Addr<Registry>) -> Vec<StreamSummary> {
+    within("ListStreams", registry.send(ListStreams))
+        .await
+        .expect("the registry is running")
+}
+
+async fn find(registry: &Addr<Registry>, id: &str) -> Option<Addr<StreamActor>> {
+    let find = registry.send(FindStream { id: id.to_owned() });
+    within("FindStream", find)
+        .await
+        .expect("the registry is running")
+}
+
+async fn open_socket(
+    registry: &Addr<Registry>,
+    stream_id: &str,
+) -> Result<Addr<StreamActor>, RegistryError> {
+    let open = registry.send(OpenSocket {
+        stream_id: stream_id.to_owned(),
+    });
+    within("OpenSocket", open)
+        .await
+        .expect("the registry is running")
+}
+
+async fn socket_closed(registry: &Addr<Registry>) {
+    within("SocketClosed", registry.send(SocketClosed))
+        .await
+        .expect("the registry is running");
+}
+
+/// A new stream has a `twizzle_stream_` + 16 hex ID, its creator as its only
+/// sender, and a running stream actor behind it that takes the creator as a
+/// sender.
+#[actix::test]
+async fn create_stream_gives_an_id_and_the_owner_as_sender() {
+    let registry = start(settings());
+    let created = create(&registry, OWNER).await.unwrap();
+    assert!(created.id.starts_with("twizzle_stream_"), "{}", created.id);
+    assert_eq!(created.id.len(), "twizzle_stream_".len() + 16);
+    assert!(is_stream_id(&created.id), "{}", created.id);
+    assert_eq!(created.senders, vec![OWNER.to_owned()]);
+
+    let stream = find(&registry, &created.id).await.expect("the new stream");
+    assert!(Peer::join(&stream, Some(OWNER)).await.sender);
+    assert!(!Peer::join(&stream, Some(STRANGER)).await.sender);
+    let other = create(&registry, OWNER).await.unwrap();
+    assert_ne!(other.id, created.id);
+}
+
+/// `ListStreams` lists the open streams in creation order; `FindStream`
+/// finds each by ID and nothing for an unknown ID.
+#[actix::test]
+async fn streams_are_listed_in_creation_order_and_found_by_id() {
+    let registry = start(settings());
+    assert!(list(&registry).await.is_empty());
+    let mut created = Vec::new();
+    for owner in [OWNER, STRANGER, OWNER, "user_00000000000000cc", STRANGER] {
+        created.push(create(&registry, owner).await.unwrap());
+    }
+    assert_eq!(list(&registry).await, created);
+    for summary in &created {
+        let stream = find(&registry, &summary.id)
+            .await
+            .unwrap_or_else(|| panic!("{} is found", summary.id));
+        assert_eq!(status(&stream).await.sockets, 0);
+    }
+    assert!(find(&registry, "twizzle_stream_0000000000000000")
+        .await
+        .is_none());
+    assert!(find(&registry, "").await.is_none());
+}
+
+/// A user may have `max_streams_per_user` open streams; one more is refused
+/// with the limit, and other users are not affected.
+#[actix::test]
+async fn per_user_stream_limit_is_enforced() {
+    let registry = start(RegistrySettings {
+        max_streams_per_user: 2,
+        ..settings()
+    });
+    create(&registry, OWNER).await.unwrap();
+    create(&registry, OWNER).await.unwrap();
+    assert_eq!(
+        create(&registry, OWNER).await,
+        Err(RegistryError::TooManyStreams { limit: 2 })
+    );
+    create(&registry, STRANGER).await.unwrap();
+    assert_eq!(list(&registry).await.len(), 3);
+}
+
+/// `OpenSocket` admits up to `max_sockets` sockets over all streams and
+/// refuses the next with the limit; each `SocketClosed` frees a slot; an
+/// unknown stream is refused as such.
+#[actix::test]
+async fn socket_limit_is_enforced_and_freed() {
+    let registry = start(RegistrySettings {
+        max_sockets: 2,
+        ..settings()
+    });
+    let a = create(&registry, OWNER).await.unwrap();
+    let b = create(&registry, STRANGER).await.unwrap();
+    assert_eq!(
+        open_socket(&registry, "twizzle_stream_0000000000000000")
+            .await
+            .map(|_| ()),
+        Err(RegistryError::UnknownStream)
+    );
+    let stream = open_socket(&registry, &a.id).await.unwrap();
+    assert!(Peer::join(&stream, Some(OWNER)).await.sender);
+    open_socket(&registry, &b.id).await.unwrap();
+    assert_eq!(
+        open_socket(&registry, &a.id).await.map(|_| ()),
+        Err(RegistryError::TooManySockets { limit: 2 })
+    );
+    assert_eq!(
+        open_socket(&registry, &b.id).await.map(|_| ()),
+        Err(RegistryError::TooManySockets { limit: 2 })
+    );
+    socket_closed(&registry).await;
+    open_socket(&registry, &b.id).await.unwrap();
+    assert_eq!(
+        open_socket(&registry, &a.id).await.map(|_| ()),
+        Err(RegistryError::TooManySockets { limit: 2 })
+    );
+    socket_closed(&registry).await;
+    socket_closed(&registry).await;
+    open_socket(&registry, &a.id).await.unwrap();
+    open_socket(&registry, &a.id).await.unwrap();
+}
+
+/// A stream that ends (its idle countdown ran out) leaves the list, is no
+/// longer found or opened, and frees its owner's per-user slot; a stream
+/// with a sender connected stays.
+#[actix::test]
+async fn ended_stream_leaves_the_list_and_frees_its_owners_slot() {
+    let registry = start(RegistrySettings {
+        idle_timeout: Duration::from_millis(300),
+        max_streams_per_user: 1,
+        ..settings()
+    });
+    let idle = create(&registry, OWNER).await.unwrap();
+    let kept = create(&registry, STRANGER).await.unwrap();
+    let kept_stream = open_socket(&registry, &kept.id).await.unwrap();
+    let kept_sender = Peer::join(&kept_stream, Some(STRANGER)).await;
+    assert!(kept_sender.sender);
+    assert_eq!(
+        create(&registry, OWNER).await,
+        Err(RegistryError::TooManyStreams { limit: 1 })
+    );
+
+    let idle_stream = open_socket(&registry, &idle.id).await.unwrap();
+    let mut viewer = Peer::join(&idle_stream, None).await;
+    viewer
+        .expect_close(CLOSE_NORMAL, STREAM_ENDED, "the idle stream's viewer")
+        .await;
+    // The stream tells the registry from `stopped`, before its mailbox goes;
+    // anything sent to the registry after that is handled after the news.
+    stopped(&idle_stream).await;
+
+    assert_eq!(list(&registry).await, vec![kept.clone()]);
+    assert!(find(&registry, &idle.id).await.is_none());
+    assert_eq!(
+        open_socket(&registry, &idle.id).await.map(|_| ()),
+        Err(RegistryError::UnknownStream)
+    );
+    let again = create(&registry, OWNER).await.unwrap();
+    assert_eq!(list(&registry).await, vec![kept, again]);
+}
+
+/// With a data directory, the registry makes `log/streams` up front and each
+/// stream records to `log/streams/{id}.log`.
+#[actix::test]
+async fn streams_record_into_the_data_directory() {
+    let dir = TempDir::new("registry-recording");
+    let registry = Registry::new(
+        RegistrySettings {
+            data_dir: Some(dir.path().to_owned()),
+            ..settings()
+        },
+        Vec::new(),
+    )
+    .expect("a registry with a writable data directory")
+    .start();
+    assert!(dir.path().join(RECORDINGS_DIR).is_dir());
+    let created = create(&registry, OWNER).await.unwrap();
+    let stream = open_socket(&registry, &created.id).await.unwrap();
+    let sender = Peer::join(&stream, Some(OWNER)).await;
+    let (r1, m2) = (reset(false, 1), mv(2));
+    sender.publish(&stream, &r1).await;
+    sender.publish(&stream, &m2).await;
+    let path = dir
+        .path()
+        .join(RECORDINGS_DIR)
+        .join(format!("{}.log", created.id));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(text, format!("{}\n{}\n", r1.text, m2.text));
+}
+
+/// Streams started on other arbiters relay, end and report to the registry
+/// just as on its own thread.
+#[actix::test]
+async fn streams_on_other_arbiters_work_and_report_their_end() {
+    let arbiter = Arbiter::new();
+    let registry = Registry::new(settings(), vec![arbiter.handle()])
+        .expect("a registry without a data directory")
+        .start();
+    let created = create(&registry, OWNER).await.unwrap();
+    let stream = open_socket(&registry, &created.id).await.unwrap();
+    let mut sender = Peer::join(&stream, Some(OWNER)).await;
+    let mut viewer = Peer::join(&stream, None).await;
+    let m1 = mv(1);
+    sender.publish(&stream, &m1).await;
+    viewer.expect(&m1, "the viewer").await;
+
+    within(
+        "EndStream",
+        stream.send(EndStream {
+            code: 1001,
+            reason: "server restarting",
+        }),
+    )
+    .await
+    .unwrap();
+    sender
+        .expect_close(1001, "server restarting", "the sender")
+        .await;
+    viewer
+        .expect_close(1001, "server restarting", "the viewer")
+        .await;
+    stopped(&stream).await;
+    assert!(list(&registry).await.is_empty());
+    assert!(find(&registry, &created.id).await.is_none());
+    arbiter.stop();
+}
+
+/// When the registry stops (its thread shuts down with the server), every
+/// stream ends and its sockets are closed with 1001 "server restarting".
+#[actix::test]
+async fn stopping_registry_ends_every_stream() {
+    let registry_thread = Arbiter::new();
+    // The streams run on the test's own thread, which outlives the registry's.
+    let registry = Registry::new(settings(), vec![Arbiter::current()])
+        .expect("a registry without a data directory");
+    let registry = Registry::start_in_arbiter(&registry_thread.handle(), move |_| registry);
+    let a = create(&registry, OWNER).await.unwrap();
+    let b = create(&registry, STRANGER).await.unwrap();
+    let a_stream = open_socket(&registry, &a.id).await.unwrap();
+    let b_stream = open_socket(&registry, &b.id).await.unwrap();
+    let mut a_sender = Peer::join(&a_stream, Some(OWNER)).await;
+    let mut a_viewer = Peer::join(&a_stream, None).await;
+    let mut b_viewer = Peer::join(&b_stream, None).await;
+
+    registry_thread.stop();
+    for (peer, what) in [
+        (&mut a_sender, "first stream's sender"),
+        (&mut a_viewer, "first stream's viewer"),
+        (&mut b_viewer, "second stream's viewer"),
+    ] {
+        peer.expect_close(CLOSE_GOING_AWAY, SERVER_RESTARTING, what)
+            .await;
+    }
+    stopped(&a_stream).await;
+    stopped(&b_stream).await;
+}

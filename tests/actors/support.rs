@@ -1,0 +1,383 @@
+//! What the actor tests share: a bounded wait, an inbox a test can await,
+//! stand-in sockets, event builders, stream helpers and temporary directories.
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use twizzle_actors::event::{parse_event, Event};
+use twizzle_actors::ids;
+use twizzle_actors::stream::{
+    GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamSetup, StreamStatus,
+};
+
+/// The longest any test waits for anything; a wait that runs out fails the test.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A permitted sender of the streams these tests start.
+pub const OWNER: &str = "user_00000000000000aa";
+/// A signed-in user who is not a sender of those streams.
+pub const STRANGER: &str = "user_00000000000000bb";
+/// An idle timeout no test lives to see.
+pub const NEVER: Duration = Duration::from_secs(3600);
+
+/// Awaits `future`, failing the test with `what` if it takes longer than [`WAIT`].
+pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    match actix::clock::timeout(WAIT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// The state an [`Inbox`] and its [`Post`]s share.
+struct Queue<T> {
+    /// Delivered and not yet received, oldest first.
+    items: VecDeque<T>,
+    /// The task waiting in [`Inbox::recv`], if any.
+    waker: Option<Waker>,
+}
+
+fn lock<T>(queue: &Mutex<Queue<T>>) -> MutexGuard<'_, Queue<T>> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The sending end of an unbounded test channel; works across arbiters.
+///
+/// (The tests have neither tokio nor futures-channel as a direct dependency,
+/// and a channel is a dozen lines.)
+pub struct Post<T> {
+    queue: Arc<Mutex<Queue<T>>>,
+}
+
+impl<T> Clone for Post<T> {
+    fn clone(&self) -> Self {
+        Post {
+            queue: Arc::clone(&self.queue),
+        }
+    }
+}
+
+impl<T> Post<T> {
+    /// Delivers `item` and wakes the receiver.
+    pub fn push(&self, item: T) {
+        let waker = {
+            let mut queue = lock(&self.queue);
+            queue.items.push_back(item);
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The receiving end of an unbounded test channel.
+pub struct Inbox<T> {
+    queue: Arc<Mutex<Queue<T>>>,
+}
+
+impl<T> Inbox<T> {
+    /// The next item, whenever it comes.
+    pub async fn recv(&mut self) -> T {
+        poll_fn(|cx| {
+            let mut queue = lock(&self.queue);
+            match queue.items.pop_front() {
+                Some(item) => Poll::Ready(item),
+                None => {
+                    queue.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next item, within [`WAIT`].
+    pub async fn next(&mut self, what: &str) -> T {
+        within(what, self.recv()).await
+    }
+}
+
+/// A new unbounded test channel.
+pub fn channel<T>() -> (Post<T>, Inbox<T>) {
+    let queue = Arc::new(Mutex::new(Queue {
+        items: VecDeque::new(),
+        waker: None,
+    }));
+    (
+        Post {
+            queue: Arc::clone(&queue),
+        },
+        Inbox { queue },
+    )
+}
+
+/// An actor that posts every `M` it gets to an inbox: a stand-in for a
+/// WebSocket session (`M = Outbound`) or for the registry (`M = StreamStopped`).
+pub struct Probe<M> {
+    post: Post<M>,
+}
+
+impl<M: Unpin + 'static> Actor for Probe<M> {
+    type Context = Context<Self>;
+}
+
+impl<M> Handler<M> for Probe<M>
+where
+    M: Message<Result = ()> + Unpin + 'static,
+{
+    type Result = ();
+
+    fn handle(&mut self, msg: M, _: &mut Self::Context) {
+        self.post.push(msg);
+    }
+}
+
+/// A started probe and the inbox it posts to.
+pub fn probe<M>() -> (Addr<Probe<M>>, Inbox<M>)
+where
+    M: Message<Result = ()> + Send + Unpin + 'static,
+{
+    let (post, inbox) = channel();
+    (Probe { post }.start(), inbox)
+}
+
+/// A stand-in socket whose actor handles nothing until released, with a
+/// mailbox of `capacity`: a client that stopped reading.
+///
+/// The actor `ctx.wait`s on the release from its first poll, and actix does
+/// not touch a mailbox while a `wait` future is pending, so every message
+/// stays queued and counts against the capacity.
+pub fn stuck_socket(capacity: usize) -> (Addr<Probe<Outbound>>, Inbox<Outbound>, Post<()>) {
+    let (post, inbox) = channel();
+    let (release, mut released) = channel::<()>();
+    let addr = Probe::create(move |ctx| {
+        ctx.set_mailbox_capacity(capacity);
+        ctx.wait(actix::fut::wrap_future(async move {
+            released.recv().await;
+        }));
+        Probe { post }
+    });
+    (addr, inbox, release)
+}
+
+/// A socket actor that stops as soon as it starts: a session already gone.
+pub struct GoneSocket;
+
+impl Actor for GoneSocket {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Outbound> for GoneSocket {
+    type Result = ();
+
+    fn handle(&mut self, _: Outbound, _: &mut Self::Context) {}
+}
+
+/// A started [`GoneSocket`], returned once its mailbox is closed.
+pub async fn gone_socket() -> Recipient<Outbound> {
+    let addr = GoneSocket.start();
+    // A request to a stopped actor fails once its mailbox is dropped, so
+    // this returns exactly when the actor is gone.
+    let ping = addr.send(Outbound::Close {
+        code: 1000,
+        reason: "ping",
+    });
+    assert!(
+        within("a gone socket to stop", ping).await.is_err(),
+        "a GoneSocket must not answer"
+    );
+    addr.recipient()
+}
+
+/// A test socket joined to a stream.
+pub struct Peer {
+    /// The socket's ID in the stream.
+    pub id: SocketId,
+    /// Whether the stream took it for a sender.
+    pub sender: bool,
+    /// Everything the stream sent it.
+    pub inbox: Inbox<Outbound>,
+    /// Keeps the stand-in socket's address alive for the test.
+    _addr: Addr<Probe<Outbound>>,
+}
+
+impl Peer {
+    /// Joins a new stand-in socket to `stream` as `user`; panics if the stream ended.
+    pub async fn join(stream: &Addr<StreamActor>, user: Option<&str>) -> Peer {
+        let (addr, inbox) = probe::<Outbound>();
+        let joined = join_with(stream, addr.clone().recipient(), user)
+            .await
+            .expect("the stream has not ended");
+        Peer {
+            id: joined.socket,
+            sender: joined.sender,
+            inbox,
+            _addr: addr,
+        }
+    }
+
+    /// Publishes `event` as coming from this socket; returns once the stream handled it.
+    pub async fn publish(&self, stream: &Addr<StreamActor>, event: &Event) {
+        publish(stream, self.id, event).await;
+    }
+
+    /// Asserts that the next thing this socket gets is `event`.
+    pub async fn expect(&mut self, event: &Event, what: &str) {
+        let got = self.inbox.next(what).await;
+        assert_eq!(got, Outbound::Event(event.text.clone()), "{what}");
+    }
+
+    /// Asserts that the next things this socket gets are `events`, in order.
+    pub async fn expect_all(&mut self, events: &[&Event], what: &str) {
+        for (n, event) in events.iter().enumerate() {
+            self.expect(event, &format!("{what} (event {n})")).await;
+        }
+    }
+
+    /// Asserts that the next thing this socket gets is a close with `code` and `reason`.
+    pub async fn expect_close(&mut self, code: u16, reason: &str, what: &str) {
+        match self.inbox.next(what).await {
+            Outbound::Close {
+                code: got_code,
+                reason: got_reason,
+            } => assert_eq!((got_code, got_reason), (code, reason), "{what}"),
+            other => panic!("{what}: expected a close, got {other:?}"),
+        }
+    }
+}
+
+/// Sends a `Join` within [`WAIT`]; `Err` if the stream refused or is gone.
+pub async fn join_with(
+    stream: &Addr<StreamActor>,
+    outbox: Recipient<Outbound>,
+    user: Option<&str>,
+) -> Result<Joined, String> {
+    let join = stream.send(Join {
+        outbox,
+        user_id: user.map(str::to_owned),
+    });
+    match within("the stream to answer a join", join).await {
+        Ok(Ok(joined)) => Ok(joined),
+        Ok(Err(ended)) => Err(format!("{ended:?}")),
+        Err(mailbox) => Err(format!("{mailbox}")),
+    }
+}
+
+/// Publishes `event` from `socket`; returns once the stream handled it.
+pub async fn publish(stream: &Addr<StreamActor>, socket: SocketId, event: &Event) {
+    let publish = stream.send(Publish {
+        socket,
+        event: event.clone(),
+    });
+    within("the stream to take a publish", publish)
+        .await
+        .expect("the stream is running");
+}
+
+/// The stream's status; a round trip through its mailbox, so it also orders
+/// after everything sent to the stream before.
+pub async fn status(stream: &Addr<StreamActor>) -> StreamStatus {
+    within("the stream's status", stream.send(GetStatus))
+        .await
+        .expect("the stream is running")
+}
+
+/// Returns once the stream actor has stopped (and so has told its registry).
+pub async fn stopped(stream: &Addr<StreamActor>) {
+    within("the stream to stop", async {
+        // Each round trip lets the stream run; the request fails once the
+        // actor is gone, which is after its `stopped` ran.
+        while stream.send(GetStatus).await.is_ok() {}
+    })
+    .await;
+}
+
+/// A stream setup with a fresh ID, [`OWNER`] as its sender, no countdown in
+/// sight, no recording and no registry; tests change what they need.
+pub fn setup() -> StreamSetup {
+    StreamSetup {
+        id: ids::new_stream_id(),
+        senders: vec![OWNER.to_owned()],
+        idle_timeout: NEVER,
+        recording: None,
+        registry: None,
+    }
+}
+
+/// Parses `frame` into an event, as a session does.
+pub fn event(frame: &str) -> Event {
+    parse_event(frame).unwrap_or_else(|refusal| panic!("{frame}: {refusal}"))
+}
+
+/// A move told apart from others by `n`.
+pub fn mv(n: u64) -> Event {
+    event(&format!(
+        r#"{{"event":"move","data":{{"latestMove":{{"family":"R","amount":1}},"timeStamp":{n},"binaryState":"state{n}"}}}}"#
+    ))
+}
+
+/// An orientation told apart from others by `n`.
+pub fn orientation(n: u64) -> Event {
+    event(&format!(
+        r#"{{"event":"orientation","data":{{"quaternion":{{"x":0,"y":0,"z":0,"w":1}},"timeStamp":{n}}}}}"#
+    ))
+}
+
+/// A reset with this `trackingOrientation`, told apart from others by `n`
+/// (an extra field of `data`, which the broker relays as is).
+pub fn reset(tracking_orientation: bool, n: u64) -> Event {
+    event(&format!(
+        r#"{{"event":"reset","data":{{"trackingOrientation":{tracking_orientation},"n":{n}}}}}"#
+    ))
+}
+
+/// A directory of its own under the system's temporary directory, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A new, empty directory whose name carries `label`.
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let path = std::env::temp_dir().join(format!(
+            "twizzle-actors-{label}-{}-{}-{:016x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            hasher.finish()
+        ));
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

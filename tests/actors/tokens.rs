@@ -1,0 +1,467 @@
+//! The token actor: sign-in, claim tokens, access tokens, the users' public
+//! info, and what survives a restart.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use actix::prelude::*;
+use twizzle_actors::ids::PublicUserInfo;
+use twizzle_actors::tokens::{
+    Authenticate, AuthenticatedUser, Claimed, LookupUsers, RedeemClaim, SignIn, TokenActor,
+    TokenError, WcaProfile, USERS_FILE,
+};
+
+use crate::support::*;
+
+/// The claim token lifetime the server uses by default.
+const CLAIM_TTL: Duration = Duration::from_secs(600);
+
+/// A token actor on `dir`, loading whatever an earlier one left there.
+///
+/// The earlier actor of a test is simply no longer used: it cannot be stopped
+/// from outside, and a process killed with `kill -9` is no more polite.
+fn open(dir: &Path, claim_ttl: Duration) -> Addr<TokenActor> {
+    TokenActor::open(dir, claim_ttl)
+        .expect("open the token actor's data directory")
+        .start()
+}
+
+fn profile(account_id: u64, wca_id: Option<&str>, name: &str) -> WcaProfile {
+    WcaProfile {
+        account_id,
+        wca_id: wca_id.map(str::to_owned),
+        name: name.to_owned(),
+    }
+}
+
+async fn sign_in(tokens: &Addr<TokenActor>, profile: WcaProfile) -> String {
+    within("SignIn", tokens.send(SignIn { profile }))
+        .await
+        .expect("the token actor is running")
+        .expect("sign-in succeeds")
+}
+
+async fn redeem(tokens: &Addr<TokenActor>, claim_token: &str) -> Result<Claimed, TokenError> {
+    let redeem = tokens.send(RedeemClaim {
+        claim_token: claim_token.to_owned(),
+    });
+    within("RedeemClaim", redeem)
+        .await
+        .expect("the token actor is running")
+}
+
+async fn authenticate(
+    tokens: &Addr<TokenActor>,
+    access_token: &str,
+) -> Result<AuthenticatedUser, TokenError> {
+    let authenticate = tokens.send(Authenticate {
+        access_token: access_token.to_owned(),
+    });
+    within("Authenticate", authenticate)
+        .await
+        .expect("the token actor is running")
+}
+
+async fn lookup(tokens: &Addr<TokenActor>, user_ids: &[&str]) -> Vec<PublicUserInfo> {
+    let lookup = tokens.send(LookupUsers {
+        user_ids: user_ids.iter().map(|id| (*id).to_owned()).collect(),
+    });
+    within("LookupUsers", lookup)
+        .await
+        .expect("the token actor is running")
+}
+
+/// Whether `text` is `prefix` followed by `hex_digits` lowercase hex digits.
+fn has_form(text: &str, prefix: &str, hex_digits: usize) -> bool {
+    text.strip_prefix(prefix).is_some_and(|hex| {
+        hex.len() == hex_digits
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Sign-in hands out a `claim_token_` + 32 hex; redeeming it gives a
+/// `twizzle_access_token_` + 32 hex and the public info, named
+/// "Name (WCAID)", or "Name (unverified)" without a WCA ID.
+#[actix::test]
+async fn sign_in_and_claim_give_an_access_token_and_public_info() {
+    let dir = TempDir::new("tokens-sign-in");
+    let tokens = open(dir.path(), CLAIM_TTL);
+
+    let claim = sign_in(&tokens, profile(1, Some("2015ABCD01"), "Ana Lima")).await;
+    assert!(has_form(&claim, "claim_token_", 32), "{claim}");
+    let claimed = redeem(&tokens, &claim).await.unwrap();
+    assert!(
+        has_form(&claimed.access_token, "twizzle_access_token_", 32),
+        "{}",
+        claimed.access_token
+    );
+    assert!(
+        has_form(&claimed.user.twizzle_user_id, "user_", 16),
+        "{}",
+        claimed.user.twizzle_user_id
+    );
+    assert_eq!(claimed.user.wca_id.as_deref(), Some("2015ABCD01"));
+    assert_eq!(claimed.user.name, "Ana Lima (2015ABCD01)");
+
+    let claim = sign_in(&tokens, profile(2, None, "Bo Chen")).await;
+    let unverified = redeem(&tokens, &claim).await.unwrap();
+    assert_eq!(unverified.user.wca_id, None);
+    assert_eq!(unverified.user.name, "Bo Chen (unverified)");
+    assert_ne!(unverified.access_token, claimed.access_token);
+    assert_ne!(
+        unverified.user.twizzle_user_id,
+        claimed.user.twizzle_user_id
+    );
+}
+
+/// A claim token works once; an unknown one, or an access token passed as
+/// one, never.
+#[actix::test]
+async fn claim_token_works_once() {
+    let dir = TempDir::new("tokens-once");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let claim = sign_in(&tokens, profile(1, None, "Ana")).await;
+    let claimed = redeem(&tokens, &claim).await.unwrap();
+    assert_eq!(
+        redeem(&tokens, &claim).await,
+        Err(TokenError::InvalidClaimToken)
+    );
+    assert_eq!(
+        redeem(&tokens, "claim_token_00000000000000000000000000000000").await,
+        Err(TokenError::InvalidClaimToken)
+    );
+    assert_eq!(
+        redeem(&tokens, &claimed.access_token).await,
+        Err(TokenError::InvalidClaimToken)
+    );
+    assert_eq!(
+        redeem(&tokens, "").await,
+        Err(TokenError::InvalidClaimToken)
+    );
+}
+
+/// An expired claim token is refused (a lifetime of zero expires at once).
+#[actix::test]
+async fn expired_claim_token_is_refused() {
+    let dir = TempDir::new("tokens-expired");
+    let tokens = open(dir.path(), Duration::ZERO);
+    let claim = sign_in(&tokens, profile(1, Some("2015ABCD01"), "Ana")).await;
+    assert_eq!(
+        redeem(&tokens, &claim).await,
+        Err(TokenError::InvalidClaimToken)
+    );
+}
+
+/// Signing the same WCA account in again keeps the user and its access
+/// token, and refreshes the name and WCA ID everyone sees.
+#[actix::test]
+async fn second_sign_in_keeps_the_token_and_refreshes_the_profile() {
+    let dir = TempDir::new("tokens-again");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let first = redeem(&tokens, &sign_in(&tokens, profile(7, None, "Ana")).await)
+        .await
+        .unwrap();
+    assert_eq!(first.user.name, "Ana (unverified)");
+
+    let second = redeem(
+        &tokens,
+        &sign_in(&tokens, profile(7, Some("2019LIMA01"), "Ana Lima")).await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.access_token, first.access_token);
+    assert_eq!(second.user.twizzle_user_id, first.user.twizzle_user_id);
+    assert_eq!(second.user.wca_id.as_deref(), Some("2019LIMA01"));
+    assert_eq!(second.user.name, "Ana Lima (2019LIMA01)");
+
+    let me = authenticate(&tokens, &first.access_token).await.unwrap();
+    assert_eq!(me.info, second.user);
+
+    // An unchanged profile signs in too, still to the same user.
+    let third = redeem(
+        &tokens,
+        &sign_in(&tokens, profile(7, Some("2019LIMA01"), "Ana Lima")).await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(third, second);
+}
+
+/// `Authenticate` finds the user of an access token and refuses anything else.
+#[actix::test]
+async fn authenticate_finds_the_user_of_a_token() {
+    let dir = TempDir::new("tokens-auth");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let claim = sign_in(&tokens, profile(3, Some("2010ABCD02"), "Cy")).await;
+    let claimed = redeem(&tokens, &claim).await.unwrap();
+    let me = authenticate(&tokens, &claimed.access_token).await.unwrap();
+    assert_eq!(me.id, claimed.user.twizzle_user_id);
+    assert_eq!(me.info, claimed.user);
+
+    for wrong in [
+        "twizzle_access_token_00000000000000000000000000000000",
+        claim.as_str(),
+        &claimed.user.twizzle_user_id,
+        "",
+    ] {
+        assert_eq!(
+            authenticate(&tokens, wrong).await,
+            Err(TokenError::InvalidAccessToken),
+            "{wrong:?}"
+        );
+    }
+}
+
+/// `LookupUsers` answers the public info of each ID in order, and shows an
+/// unknown ID as an unknown user rather than failing.
+#[actix::test]
+async fn lookup_users_answers_in_order() {
+    let dir = TempDir::new("tokens-lookup");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let ana = redeem(
+        &tokens,
+        &sign_in(&tokens, profile(1, Some("2015ABCD01"), "Ana")).await,
+    )
+    .await
+    .unwrap()
+    .user;
+    let bo = redeem(&tokens, &sign_in(&tokens, profile(2, None, "Bo")).await)
+        .await
+        .unwrap()
+        .user;
+    let unknown = "user_ffffffffffffffff";
+    let found = lookup(
+        &tokens,
+        &[&bo.twizzle_user_id, unknown, &ana.twizzle_user_id],
+    )
+    .await;
+    assert_eq!(found.len(), 3);
+    assert_eq!(found[0], bo);
+    assert_eq!(found[2], ana);
+    assert_eq!(found[1].twizzle_user_id, unknown);
+    assert_eq!(found[1].wca_id, None);
+    assert!(found[1].name.contains("unknown"), "{}", found[1].name);
+    assert!(lookup(&tokens, &[]).await.is_empty());
+}
+
+/// After a restart, access tokens still authenticate (with refreshed
+/// profiles), an unredeemed claim token still redeems, a redeemed one stays
+/// redeemed, and the WCA-account index still finds the user.
+#[actix::test]
+async fn users_and_claims_survive_a_restart() {
+    let dir = TempDir::new("tokens-restart");
+    let before = open(dir.path(), CLAIM_TTL);
+    let used = sign_in(&before, profile(1, None, "Ana")).await;
+    let first = redeem(&before, &used).await.unwrap();
+    let ana = redeem(
+        &before,
+        &sign_in(&before, profile(1, Some("2015ABCD01"), "Ana Lima")).await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ana.access_token, first.access_token);
+    let pending = sign_in(&before, profile(2, None, "Bo")).await;
+
+    let after = open(dir.path(), CLAIM_TTL);
+    let me = authenticate(&after, &ana.access_token).await.unwrap();
+    assert_eq!(me.info, ana.user);
+    assert_eq!(me.info.name, "Ana Lima (2015ABCD01)");
+    assert_eq!(
+        redeem(&after, &used).await,
+        Err(TokenError::InvalidClaimToken)
+    );
+    let bo = redeem(&after, &pending).await.unwrap();
+    assert_eq!(bo.user.name, "Bo (unverified)");
+    assert_eq!(
+        authenticate(&after, &bo.access_token).await.unwrap().info,
+        bo.user
+    );
+    let again = redeem(
+        &after,
+        &sign_in(&after, profile(1, Some("2015ABCD01"), "Ana Lima")).await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, ana);
+
+    // And the claim redeemed after the first restart stays redeemed after a second.
+    let third = open(dir.path(), CLAIM_TTL);
+    assert_eq!(
+        redeem(&third, &pending).await,
+        Err(TokenError::InvalidClaimToken)
+    );
+    assert!(authenticate(&third, &bo.access_token).await.is_ok());
+}
+
+/// A claim token that expired before a restart is not loaded back: expiry
+/// holds across a restart, and the user it was for is kept.
+#[actix::test]
+async fn expired_claims_are_not_loaded_back() {
+    let dir = TempDir::new("tokens-expired-restart");
+    let before = open(dir.path(), Duration::ZERO);
+    let claim = sign_in(&before, profile(1, None, "Ana")).await;
+    let after = open(dir.path(), CLAIM_TTL);
+    assert_eq!(
+        redeem(&after, &claim).await,
+        Err(TokenError::InvalidClaimToken)
+    );
+    // The user it was for is there all the same.
+    let claimed = redeem(&after, &sign_in(&after, profile(1, None, "Ana")).await)
+        .await
+        .unwrap();
+    assert_eq!(claimed.user.name, "Ana (unverified)");
+}
+
+/// A torn last line of the journal (a crash mid-append) is skipped and
+/// everything before it loads; what is written after the restart does not
+/// get glued to the torn bytes.
+#[actix::test]
+async fn torn_last_journal_line_is_skipped() {
+    let dir = TempDir::new("tokens-torn");
+    let before = open(dir.path(), CLAIM_TTL);
+    let ana = redeem(&before, &sign_in(&before, profile(1, None, "Ana")).await)
+        .await
+        .unwrap();
+    let pending = sign_in(&before, profile(2, None, "Bo")).await;
+    {
+        let mut journal = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(USERS_FILE))
+            .expect("the journal exists");
+        journal
+            .write_all(br#"{"t":"user","id":"user_00"#)
+            .expect("tear the journal");
+    }
+
+    let after = open(dir.path(), CLAIM_TTL);
+    assert_eq!(
+        authenticate(&after, &ana.access_token).await.unwrap().info,
+        ana.user
+    );
+    let cy = redeem(&after, &sign_in(&after, profile(3, None, "Cy")).await)
+        .await
+        .unwrap();
+
+    let third = open(dir.path(), CLAIM_TTL);
+    assert!(authenticate(&third, &ana.access_token).await.is_ok());
+    assert_eq!(
+        authenticate(&third, &cy.access_token).await.unwrap().info,
+        cy.user
+    );
+    let bo = redeem(&third, &pending).await.unwrap();
+    assert_eq!(bo.user.name, "Bo (unverified)");
+}
+
+// The journal is compacted from the actor's maps inside `TokenActor::write`,
+// right after appending a record and before the handler applies that record
+// to the maps. When the append that triggers compaction is the one carrying a
+// change, the rewrite leaves the change out. Compaction comes on the append
+// after `COMPACT_AFTER_APPENDS` (1024, private in tokens.rs) appends since the
+// journal was last rewritten, when they outnumber the live records; the tests
+// below steer exactly that append onto a chosen record and check the file
+// did shrink there, so a changed constant fails them loudly.
+
+/// How many records the journal file in `dir` holds.
+fn journal_lines(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join(USERS_FILE))
+        .expect("read the journal")
+        .lines()
+        .count()
+}
+
+/// Brings a freshly opened token actor's journal to exactly `appends` appends
+/// (an even number, at least 2): one sign-in of a filler account (user and
+/// claim record), then sign-in and redeem pairs (claim and claimed records).
+async fn append_records(tokens: &Addr<TokenActor>, appends: usize) {
+    assert!(appends >= 2 && appends % 2 == 0);
+    sign_in(tokens, profile(1000, None, "Filler")).await;
+    for _ in 0..(appends - 2) / 2 {
+        let claim = sign_in(tokens, profile(1000, None, "Filler")).await;
+        redeem(tokens, &claim).await.unwrap();
+    }
+}
+
+/// The append that triggers compaction must not lose the new user it
+/// carries: their access token must work after a restart.
+#[actix::test]
+async fn compaction_keeps_the_user_whose_record_triggered_it() {
+    let dir = TempDir::new("tokens-compact-user");
+    let before = open(dir.path(), CLAIM_TTL);
+    append_records(&before, 1024).await;
+    let lines = journal_lines(dir.path());
+    assert_eq!(lines, 1024, "the journal holds every append so far");
+    // Append 1025 is the new user's record; compaction runs right after it.
+    let claim = sign_in(&before, profile(2000, Some("2020NEWU01"), "New User")).await;
+    assert!(
+        journal_lines(dir.path()) < lines,
+        "the sign-in was meant to trigger compaction"
+    );
+    let newcomer = redeem(&before, &claim).await.unwrap();
+    assert!(authenticate(&before, &newcomer.access_token).await.is_ok());
+
+    let after = open(dir.path(), CLAIM_TTL);
+    assert_eq!(
+        authenticate(&after, &newcomer.access_token)
+            .await
+            .map(|user| user.info),
+        Ok(newcomer.user),
+        "a claimed access token stops working after a restart"
+    );
+}
+
+/// The append that triggers compaction must not lose the claim token it
+/// issues: an unexpired, unredeemed claim token must survive a restart.
+#[actix::test]
+async fn compaction_keeps_the_claim_whose_record_triggered_it() {
+    let dir = TempDir::new("tokens-compact-claim");
+    let before = open(dir.path(), CLAIM_TTL);
+    append_records(&before, 1024).await;
+    let lines = journal_lines(dir.path());
+    assert_eq!(lines, 1024, "the journal holds every append so far");
+    // Append 1025 is the claim record of this sign-in.
+    let claim = sign_in(&before, profile(1000, None, "Filler")).await;
+    assert!(
+        journal_lines(dir.path()) < lines,
+        "the sign-in was meant to trigger compaction"
+    );
+
+    let after = open(dir.path(), CLAIM_TTL);
+    assert!(
+        redeem(&after, &claim).await.is_ok(),
+        "an unredeemed claim token is lost across a restart"
+    );
+}
+
+/// The append that triggers compaction must not undo the redemption it
+/// records: a claim token must not work twice, not even across a restart.
+#[actix::test]
+async fn compaction_keeps_a_redeemed_claim_redeemed() {
+    let dir = TempDir::new("tokens-compact-claimed");
+    let before = open(dir.path(), CLAIM_TTL);
+    append_records(&before, 1022).await;
+    let used = sign_in(&before, profile(1000, None, "Filler")).await;
+    sign_in(&before, profile(1000, None, "Filler")).await;
+    let lines = journal_lines(dir.path());
+    assert_eq!(lines, 1024, "the journal holds every append so far");
+    // Append 1025 is the claimed record of this redemption.
+    redeem(&before, &used).await.unwrap();
+    assert!(
+        journal_lines(dir.path()) < lines,
+        "the redemption was meant to trigger compaction"
+    );
+    assert_eq!(
+        redeem(&before, &used).await,
+        Err(TokenError::InvalidClaimToken)
+    );
+
+    let after = open(dir.path(), CLAIM_TTL);
+    assert_eq!(
+        redeem(&after, &used).await.map(|_| ()),
+        Err(TokenError::InvalidClaimToken),
+        "a redeemed claim token works again after a restart"
+    );
+}
