@@ -80,12 +80,30 @@ impl Journal {
 
     /// Appends `record` as one line and waits until it is on disk.
     pub fn append<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        self.write_line(record)?;
+        self.file.sync_data()
+    }
+
+    /// Appends `record` as one line without waiting for the disk.
+    ///
+    /// The line is in the kernel when this returns, so it survives the
+    /// process being killed, though not the machine losing power.
+    pub fn append_unsynced<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        self.write_line(record)
+    }
+
+    fn write_line<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
+        // One write(2) per record, so a killed process leaves whole lines.
         self.file.write_all(&line)?;
-        self.file.sync_data()?;
         self.appended += 1;
         Ok(())
+    }
+
+    /// Waits until everything appended is on disk.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Records appended since the file was last rewritten.

@@ -4,18 +4,20 @@
 //! relays each event to every other socket, remembers the last reset,
 //! orientation and move for viewers who join later, records every accepted
 //! event, and ends the stream when no sender has been connected for the idle
-//! timeout. The registry created it and hears when it stops.
+//! timeout. The registry created it, hears when it goes idle or live (to keep
+//! that on disk), and hears when it stops. A stream restored after a restart
+//! rebuilds its last events from its recording.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::io::{self, BufRead, BufReader, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use crate::event::{Event, EventKind};
+use crate::event::{parse_event, Event, EventKind};
 
 /// Close code for a stream that ended normally.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -111,12 +113,34 @@ pub struct StreamStatus {
     pub counting_down: bool,
 }
 
-/// Sent to the registry when a stream actor stops, for whatever reason.
+/// What a stream tells its registry.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct StreamStopped {
-    /// The stream that stopped.
-    pub id: String,
+pub enum StreamNotice {
+    /// A sender connected to a stream that had none: the countdown stopped.
+    Live {
+        /// The stream.
+        id: String,
+    },
+    /// The last sender left at `since`: the countdown started.
+    Idle {
+        /// The stream.
+        id: String,
+        /// When the last sender left.
+        since: SystemTime,
+    },
+    /// The countdown ran out. The registry forgets the stream, then ends it
+    /// with [`EndStream`], so nobody finds a stream whose sockets were told
+    /// it ended. The stream takes no new sockets meanwhile.
+    Expired {
+        /// The stream.
+        id: String,
+    },
+    /// The stream actor stopped, for whatever reason.
+    Stopped {
+        /// The stream.
+        id: String,
+    },
 }
 
 /// Everything a stream actor is made from.
@@ -129,8 +153,13 @@ pub struct StreamSetup {
     pub idle_timeout: Duration,
     /// Where the recording goes (`{data}/log/streams/{id}.log`); none in tests that need no file.
     pub recording: Option<PathBuf>,
-    /// Told when the stream stops.
-    pub registry: Option<Recipient<StreamStopped>>,
+    /// Told when the stream goes idle or live, expires, and stops. Without
+    /// one, the stream ends itself when its countdown runs out.
+    pub registry: Option<Recipient<StreamNotice>>,
+    /// Since when the stream has had no sender: `None` for now (a new
+    /// stream); earlier for a stream restored after a restart, whose
+    /// countdown resumes where it was.
+    pub idle_since: Option<SystemTime>,
 }
 
 /// One joined socket.
@@ -167,8 +196,12 @@ pub struct StreamActor {
     recording_path: Option<PathBuf>,
     /// The open recording; `None` until started, or if it could not be opened.
     recording: Option<File>,
-    /// Told when the stream stops.
-    registry: Option<Recipient<StreamStopped>>,
+    /// Told when the stream goes idle or live, expires, and stops.
+    registry: Option<Recipient<StreamNotice>>,
+    /// Set when the countdown ran out: no new sockets, the end is coming.
+    expired: bool,
+    /// Since when no sender has been connected, for the first countdown.
+    idle_since: Option<SystemTime>,
 }
 
 impl StreamActor {
@@ -189,18 +222,29 @@ impl StreamActor {
             recording_path: setup.recording,
             recording: None,
             registry: setup.registry,
+            expired: false,
+            idle_since: setup.idle_since,
         }
     }
 
-    fn start_countdown(&mut self, ctx: &mut Context<Self>) {
+    /// Starts the idle countdown for a stream idle since `since`.
+    fn start_countdown(&mut self, since: SystemTime, ctx: &mut Context<Self>) {
         if self.countdown.is_none() {
-            self.countdown = Some(ctx.run_later(self.idle_timeout, |actor, ctx| {
+            let idle_for = SystemTime::now().duration_since(since).unwrap_or_default();
+            let left = self.idle_timeout.saturating_sub(idle_for);
+            self.countdown = Some(ctx.run_later(left, |actor, ctx| {
                 log::info!(
                     "stream {} ended: no sender for {:?}",
                     actor.id,
                     actor.idle_timeout
                 );
-                actor.end(CLOSE_NORMAL, STREAM_ENDED, ctx);
+                actor.expired = true;
+                match &actor.registry {
+                    Some(registry) => registry.do_send(StreamNotice::Expired {
+                        id: actor.id.clone(),
+                    }),
+                    None => actor.end(CLOSE_NORMAL, STREAM_ENDED, ctx),
+                }
             }));
         }
     }
@@ -220,10 +264,67 @@ impl StreamActor {
         if member.sender {
             self.connected_senders -= 1;
             if self.connected_senders == 0 {
-                self.start_countdown(ctx);
+                let now = SystemTime::now();
+                self.start_countdown(now, ctx);
+                self.notify(StreamNotice::Idle {
+                    id: self.id.clone(),
+                    since: now,
+                });
             }
         }
         Some(member)
+    }
+
+    fn notify(&self, notice: StreamNotice) {
+        if let Some(registry) = &self.registry {
+            registry.do_send(notice);
+        }
+    }
+
+    /// Remembers an accepted event as the latest of its kind.
+    fn remember(&mut self, kind: EventKind, text: &ByteString) {
+        self.last_kind = Some(kind);
+        let slot = match kind {
+            EventKind::Move => &mut self.last_move,
+            EventKind::Orientation => &mut self.last_orientation,
+            EventKind::Reset { .. } => &mut self.last_reset,
+        };
+        *slot = Some(text.clone());
+    }
+
+    /// Rebuilds the last events from an existing recording, cutting off a
+    /// torn last line so the file stays whole JSON lines. Returns the file
+    /// opened for appending.
+    fn restore(&mut self, path: &Path) -> io::Result<File> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let mut whole = 0u64;
+        let mut reader = BufReader::new(&mut file);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = reader.read_line(&mut line)?;
+            if read == 0 || !line.ends_with('\n') {
+                break;
+            }
+            whole += read as u64;
+            if let Ok(event) = parse_event(line.trim_end()) {
+                self.remember(event.kind, &event.text);
+            }
+        }
+        let len = file.seek(io::SeekFrom::End(0))?;
+        if len > whole {
+            log::warn!(
+                "stream {}: cutting a torn last line off {}",
+                self.id,
+                path.display()
+            );
+            file.set_len(whole)?;
+        }
+        Ok(file)
     }
 
     fn record(&mut self, text: &str) {
@@ -246,8 +347,8 @@ impl Actor for StreamActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(path) = &self.recording_path {
-            match OpenOptions::new().create(true).append(true).open(path) {
+        if let Some(path) = self.recording_path.clone() {
+            match self.restore(&path) {
                 Ok(file) => self.recording = Some(file),
                 Err(e) => log::error!(
                     "stream {}: cannot open recording {}: {e}",
@@ -256,15 +357,21 @@ impl Actor for StreamActor {
                 ),
             }
         }
-        self.start_countdown(ctx);
+        let since = self.idle_since.unwrap_or_else(SystemTime::now);
+        self.start_countdown(since, ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(registry) = &self.registry {
-            registry.do_send(StreamStopped {
-                id: self.id.clone(),
-            });
+        if let Some(file) = &self.recording {
+            // On a clean stop, the recording reaches the disk before the
+            // process exits; while running, the page cache is enough.
+            if let Err(e) = file.sync_data() {
+                log::warn!("stream {}: syncing the recording failed: {e}", self.id);
+            }
         }
+        self.notify(StreamNotice::Stopped {
+            id: self.id.clone(),
+        });
     }
 }
 
@@ -272,7 +379,7 @@ impl Handler<Join> for StreamActor {
     type Result = Result<Joined, Ended>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        if !matches!(ctx.state(), ActorState::Running) {
+        if self.expired || !matches!(ctx.state(), ActorState::Running) {
             return Err(Ended);
         }
         let sender = msg
@@ -285,6 +392,9 @@ impl Handler<Join> for StreamActor {
             self.connected_senders += 1;
             if let Some(countdown) = self.countdown.take() {
                 ctx.cancel_future(countdown);
+                self.notify(StreamNotice::Live {
+                    id: self.id.clone(),
+                });
             }
         } else {
             for text in [&self.last_reset, &self.last_orientation, &self.last_move]
@@ -334,12 +444,7 @@ impl Handler<Publish> for StreamActor {
                 return;
             }
         }
-        self.last_kind = Some(kind);
-        match kind {
-            EventKind::Move => self.last_move = Some(text.clone()),
-            EventKind::Orientation => self.last_orientation = Some(text.clone()),
-            EventKind::Reset { .. } => self.last_reset = Some(text.clone()),
-        }
+        self.remember(kind, &text);
         let mut dropped = Vec::new();
         for (&socket, member) in &self.members {
             if socket == msg.socket {

@@ -303,3 +303,146 @@ async fn stopping_registry_ends_every_stream() {
     stopped(&a_stream).await;
     stopped(&b_stream).await;
 }
+
+/// Milliseconds since the epoch, as the registry's journal keeps time.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn in_dir(dir: &TempDir, idle_timeout: Duration) -> RegistrySettings {
+    RegistrySettings {
+        data_dir: Some(dir.path().to_owned()),
+        idle_timeout,
+        ..settings()
+    }
+}
+
+/// A registry on a data directory keeps its streams in its journal: a new
+/// registry on the same directory lists them again, with the same senders,
+/// and a stream that ended stays ended.
+#[actix::test]
+async fn streams_come_back_on_the_same_data_directory() {
+    let dir = TempDir::new("registry-restore");
+    let before = start(in_dir(&dir, NEVER));
+    let kept = create(&before, OWNER).await.unwrap();
+    let ended = create(&before, STRANGER).await.unwrap();
+    let stream = find(&before, &ended.id).await.unwrap();
+    within(
+        "EndStream",
+        stream.send(EndStream {
+            code: CLOSE_NORMAL,
+            reason: STREAM_ENDED,
+        }),
+    )
+    .await
+    .unwrap();
+    stopped(&stream).await;
+    // The registry handled the stream's stop before it answers this.
+    assert_eq!(list(&before).await, vec![kept.clone()]);
+
+    let after = start(in_dir(&dir, NEVER));
+    assert_eq!(list(&after).await, vec![kept.clone()]);
+    let stream = find(&after, &kept.id)
+        .await
+        .expect("the kept stream is back");
+    assert!(status(&stream).await.counting_down);
+    // Its creator's slot under the per-user limit is taken again.
+    let limited = start(RegistrySettings {
+        max_streams_per_user: 1,
+        ..in_dir(&dir, NEVER)
+    });
+    assert_eq!(
+        create(&limited, OWNER).await,
+        Err(RegistryError::TooManyStreams { limit: 1 })
+    );
+}
+
+/// On restore, a countdown resumes where it was rather than starting over;
+/// a stream whose countdown ran out while the server was down is not
+/// restored; one that had a sender connected gets a full countdown from now.
+#[actix::test]
+async fn countdowns_resume_and_expired_streams_stay_ended() {
+    let dir = TempDir::new("registry-countdowns");
+    let now = now_ms();
+    let resumed = "twizzle_stream_00000000000000a1";
+    let expired = "twizzle_stream_00000000000000a2";
+    let live = "twizzle_stream_00000000000000a3";
+    let ended = "twizzle_stream_00000000000000a4";
+    let journal = [
+        serde_json::json!({"t": "stream", "id": resumed, "senders": [OWNER], "created_ms": now - 60_000}),
+        serde_json::json!({"t": "idle", "id": resumed, "since_ms": now - 9_500}),
+        serde_json::json!({"t": "stream", "id": expired, "senders": [OWNER], "created_ms": now - 60_000}),
+        serde_json::json!({"t": "idle", "id": expired, "since_ms": now - 10_500}),
+        serde_json::json!({"t": "stream", "id": live, "senders": [STRANGER], "created_ms": now - 60_000}),
+        serde_json::json!({"t": "live", "id": live}),
+        serde_json::json!({"t": "stream", "id": ended, "senders": [OWNER], "created_ms": now - 60_000}),
+        serde_json::json!({"t": "end", "id": ended}),
+    ];
+    let text: String = journal.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(dir.path().join("streams.jsonl"), text + "{\"t\":\"stre").unwrap();
+
+    // A ten-second timeout: `resumed` has half a second left, `live` ten.
+    let registry = start(in_dir(&dir, Duration::from_secs(10)));
+    let ids: Vec<String> = list(&registry).await.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![resumed.to_owned(), live.to_owned()]);
+
+    let resumed_stream = find(&registry, resumed).await.unwrap();
+    let live_stream = find(&registry, live).await.unwrap();
+    let mut viewer = Peer::join(&resumed_stream, None).await;
+    let mut other = Peer::join(&live_stream, None).await;
+    // Within the wait bound (5 s), far less than a fresh ten-second countdown.
+    viewer
+        .expect_close(
+            CLOSE_NORMAL,
+            STREAM_ENDED,
+            "the resumed countdown ends the stream",
+        )
+        .await;
+    assert!(status(&live_stream).await.counting_down);
+    assert!(
+        other.inbox.try_next().is_none(),
+        "the live stream is still open"
+    );
+    stopped(&resumed_stream).await;
+    let ids: Vec<String> = list(&registry).await.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![live.to_owned()]);
+}
+
+/// `Shutdown` closes every socket with 1001 `server restarting` and refuses
+/// new streams and sockets, but the streams are not ended: a registry
+/// started afterwards on the same directory has them all.
+#[actix::test]
+async fn shutdown_closes_sockets_but_keeps_streams() {
+    let dir = TempDir::new("registry-shutdown");
+    let before = start(in_dir(&dir, NEVER));
+    let first = create(&before, OWNER).await.unwrap();
+    let second = create(&before, STRANGER).await.unwrap();
+    let mut sockets = Vec::new();
+    for summary in [&first, &second] {
+        let stream = find(&before, &summary.id).await.unwrap();
+        sockets.push(Peer::join(&stream, Some(OWNER)).await);
+        sockets.push(Peer::join(&stream, None).await);
+    }
+    within("Shutdown", before.send(twizzle_actors::registry::Shutdown))
+        .await
+        .unwrap();
+    for socket in &mut sockets {
+        socket
+            .expect_close(CLOSE_GOING_AWAY, SERVER_RESTARTING, "shutdown")
+            .await;
+    }
+    assert_eq!(
+        create(&before, OWNER).await,
+        Err(RegistryError::ShuttingDown)
+    );
+    assert_eq!(
+        open_socket(&before, &first.id).await.map(|_| ()),
+        Err(RegistryError::ShuttingDown)
+    );
+
+    let after = start(in_dir(&dir, NEVER));
+    assert_eq!(list(&after).await, vec![first, second]);
+}

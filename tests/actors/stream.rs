@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 
 use twizzle_actors::stream::{
-    EndStream, Leave, Outbound, StreamActor, StreamStatus, StreamStopped, CLOSE_NORMAL,
+    EndStream, Leave, Outbound, StreamActor, StreamNotice, StreamSetup, StreamStatus, CLOSE_NORMAL,
     CLOSE_POLICY, STREAM_ENDED, TOO_SLOW,
 };
 
@@ -233,12 +233,13 @@ async fn reset_after_another_event_is_relayed() {
         .await;
 }
 
-/// With no sender, the stream ends after the idle timeout: every socket is
-/// closed with 1000 "stream ended", the registry hears `StreamStopped`, and a
-/// later `Join` is refused.
+/// With no sender, the stream's countdown runs out after the idle timeout:
+/// it tells the registry `Expired` and takes no new socket; the registry's
+/// `EndStream` then closes every socket with 1000 "stream ended", and the
+/// registry hears `Stopped`.
 #[actix::test]
 async fn idle_stream_ends_and_closes_every_socket() {
-    let (registry, mut stops) = probe::<StreamStopped>();
+    let (registry, mut notices) = probe::<StreamNotice>();
     let mut config = setup();
     let id = config.id.clone();
     config.idle_timeout = IDLE;
@@ -248,6 +249,32 @@ async fn idle_stream_ends_and_closes_every_socket() {
     let mut stranger = Peer::join(&stream, Some(STRANGER)).await;
     assert!(status(&stream).await.counting_down);
 
+    assert_eq!(
+        notices.next("Expired").await,
+        StreamNotice::Expired { id: id.clone() }
+    );
+    let (late, _inbox) = probe::<Outbound>();
+    assert!(
+        join_with(&stream, late.recipient(), Some(OWNER))
+            .await
+            .is_err(),
+        "a join after the countdown ran out must fail"
+    );
+    assert!(
+        anonymous.inbox.try_next().is_none(),
+        "the registry ends it, not the stream"
+    );
+
+    // What the registry does on `Expired`.
+    within(
+        "EndStream",
+        stream.send(EndStream {
+            code: CLOSE_NORMAL,
+            reason: STREAM_ENDED,
+        }),
+    )
+    .await
+    .unwrap();
     anonymous
         .expect_close(CLOSE_NORMAL, STREAM_ENDED, "anonymous viewer")
         .await;
@@ -255,17 +282,22 @@ async fn idle_stream_ends_and_closes_every_socket() {
         .expect_close(CLOSE_NORMAL, STREAM_ENDED, "signed-in viewer")
         .await;
     assert_eq!(
-        stops.next("StreamStopped").await,
-        StreamStopped { id: id.clone() }
+        notices.next("Stopped").await,
+        StreamNotice::Stopped { id: id.clone() }
     );
+}
 
-    let (late, _inbox) = probe::<Outbound>();
-    assert!(
-        join_with(&stream, late.recipient(), Some(OWNER))
-            .await
-            .is_err(),
-        "a join after the end must fail"
-    );
+/// Without a registry, a stream whose countdown runs out ends itself.
+#[actix::test]
+async fn without_a_registry_the_stream_ends_itself() {
+    let mut config = setup();
+    config.idle_timeout = IDLE;
+    let stream = StreamActor::new(config).start();
+    let mut viewer = Peer::join(&stream, None).await;
+    viewer
+        .expect_close(CLOSE_NORMAL, STREAM_ENDED, "the viewer")
+        .await;
+    stopped(&stream).await;
 }
 
 /// A connected sender stops the countdown; it restarts only when the last
@@ -273,7 +305,7 @@ async fn idle_stream_ends_and_closes_every_socket() {
 /// out the stream ends.
 #[actix::test]
 async fn senders_hold_the_countdown() {
-    let (registry, mut stops) = probe::<StreamStopped>();
+    let (registry, mut notices) = probe::<StreamNotice>();
     let mut config = setup();
     let id = config.id.clone();
     config.idle_timeout = IDLE;
@@ -344,26 +376,55 @@ async fn senders_hold_the_countdown() {
         .unwrap();
     assert!(status(&stream).await.counting_down);
 
-    viewer
-        .expect_close(CLOSE_NORMAL, STREAM_ENDED, "the viewer")
-        .await;
-    assert_eq!(stops.next("StreamStopped").await, StreamStopped { id });
+    // The registry heard each change of the countdown, then its end.
+    let mut heard = Vec::new();
+    loop {
+        let notice = notices.next("notices").await;
+        let done = matches!(notice, StreamNotice::Expired { .. });
+        heard.push(match notice {
+            StreamNotice::Live { .. } => "live",
+            StreamNotice::Idle { .. } => "idle",
+            StreamNotice::Expired { .. } => "expired",
+            StreamNotice::Stopped { .. } => "stopped",
+        });
+        if done {
+            break;
+        }
+    }
+    assert_eq!(heard, ["live", "idle", "live", "idle", "expired"]);
     let (late, _inbox) = probe::<Outbound>();
     assert!(join_with(&stream, late.recipient(), Some(OWNER))
         .await
         .is_err());
+    within(
+        "EndStream",
+        stream.send(EndStream {
+            code: CLOSE_NORMAL,
+            reason: STREAM_ENDED,
+        }),
+    )
+    .await
+    .unwrap();
+    viewer
+        .expect_close(CLOSE_NORMAL, STREAM_ENDED, "the viewer")
+        .await;
+    assert_eq!(notices.next("Stopped").await, StreamNotice::Stopped { id });
 }
 
 /// `EndStream` closes every socket, senders too, with the given code and
-/// reason, and the registry hears `StreamStopped`.
+/// reason, and the registry hears `Stopped`.
 #[actix::test]
 async fn end_stream_closes_every_socket_with_its_code() {
-    let (registry, mut stops) = probe::<StreamStopped>();
+    let (registry, mut notices) = probe::<StreamNotice>();
     let mut config = setup();
     let id = config.id.clone();
     config.registry = Some(registry.recipient());
     let stream = StreamActor::new(config).start();
     let mut sender = Peer::join(&stream, Some(OWNER)).await;
+    assert_eq!(
+        notices.next("Live").await,
+        StreamNotice::Live { id: id.clone() }
+    );
     let mut viewer = Peer::join(&stream, None).await;
     within(
         "EndStream",
@@ -380,7 +441,7 @@ async fn end_stream_closes_every_socket_with_its_code() {
     viewer
         .expect_close(1001, "server restarting", "the viewer")
         .await;
-    assert_eq!(stops.next("StreamStopped").await, StreamStopped { id });
+    assert_eq!(notices.next("Stopped").await, StreamNotice::Stopped { id });
 }
 
 /// A socket that stops reading fills its bounded mailbox and is dropped (and
@@ -519,4 +580,61 @@ async fn stream_without_a_writable_recording_still_relays() {
     let m1 = mv(1);
     sender.publish(&stream, &m1).await;
     viewer.expect(&m1, "the viewer").await;
+}
+
+/// A stream started on an existing recording (a restart) rebuilds its last
+/// reset, orientation and move from it for new viewers, keeps the reset
+/// guard's memory, and cuts a torn last line off so that the recording
+/// stays whole JSON lines with new events after it.
+#[actix::test]
+async fn restart_rebuilds_the_replay_from_the_recording() {
+    let dir = TempDir::new("stream-restore");
+    let path = dir.path().join("restored.log");
+    let recorded = [
+        reset(true, 1),
+        orientation(2),
+        mv(3),
+        orientation(4),
+        mv(5),
+        reset(false, 6),
+    ];
+    let mut text: String = recorded.iter().map(|e| format!("{}\n", e.text)).collect();
+    text.push_str("{\"event\":\"move\",\"da");
+    std::fs::write(&path, text).unwrap();
+
+    let stream = StreamActor::new(StreamSetup {
+        recording: Some(path.clone()),
+        ..setup()
+    })
+    .start();
+    let mut viewer = Peer::join(&stream, None).await;
+    viewer
+        .expect_all(
+            &[&recorded[5], &recorded[3], &recorded[4]],
+            "the replay rebuilt from the recording",
+        )
+        .await;
+
+    // The guard remembers the last recorded reset: the same one again is dropped.
+    let sender = Peer::join(&stream, Some(OWNER)).await;
+    sender.publish(&stream, &reset(false, 7)).await;
+    sender.publish(&stream, &mv(8)).await;
+    viewer
+        .expect(&mv(8), "the repeated reset was dropped")
+        .await;
+
+    let lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        recorded.len() + 1,
+        "the torn line is gone, the new move appended"
+    );
+    for line in &lines {
+        serde_json::from_str::<serde_json::Value>(line).expect("a whole JSON line");
+    }
+    assert_eq!(lines.last().unwrap(), &*mv(8).text);
 }

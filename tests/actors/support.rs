@@ -105,6 +105,11 @@ impl<T> Inbox<T> {
     pub async fn next(&mut self, what: &str) -> T {
         within(what, self.recv()).await
     }
+
+    /// The next item if one has come already.
+    pub fn try_next(&mut self) -> Option<T> {
+        lock(&self.queue).items.pop_front()
+    }
 }
 
 /// A new unbounded test channel.
@@ -122,7 +127,7 @@ pub fn channel<T>() -> (Post<T>, Inbox<T>) {
 }
 
 /// An actor that posts every `M` it gets to an inbox: a stand-in for a
-/// WebSocket session (`M = Outbound`) or for the registry (`M = StreamStopped`).
+/// WebSocket session (`M = Outbound`) or for the registry (`M = StreamNotice`).
 pub struct Probe<M> {
     post: Post<M>,
 }
@@ -315,6 +320,7 @@ pub fn setup() -> StreamSetup {
         idle_timeout: NEVER,
         recording: None,
         registry: None,
+        idle_since: None,
     }
 }
 
