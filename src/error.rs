@@ -45,6 +45,8 @@ pub enum ApiError {
     NoSuchEndpoint(String),
     /// The endpoint exists but not for this method.
     MethodNotAllowed,
+    /// The server is restarting; try again in a moment.
+    ShuttingDown,
     /// Something on our side failed (storage, an actor gone); the details are in the log.
     Internal,
 }
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::BadQuery(why) => format!("bad query string: {why}"),
             ApiError::NoSuchEndpoint(path) => format!("no such endpoint: {path}"),
             ApiError::MethodNotAllowed => "method not allowed here".to_owned(),
+            ApiError::ShuttingDown => "server restarting: try again in a moment".to_owned(),
             ApiError::Internal => "internal error".to_owned(),
         }
     }
@@ -103,9 +106,9 @@ impl ResponseError for ApiError {
             | ApiError::MissingClaimToken
             | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::TooManySockets { .. } | ApiError::SignInNotConfigured => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::TooManySockets { .. }
+            | ApiError::SignInNotConfigured
+            | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::WcaFailed => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -135,6 +138,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::UnknownStream => ApiError::UnknownStream,
             RegistryError::TooManyStreams { limit } => ApiError::TooManyStreams { limit },
             RegistryError::TooManySockets { limit } => ApiError::TooManySockets { limit },
+            RegistryError::ShuttingDown => ApiError::ShuttingDown,
+            RegistryError::Storage(_) => ApiError::Internal,
         }
     }
 }

@@ -11,7 +11,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::{DefaultHeaders, Logger};
 use actix_web::{web, App, HttpServer};
 use twizzle_actors::ids;
-use twizzle_actors::registry::{Registry, RegistrySettings};
+use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
 use twizzle_actors::tokens::TokenActor;
 
 use crate::config::Settings;
@@ -32,8 +32,30 @@ pub struct Application {
     port: u16,
     /// The HTTP server, not yet awaited.
     server: Server,
-    /// The threads the token actor and the streams run on; stopped with the server.
+    /// Stops the server cleanly.
+    handle: AppHandle,
+    /// The threads the actors run on; stopped with the server.
     arbiters: Arbiters,
+}
+
+/// Stops a running application cleanly, from a signal or a test.
+#[derive(Clone)]
+pub struct AppHandle {
+    server: actix_web::dev::ServerHandle,
+    registry: Addr<Registry>,
+}
+
+impl AppHandle {
+    /// Stops taking connections, closes every socket with 1001 `server
+    /// restarting` (the streams stay on disk for the next start), and stops
+    /// the server. Returns once it has stopped.
+    pub async fn shutdown(&self) {
+        self.server.pause().await;
+        if let Err(e) = self.registry.send(Shutdown).await {
+            log::warn!("the registry did not shut down: {e}");
+        }
+        self.server.stop(true).await;
+    }
 }
 
 /// Arbiters that stop when dropped, so a stopped server leaves no threads behind.
@@ -54,6 +76,7 @@ impl Application {
     pub async fn build(settings: Settings) -> io::Result<Application> {
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let token_arbiter = Arbiter::new();
+        let registry_arbiter = Arbiter::new();
         let stream_arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
 
         let token_actor = TokenActor::open(&settings.data_dir, settings.claim_token_ttl)?;
@@ -66,8 +89,10 @@ impl Application {
                 max_sockets: settings.limits.max_sockets,
             },
             stream_arbiters.iter().map(Arbiter::handle).collect(),
-        )?
-        .start();
+        )?;
+        // The registry syncs its journal when a stream is created; on its own
+        // thread that stalls nothing else.
+        let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| registry);
 
         if settings.wca.client_secret.is_none() {
             log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
@@ -81,7 +106,7 @@ impl Application {
         );
 
         let state = web::Data::new(AppState {
-            registry,
+            registry: registry.clone(),
             tokens,
             settings: settings.clone(),
             started: SystemTime::now(),
@@ -125,14 +150,22 @@ impl Application {
                 .configure(routes::configure)
         })
         .workers(cores)
+        // Signals are ours: a clean stop closes the sockets first.
+        .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
         .listen(listener)?
         .run();
+        let handle = AppHandle {
+            server: server.handle(),
+            registry,
+        };
         Ok(Application {
             port,
             server,
+            handle,
             arbiters: Arbiters(
-                std::iter::once(token_arbiter)
+                [token_arbiter, registry_arbiter]
+                    .into_iter()
                     .chain(stream_arbiters)
                     .collect(),
             ),
@@ -144,19 +177,52 @@ impl Application {
         self.port
     }
 
-    /// A handle to stop the server from elsewhere.
-    pub fn handle(&self) -> actix_web::dev::ServerHandle {
-        self.server.handle()
+    /// A handle to stop the server cleanly from elsewhere.
+    pub fn handle(&self) -> AppHandle {
+        self.handle.clone()
     }
 
-    /// Serves until the server is stopped (SIGTERM, SIGINT, or its handle).
+    /// Serves until the server is stopped by its handle, or by SIGTERM or
+    /// SIGINT, which stop it cleanly the same way.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Application {
-            server, arbiters, ..
+            server,
+            handle,
+            arbiters,
+            ..
         } = self;
+        let signals = actix_web::rt::spawn(async move {
+            if let Some(name) = stop_signal().await {
+                log::info!("{name} received: closing sockets and stopping");
+                handle.shutdown().await;
+            }
+        });
         let result = server.await;
+        signals.abort();
         drop(arbiters);
+        log::info!("stopped");
         result
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; `None` if signals cannot be listened to.
+async fn stop_signal() -> Option<&'static str> {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            log::error!("cannot listen for SIGTERM and SIGINT: {e}");
+            return None;
+        }
+    };
+    let term = std::pin::pin!(term.recv());
+    let int = std::pin::pin!(int.recv());
+    match futures_util::future::select(term, int).await {
+        futures_util::future::Either::Left(_) => Some("SIGTERM"),
+        futures_util::future::Either::Right(_) => Some("SIGINT"),
     }
 }
 

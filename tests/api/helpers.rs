@@ -153,7 +153,7 @@ pub struct TestApp {
     pub port: u16,
     pub wca: FakeWca,
     pub client: awc::Client,
-    pub handle: Option<actix_web::dev::ServerHandle>,
+    pub handle: Option<twizzle_api_server::startup::AppHandle>,
     pub dir: Arc<TestDir>,
     next_code: std::cell::Cell<u64>,
 }
