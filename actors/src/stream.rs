@@ -250,6 +250,14 @@ impl StreamActor {
     }
 
     fn end(&mut self, code: u16, reason: &'static str, ctx: &mut Context<Self>) {
+        if let Some(file) = &self.recording {
+            // Before the sockets hear of the end (and before a shutdown goes
+            // on), the recording is on disk; while running, the page cache
+            // is enough.
+            if let Err(e) = file.sync_data() {
+                log::warn!("stream {}: syncing the recording failed: {e}", self.id);
+            }
+        }
         for (_, member) in self.members.drain() {
             // `do_send` on purpose: the close must get through even to a
             // socket whose queue is full.
@@ -362,13 +370,6 @@ impl Actor for StreamActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(file) = &self.recording {
-            // On a clean stop, the recording reaches the disk before the
-            // process exits; while running, the page cache is enough.
-            if let Err(e) = file.sync_data() {
-                log::warn!("stream {}: syncing the recording failed: {e}", self.id);
-            }
-        }
         self.notify(StreamNotice::Stopped {
             id: self.id.clone(),
         });
