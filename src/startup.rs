@@ -79,7 +79,10 @@ impl Application {
         let registry_arbiter = Arbiter::new();
         let stream_arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
 
-        let token_actor = TokenActor::open(&settings.data_dir, settings.claim_token_ttl)?;
+        let mut token_actor = TokenActor::open(&settings.data_dir, settings.claim_token_ttl)?;
+        if let Some(secret) = &settings.wca.client_secret {
+            token_actor = token_actor.with_sealing_secret(secret.expose().as_bytes());
+        }
         let tokens = TokenActor::start_in_arbiter(&token_arbiter.handle(), move |_| token_actor);
         let registry = Registry::new(
             RegistrySettings {

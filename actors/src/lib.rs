@@ -16,12 +16,14 @@
 //!   streams, counts sockets, and learns when a stream ends.
 //! - [`tokens`]: the [`tokens::TokenActor`] owns users, access tokens and
 //!   claim tokens, and keeps them on disk.
-//! - [`journal`]: the append-only JSON-lines file the token actor stores its
-//!   records in.
+//! - [`journal`]: the append-only JSON-lines file the token actor and the
+//!   registry store their records in.
+//! - [`secrets`]: token hashes and the sealing of access tokens at rest.
 
 pub mod event;
 pub mod ids;
 pub mod journal;
 pub mod registry;
+pub mod secrets;
 pub mod stream;
 pub mod tokens;

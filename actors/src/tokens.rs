@@ -2,7 +2,10 @@
 //!
 //! HTTP handlers ask it to sign a WCA account in, to redeem a claim token and
 //! to authenticate an access token. Everything it hands out is in its journal
-//! (`users.jsonl` in the data directory) before the answer leaves.
+//! (`users.jsonl` in the data directory) before the answer leaves; tokens are
+//! kept there only as hashes, and access tokens also sealed (see [`secrets`]).
+//!
+//! [`secrets`]: crate::secrets
 
 use std::collections::HashMap;
 use std::io;
@@ -14,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{self, PublicUserInfo};
 use crate::journal::Journal;
+use crate::secrets::{token_hash, SealingKey};
 
 /// The journal's file name inside the data directory.
 pub const USERS_FILE: &str = "users.jsonl";
@@ -22,6 +26,10 @@ const CLAIM_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// The journal is compacted once this many records were appended and they
 /// outnumber the live ones.
 const COMPACT_AFTER_APPENDS: usize = 1024;
+/// Access tokens a user may hold at once (one per sign-in whose sealed copy
+/// could not be opened, e.g. after the WCA secret was rotated); the oldest
+/// stops working beyond this.
+pub const MAX_TOKENS_PER_USER: usize = 16;
 
 /// What the WCA says of the account that signed in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +49,10 @@ struct User {
     wca_account: u64,
     wca_id: Option<String>,
     name: String,
-    access_token: String,
+    /// SHA-256 hashes of the user's valid access tokens, oldest first.
+    token_hashes: Vec<String>,
+    /// The newest access token, sealed; returned again on the next sign-in.
+    sealed_token: Option<String>,
 }
 
 impl User {
@@ -64,14 +75,14 @@ struct Claim {
 enum Record {
     /// A user was created or its WCA name or ID changed: the whole user.
     User(User),
-    /// A claim token was issued.
+    /// A claim token was issued (kept as its hash).
     Claim {
-        claim_token: String,
+        claim_hash: String,
         user_id: String,
         expires_ms: u64,
     },
     /// A claim token was redeemed.
-    Claimed { claim_token: String },
+    Claimed { claim_hash: String },
 }
 
 /// Why the token actor refused a request.
@@ -140,16 +151,19 @@ pub struct LookupUsers {
 pub struct TokenActor {
     /// Users by ID.
     users: HashMap<String, User>,
-    /// User IDs by access token.
+    /// User IDs by access token hash. Looking a token up by its hash leaks
+    /// nothing through timing about the tokens that exist.
     by_token: HashMap<String, String>,
     /// User IDs by WCA account number.
     by_wca_account: HashMap<u64, String>,
-    /// Unredeemed claim tokens.
+    /// Unredeemed claim tokens by hash.
     claims: HashMap<String, Claim>,
     /// How long a claim token may wait to be redeemed.
     claim_ttl: Duration,
     /// Where every change is written before it is answered.
     journal: Journal,
+    /// Seals access tokens at rest.
+    key: SealingKey,
 }
 
 impl TokenActor {
@@ -168,20 +182,20 @@ impl TokenActor {
                     users.insert(user.id.clone(), user);
                 }
                 Record::Claim {
-                    claim_token,
+                    claim_hash,
                     user_id,
                     expires_ms,
                 } => {
                     claims.insert(
-                        claim_token,
+                        claim_hash,
                         Claim {
                             user_id,
                             expires_ms,
                         },
                     );
                 }
-                Record::Claimed { claim_token } => {
-                    claims.remove(&claim_token);
+                Record::Claimed { claim_hash } => {
+                    claims.remove(&claim_hash);
                 }
             }
         }
@@ -195,6 +209,7 @@ impl TokenActor {
             claims,
             claim_ttl,
             journal,
+            key: SealingKey::random(),
         };
         for user in users.into_values() {
             actor.index(user);
@@ -208,9 +223,24 @@ impl TokenActor {
         Ok(actor)
     }
 
+    /// Seals access tokens with a key derived from `secret` (the WCA client
+    /// secret), so a returning user gets the same token across restarts.
+    /// Without it, a process-local key is used.
+    pub fn with_sealing_secret(mut self, secret: &[u8]) -> TokenActor {
+        self.key = SealingKey::from_secret(secret);
+        self
+    }
+
+    /// Makes `user` the current version of that user, token hashes included.
     fn index(&mut self, user: User) {
-        self.by_token
-            .insert(user.access_token.clone(), user.id.clone());
+        if let Some(old) = self.users.get(&user.id) {
+            for hash in &old.token_hashes {
+                self.by_token.remove(hash);
+            }
+        }
+        for hash in &user.token_hashes {
+            self.by_token.insert(hash.clone(), user.id.clone());
+        }
         self.by_wca_account
             .insert(user.wca_account, user.id.clone());
         self.users.insert(user.id.clone(), user);
@@ -259,8 +289,8 @@ fn storage_error(journal: &Journal, e: io::Error) -> TokenError {
 
 fn live_records(users: &HashMap<String, User>, claims: &HashMap<String, Claim>) -> Vec<Record> {
     let users = users.values().cloned().map(Record::User);
-    let claims = claims.iter().map(|(token, claim)| Record::Claim {
-        claim_token: token.clone(),
+    let claims = claims.iter().map(|(hash, claim)| Record::Claim {
+        claim_hash: hash.clone(),
         user_id: claim.user_id.clone(),
         expires_ms: claim.expires_ms,
     });
@@ -305,7 +335,8 @@ impl Handler<SignIn> for TokenActor {
                 wca_account: profile.account_id,
                 wca_id: profile.wca_id,
                 name: profile.name,
-                access_token: ids::new_access_token(),
+                token_hashes: Vec::new(),
+                sealed_token: None,
             },
         };
         if existing.as_ref() != Some(&user) {
@@ -321,14 +352,42 @@ impl Handler<SignIn> for TokenActor {
             user_id: user.id,
             expires_ms: now_ms().saturating_add(ttl_ms),
         };
+        let claim_hash = token_hash(&claim_token);
         self.write(&Record::Claim {
-            claim_token: claim_token.clone(),
+            claim_hash: claim_hash.clone(),
             user_id: claim.user_id.clone(),
             expires_ms: claim.expires_ms,
         })?;
-        self.claims.insert(claim_token.clone(), claim);
+        self.claims.insert(claim_hash, claim);
         self.maybe_compact();
         Ok(claim_token)
+    }
+}
+
+impl TokenActor {
+    /// The user's access token: the sealed one if it opens and is still
+    /// valid, else a new one, kept (hashed and sealed) before it is returned.
+    fn access_token_for(&mut self, user: &User) -> Result<String, TokenError> {
+        let opened = user
+            .sealed_token
+            .as_ref()
+            .and_then(|sealed| self.key.unseal(&user.id, sealed))
+            .filter(|token| user.token_hashes.contains(&token_hash(token)));
+        if let Some(token) = opened {
+            return Ok(token);
+        }
+        let token = ids::new_access_token();
+        let mut updated = user.clone();
+        updated.token_hashes.push(token_hash(&token));
+        let excess = updated
+            .token_hashes
+            .len()
+            .saturating_sub(MAX_TOKENS_PER_USER);
+        updated.token_hashes.drain(..excess);
+        updated.sealed_token = self.key.seal(&user.id, &token);
+        self.write(&Record::User(updated.clone()))?;
+        self.index(updated);
+        Ok(token)
     }
 }
 
@@ -336,12 +395,13 @@ impl Handler<RedeemClaim> for TokenActor {
     type Result = Result<Claimed, TokenError>;
 
     fn handle(&mut self, msg: RedeemClaim, _: &mut Self::Context) -> Self::Result {
+        let claim_hash = token_hash(&msg.claim_token);
         let claim = self
             .claims
-            .get(&msg.claim_token)
+            .get(&claim_hash)
             .ok_or(TokenError::InvalidClaimToken)?;
         if claim.expires_ms <= now_ms() {
-            self.claims.remove(&msg.claim_token);
+            self.claims.remove(&claim_hash);
             return Err(TokenError::InvalidClaimToken);
         }
         let user = self
@@ -349,21 +409,22 @@ impl Handler<RedeemClaim> for TokenActor {
             .get(&claim.user_id)
             .ok_or(TokenError::InvalidClaimToken)?
             .clone();
+        let access_token = self.access_token_for(&user)?;
         // Redeemed for good only once that is on disk: a claim token must not
         // work twice, not even across a crash.
         self.write(&Record::Claimed {
-            claim_token: msg.claim_token.clone(),
+            claim_hash: claim_hash.clone(),
         })?;
-        self.claims.remove(&msg.claim_token);
+        self.claims.remove(&claim_hash);
         self.maybe_compact();
         log::info!(
             "user {} claimed access token {}",
             user.id,
-            ids::redacted(&user.access_token)
+            ids::redacted(&access_token)
         );
         Ok(Claimed {
             user: user.public(),
-            access_token: user.access_token,
+            access_token,
         })
     }
 }
@@ -374,7 +435,7 @@ impl Handler<Authenticate> for TokenActor {
     fn handle(&mut self, msg: Authenticate, _: &mut Self::Context) -> Self::Result {
         let user = self
             .by_token
-            .get(&msg.access_token)
+            .get(&token_hash(&msg.access_token))
             .and_then(|id| self.users.get(id))
             .ok_or(TokenError::InvalidAccessToken)?;
         Ok(AuthenticatedUser {

@@ -22,9 +22,17 @@ const CLAIM_TTL: Duration = Duration::from_secs(600);
 ///
 /// The earlier actor of a test is simply no longer used: it cannot be stopped
 /// from outside, and a process killed with `kill -9` is no more polite.
+/// The server secret the tests seal access tokens with.
+const SEALING_SECRET: &[u8] = b"test sealing secret";
+
 fn open(dir: &Path, claim_ttl: Duration) -> Addr<TokenActor> {
+    open_sealed(dir, claim_ttl, SEALING_SECRET)
+}
+
+fn open_sealed(dir: &Path, claim_ttl: Duration, secret: &[u8]) -> Addr<TokenActor> {
     TokenActor::open(dir, claim_ttl)
         .expect("open the token actor's data directory")
+        .with_sealing_secret(secret)
         .start()
 }
 
@@ -377,9 +385,13 @@ fn journal_lines(dir: &Path) -> usize {
 /// (an even number, at least 2): one sign-in of a filler account (user and
 /// claim record), then sign-in and redeem pairs (claim and claimed records).
 async fn append_records(tokens: &Addr<TokenActor>, appends: usize) {
-    assert!(appends >= 2 && appends % 2 == 0);
-    sign_in(tokens, profile(1000, None, "Filler")).await;
-    for _ in 0..(appends - 2) / 2 {
+    assert!(appends >= 4 && appends % 2 == 0);
+    // The first sign-in and claim append four records: the user, the claim,
+    // the user again with their first token, the redemption.
+    let first = sign_in(tokens, profile(1000, None, "Filler")).await;
+    redeem(tokens, &first).await.unwrap();
+    // Each later sign-in and claim appends two: the claim and its redemption.
+    for _ in 0..(appends - 4) / 2 {
         let claim = sign_in(tokens, profile(1000, None, "Filler")).await;
         redeem(tokens, &claim).await.unwrap();
     }
@@ -464,4 +476,55 @@ async fn compaction_keeps_a_redeemed_claim_redeemed() {
         Err(TokenError::InvalidClaimToken),
         "a redeemed claim token works again after a restart"
     );
+}
+
+/// Nothing in the journal can be presented as a token: access and claim
+/// tokens appear in it only hashed (and the access token sealed).
+#[actix::test]
+async fn no_token_is_kept_in_the_clear() {
+    let dir = TempDir::new("tokens-at-rest");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let claimed = redeem(&tokens, &sign_in(&tokens, profile(5, None, "Cleo")).await)
+        .await
+        .unwrap();
+    let pending = sign_in(&tokens, profile(5, None, "Cleo")).await;
+    let journal = std::fs::read_to_string(dir.path().join("users.jsonl")).unwrap();
+    for secret in [&claimed.access_token, &pending] {
+        let random_part = secret.rsplit('_').next().unwrap();
+        assert!(
+            !journal.contains(random_part),
+            "a token is in the journal in the clear"
+        );
+    }
+    assert!(authenticate(&tokens, &claimed.access_token).await.is_ok());
+}
+
+/// With another sealing secret (the WCA secret was rotated), a returning
+/// user's sealed token cannot be opened: they get a new token, and the old
+/// one keeps working.
+#[actix::test]
+async fn a_rotated_secret_gives_a_new_token_and_keeps_the_old() {
+    let dir = TempDir::new("tokens-rotated");
+    let before = open(dir.path(), CLAIM_TTL);
+    let first = redeem(&before, &sign_in(&before, profile(6, None, "Rota")).await)
+        .await
+        .unwrap();
+
+    let after = open_sealed(dir.path(), CLAIM_TTL, b"a rotated secret");
+    let second = redeem(&after, &sign_in(&after, profile(6, None, "Rota")).await)
+        .await
+        .unwrap();
+    assert!(
+        second.access_token != first.access_token,
+        "the old sealed token cannot be opened with the new secret"
+    );
+    assert_eq!(second.user, first.user);
+    for token in [&first.access_token, &second.access_token] {
+        assert!(authenticate(&after, token).await.is_ok());
+    }
+    // From now on the new token is the one returned.
+    let third = redeem(&after, &sign_in(&after, profile(6, None, "Rota")).await)
+        .await
+        .unwrap();
+    assert!(third.access_token == second.access_token);
 }
