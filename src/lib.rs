@@ -11,11 +11,14 @@
 //! - [`startup`]: [`startup::Application`] starts the actors, binds, serves.
 //! - [`routes`]: the HTTP handlers; they only pass messages to actors.
 //! - [`session`]: the WebSocket session actor, one per socket.
+//! - [`connection`]: socket options, and cutting a connection whose client
+//!   stopped reading.
 //! - [`wca`]: the WCA OAuth client used by the sign-in callback.
 //! - [`error`]: the one error type of the HTTP layer and its responses.
 //! - [`time`]: JavaScript-style date strings for the liveness check.
 
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod routes;
 pub mod session;

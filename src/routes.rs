@@ -1,6 +1,7 @@
 //! The HTTP handlers. Each takes the actors' addresses from `web::Data`,
 //! sends them a message or two, and turns the answers into a response.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::Addr;
@@ -18,6 +19,7 @@ use twizzle_actors::tokens::{
 };
 
 use crate::config::Settings;
+use crate::connection::{ConnectionFd, Cutoff};
 use crate::error::ApiError;
 use crate::session::{SessionSetup, WsSession};
 use crate::time::js_date_string;
@@ -226,9 +228,12 @@ async fn socket(
         user_id,
         registry: state.registry.clone(),
         heartbeat: state.settings.heartbeat,
-        max_queued_events: limits.max_queued_events,
+        mailbox_capacity: limits.mailbox_capacity(),
         events_per_sec: limits.sender_events_per_sec,
         event_burst: limits.sender_event_burst,
+        cutoff: req
+            .conn_data::<ConnectionFd>()
+            .map(|fd| Arc::new(Cutoff::new(fd.0))),
     });
     ws::WsResponseBuilder::new(session, &req, payload)
         .frame_size(limits.max_frame_bytes)

@@ -4,15 +4,18 @@
 //! frame a sender sends before the stream sees it, writes what the stream
 //! sends it, and pings the client so that dead connections are closed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connection::Cutoff;
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use twizzle_actors::event::parse_event;
 use twizzle_actors::registry::{Registry, SocketClosed};
 use twizzle_actors::stream::{
-    Join, Joined, Leave, Outbound, Publish, StreamActor, CLOSE_NORMAL, CLOSE_POLICY, STREAM_ENDED,
+    Disconnect, Join, Joined, Leave, Outbound, Publish, StreamActor, CLOSE_NORMAL, CLOSE_POLICY,
+    STREAM_ENDED,
 };
 
 /// A socket silent for this many heartbeat intervals is closed.
@@ -34,12 +37,15 @@ pub struct SessionSetup {
     pub registry: Addr<Registry>,
     /// How often to ping.
     pub heartbeat: Duration,
-    /// Mailbox capacity: unsent events queued before the stream drops the socket.
-    pub max_queued_events: usize,
+    /// Mailbox capacity: unsent events queued before the stream drops the
+    /// socket (see `Limits::mailbox_capacity`).
+    pub mailbox_capacity: usize,
     /// Sustained events per second a sender may send.
     pub events_per_sec: f64,
     /// Events a sender may send in a burst.
     pub event_burst: f64,
+    /// Cuts the connection if the client stops reading; `None` if unknown.
+    pub cutoff: Option<Arc<Cutoff>>,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -92,9 +98,11 @@ pub struct WsSession {
     /// How often to ping.
     heartbeat: Duration,
     /// Unsent events queued before the stream drops the socket.
-    max_queued_events: usize,
+    mailbox_capacity: usize,
     /// Limits a sender's events.
     rate: RateLimit,
+    /// Lets the stream cut the connection; forgotten when the session goes.
+    cutoff: Option<Arc<Cutoff>>,
 }
 
 impl WsSession {
@@ -108,8 +116,9 @@ impl WsSession {
             joined: None,
             last_heard: Instant::now(),
             heartbeat: setup.heartbeat,
-            max_queued_events: setup.max_queued_events,
+            mailbox_capacity: setup.mailbox_capacity,
             rate: RateLimit::new(setup.events_per_sec, setup.event_burst),
+            cutoff: setup.cutoff,
         }
     }
 
@@ -162,8 +171,9 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // The stream `try_send`s events here; a full mailbox means the client
-        // stopped reading, and the stream drops the socket.
-        ctx.set_mailbox_capacity(self.max_queued_events);
+        // stopped reading, and the stream drops the socket. See
+        // `SessionSetup::mailbox_capacity` for the size.
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
         ctx.run_interval(self.heartbeat, |session, ctx| {
             if session.last_heard.elapsed() > session.heartbeat * SILENT_INTERVALS {
                 log::info!(
@@ -178,6 +188,10 @@ impl Actor for WsSession {
         let join = Join {
             outbox: ctx.address().recipient(),
             user_id: self.user_id.clone(),
+            disconnect: self
+                .cutoff
+                .clone()
+                .map(|cutoff| cutoff as Arc<dyn Disconnect>),
         };
         // `wait`: no frame is read or written before the stream has taken the
         // socket in and queued its replay.
@@ -198,6 +212,9 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(cutoff) = &self.cutoff {
+            cutoff.forget();
+        }
         if let Some(joined) = self.joined {
             self.stream.do_send(Leave {
                 socket: joined.socket,
@@ -205,6 +222,16 @@ impl Actor for WsSession {
             log::info!("stream {}: {} disconnected", self.stream_id, self.role());
         }
         self.registry.do_send(SocketClosed);
+    }
+}
+
+impl Drop for WsSession {
+    fn drop(&mut self) {
+        // A session cut off while stuck never ran `stopped`; actix-http drops
+        // it before it closes the socket, so the descriptor is forgotten in time.
+        if let Some(cutoff) = &self.cutoff {
+            cutoff.forget();
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
 use twizzle_actors::tokens::TokenActor;
 
 use crate::config::Settings;
+use crate::connection;
 use crate::error::ApiError;
 use crate::routes::{self, AppState};
 use crate::wca::WcaClient;
@@ -153,6 +154,7 @@ impl Application {
                 .configure(routes::configure)
         })
         .workers(cores)
+        .on_connect(connection::on_connect)
         // Signals are ours: a clean stop closes the sockets first.
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
@@ -46,6 +47,13 @@ pub enum Outbound {
     },
 }
 
+/// Cuts a socket's connection from outside its session: for a session that
+/// cannot run because its client stopped reading.
+pub trait Disconnect: Send + Sync {
+    /// Cuts the connection; the session is then dropped by the server.
+    fn disconnect(&self);
+}
+
 /// Adds a socket to the stream; a sender if `user_id` is a permitted sender.
 #[derive(Message)]
 #[rtype(result = "Result<Joined, Ended>")]
@@ -54,6 +62,9 @@ pub struct Join {
     pub outbox: Recipient<Outbound>,
     /// The signed-in user of the socket, if any.
     pub user_id: Option<String>,
+    /// Cuts the connection when its mailbox is full; `None` where there is
+    /// no connection to cut (tests).
+    pub disconnect: Option<Arc<dyn Disconnect>>,
 }
 
 /// How a socket joined.
@@ -166,6 +177,7 @@ pub struct StreamSetup {
 struct Member {
     outbox: Recipient<Outbound>,
     sender: bool,
+    disconnect: Option<Arc<dyn Disconnect>>,
 }
 
 /// One stream: its sockets, its latest state, its countdown and recording.
@@ -412,6 +424,7 @@ impl Handler<Join> for StreamActor {
             Member {
                 outbox: msg.outbox,
                 sender,
+                disconnect: msg.disconnect,
             },
         );
         Ok(Joined { socket, sender })
@@ -461,10 +474,15 @@ impl Handler<Publish> for StreamActor {
             if let Some(member) = self.remove(socket, ctx) {
                 if full {
                     log::info!("stream {}: dropping socket {socket}: {TOO_SLOW}", self.id);
+                    // The close frame reaches a client that reads again; one
+                    // that does not is cut off, since its session cannot run.
                     member.outbox.do_send(Outbound::Close {
                         code: CLOSE_POLICY,
                         reason: TOO_SLOW,
                     });
+                    if let Some(disconnect) = &member.disconnect {
+                        disconnect.disconnect();
+                    }
                 }
             }
         }

@@ -274,6 +274,7 @@ pub async fn join_with(
     let join = stream.send(Join {
         outbox,
         user_id: user.map(str::to_owned),
+        disconnect: None,
     });
     match within("the stream to answer a join", join).await {
         Ok(Ok(joined)) => Ok(joined),

@@ -4,6 +4,7 @@
 mod deploy;
 mod helpers;
 mod http;
+mod limits;
 mod restart;
 mod sign_in;
 mod sockets;

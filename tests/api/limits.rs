@@ -1,0 +1,373 @@
+//! Every limit and every kind of bad input, each answered as SPEC says, and
+//! each leaving an honest sender and viewer on the same server untouched.
+
+use std::time::Duration;
+
+use awc::ws::Message;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// An honest sender and viewer on a stream of their own.
+struct Honest {
+    sender: WsClient,
+    viewer: WsClient,
+    next: u64,
+}
+
+impl Honest {
+    async fn start(app: &TestApp) -> Honest {
+        let (token, _) = app.sign_in(900, Some("2000HONE01"), "Honest").await;
+        let id = app.create_stream(&token).await;
+        Honest {
+            sender: app.connect(&id, Some(&token)).await,
+            viewer: app.connect(&id, None).await,
+            next: 0,
+        }
+    }
+
+    /// Sends `n` events and checks the viewer gets each, in order.
+    async fn still_fine(&mut self, n: u64) {
+        for _ in 0..n {
+            self.sender.send_json(&move_event(self.next)).await;
+            self.next += 1;
+        }
+        for k in self.next - n..self.next {
+            assert_eq!(
+                self.viewer.next_json().await,
+                move_event(k),
+                "the honest stream lost or reordered an event"
+            );
+        }
+    }
+}
+
+/// A viewer that stops reading is dropped once its queue of unsent events is
+/// full, while the sender's other viewer gets every event, in order.
+#[actix_web::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    // Room for exactly the five sockets below: a sixth is admitted only
+    // once the server has really let go of one.
+    let app = spawn_app_with(|s| {
+        s.limits.sender_events_per_sec = 1e9;
+        s.limits.sender_event_burst = 1e9;
+        s.limits.max_sockets = 5;
+    })
+    .await;
+    let mut honest = Honest::start(&app).await;
+    let (token, _) = app.sign_in(1, None, "Flow").await;
+    let id = app.create_stream(&token).await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let port = app.port;
+    let total = 20_000;
+    // The reading viewer reads as fast as it can, on a thread of its own.
+    let reader_id = id.clone();
+    let mut reader =
+        actix_web::rt::task::spawn_blocking(move || RawSocket::open(port, &reader_id, 1 << 20))
+            .await
+            .unwrap();
+    let reading = std::thread::spawn(move || {
+        let texts = reader.read_texts(total);
+        for (k, text) in texts.iter().enumerate() {
+            let frame: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                frame,
+                move_event(k as u64),
+                "the reading viewer lost or reordered an event"
+            );
+        }
+        reader // kept open: its place must not be the one that frees up below
+    });
+    let stuck_id = id.clone();
+    let mut stuck =
+        actix_web::rt::task::spawn_blocking(move || RawSocket::open(port, &stuck_id, 128 * 1024))
+            .await
+            .unwrap();
+
+    // 20,000 events of ~120 bytes (2.4 MB): far more than the stuck
+    // socket's kernel buffers (some 400 KB both ends) and its queue hold.
+    for n in 0..total {
+        sender.send_json(&move_event(n as u64)).await;
+    }
+    let _reader = actix_web::rt::task::spawn_blocking(move || reading.join())
+        .await
+        .unwrap()
+        .expect("the reading viewer got every event, in order, in time");
+    honest.still_fine(20).await;
+    // The server lets go of the stuck socket without the client reading a
+    // byte: its session, which cannot run, is cut off from outside at once.
+    // (Left alone, actix-http would give the connection up only after its
+    // five-second keep-alive timeout; the bound here is well inside that.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while app.try_connect(&id, None).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck socket still holds its place: it was never cut off"
+        );
+        actix::clock::sleep(Duration::from_millis(20)).await; // polling the server's count
+    }
+    // The stuck client, reading at last, finds its connection cut: some
+    // events, then the end, well before all were sent to it.
+    let opcodes = actix_web::rt::task::spawn_blocking(move || {
+        stuck.drain_until_closed(Duration::from_secs(2))
+    })
+    .await
+    .unwrap();
+    let texts = opcodes.iter().filter(|&&op| op == 1).count();
+    assert!(
+        texts < total as usize,
+        "the stuck client got all {texts} events: it was never dropped"
+    );
+    honest.still_fine(20).await;
+}
+
+/// The server pings; a client that never answers is closed after three
+/// silent intervals, while one that answers stays.
+#[actix_web::test]
+async fn a_client_that_never_answers_pings_is_closed() {
+    let app = spawn_app_with(|s| s.heartbeat = Duration::from_millis(200)).await;
+    let (token, _) = app.sign_in(2, None, "Beat").await;
+    let id = app.create_stream(&token).await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    let port = app.port;
+    let silent_id = id.clone();
+    let silent = actix_web::rt::task::spawn_blocking(move || {
+        let mut silent = RawSocket::open(port, &silent_id, 1 << 16);
+        silent.drain_until_closed(Duration::from_secs(3))
+    });
+    // Meanwhile the honest pair keeps talking (and answering pings) for
+    // longer than three intervals.
+    for n in 0..30 {
+        sender.send_json(&move_event(n)).await;
+        assert_eq!(viewer.next_json().await, move_event(n));
+        actix::clock::sleep(Duration::from_millis(40)).await; // pacing, not synchronisation
+    }
+    let opcodes = silent.await.unwrap();
+    assert!(opcodes.contains(&0x9), "the server pinged: {opcodes:?}");
+    assert_eq!(
+        opcodes.last(),
+        Some(&0x8),
+        "closed with a close frame: {opcodes:?}"
+    );
+    sender.send_json(&move_event(99)).await;
+    assert_eq!(viewer.next_json().await, move_event(99));
+
+    // The server answers a client's ping.
+    viewer
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await;
+    loop {
+        match viewer.next().await {
+            Seen::Pong(payload) => {
+                assert_eq!(payload, b"are you there");
+                break;
+            }
+            Seen::Text(_) => continue,
+            other => panic!("expected a pong, saw {other:?}"),
+        }
+    }
+}
+
+/// A 10 MB frame closes its socket with 1009; nothing else notices.
+#[actix_web::test]
+async fn a_ten_megabyte_frame_closes_only_its_socket() {
+    let app = spawn_app().await;
+    let mut honest = Honest::start(&app).await;
+    let (token, _) = app.sign_in(3, None, "Huge").await;
+    let id = app.create_stream(&token).await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut huge = move_event(1);
+    huge["data"]["binaryState"] = Value::String("x".repeat(10 << 20));
+    sender.send_json(&huge).await;
+    let (code, reason) = sender.next_close().await;
+    assert_eq!(code, 1009);
+    assert!(!reason.is_empty());
+    honest.still_fine(50).await;
+}
+
+/// A flood over the rate is answered with one `rate limit exceeded` error
+/// frame per dropped event; what was accepted reaches the viewer in order.
+#[actix_web::test]
+async fn a_flood_is_cut_to_the_rate() {
+    let app = spawn_app().await;
+    let mut honest = Honest::start(&app).await;
+    let (token, _) = app.sign_in(4, None, "Flood").await;
+    let id = app.create_stream(&token).await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    let sent = 1500u64;
+    for n in 0..sent {
+        sender.send_json(&move_event(n)).await;
+    }
+    // The burst allowance (400) plus what 200/s refills meanwhile gets through.
+    let mut dropped = 0u64;
+    sender.send_json(&reset_event(true)).await; // may itself be dropped
+    loop {
+        match actix::clock::timeout(Duration::from_millis(500), sender.next()).await {
+            Ok(Seen::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["data"]["message"], "rate limit exceeded");
+                dropped += 1;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break, // quiet: every error frame has come
+        }
+    }
+    assert!(dropped >= 500, "only {dropped} of {sent} were refused");
+    let accepted = sent + 1 - dropped;
+    let mut last = None;
+    for _ in 0..accepted {
+        let frame = viewer.next_json().await;
+        if frame["event"] == "move" {
+            let n = frame["data"]["timeStamp"].as_u64().unwrap();
+            assert!(last.is_none_or(|l| n > l), "reordered");
+            last = Some(n);
+        }
+    }
+    honest.still_fine(50).await;
+}
+
+/// A thousand bogus tokens get a thousand 401s, and cost the honest stream nothing.
+#[actix_web::test]
+async fn a_thousand_bogus_tokens_are_refused() {
+    let app = spawn_app().await;
+    let mut honest = Honest::start(&app).await;
+    let (token, _) = app.sign_in(5, None, "Real").await;
+    let id = app.create_stream(&token).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for n in 0..1000 {
+        let bogus = format!("twizzle_access_token_{:032x}", rng.random::<u128>());
+        if n % 2 == 0 {
+            let answer = app
+                .post(&format!("/v0/streams?twizzleAccessToken={bogus}"))
+                .await;
+            assert_eq!(answer.status, 401);
+            assert_eq!(answer.body["error"], "invalid twizzle access token");
+        } else {
+            let answer = app
+                .get(&format!(
+                    "/v0/streams/{id}/socket?twizzleAccessToken={bogus}"
+                ))
+                .await;
+            assert_eq!(answer.status, 401);
+        }
+        if n % 250 == 0 {
+            honest.still_fine(5).await;
+        }
+    }
+    honest.still_fine(50).await;
+    app.connect(&id, Some(&token)).await;
+}
+
+/// Past the socket limit an upgrade is refused with 503 naming the limit; a
+/// closed socket frees its place.
+#[actix_web::test]
+async fn sockets_past_the_limit_are_refused() {
+    let app = spawn_app_with(|s| s.limits.max_sockets = 4).await;
+    let mut honest = Honest::start(&app).await; // two sockets
+    let (token, _) = app.sign_in(6, None, "Full").await;
+    let id = app.create_stream(&token).await;
+    let mut third = app.connect(&id, None).await;
+    let _fourth = app.connect(&id, None).await;
+    let port = app.port;
+    let path = format!("/v0/streams/{id}/socket");
+    let (status, body) = actix_web::rt::task::spawn_blocking(move || raw_upgrade(port, &path))
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("at most 4"),
+        "{body}"
+    );
+    honest.still_fine(20).await;
+
+    third.send(Message::Close(None)).await;
+    assert!(matches!(third.next().await, Seen::Close(_) | Seen::Ended));
+    // The server learns of the close a moment later: try until admitted.
+    let deadline = std::time::Instant::now() + WAIT;
+    while app.try_connect(&id, None).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed socket's place was never freed"
+        );
+        actix::clock::sleep(Duration::from_millis(20)).await; // polling the server's count
+    }
+    honest.still_fine(20).await;
+}
+
+/// Random query strings on every endpoint: each gets a status, and every
+/// error a JSON body; nothing panics or hangs, and the honest stream goes on.
+#[actix_web::test]
+async fn random_query_strings_always_get_an_answer() {
+    let app = spawn_app().await;
+    let mut honest = Honest::start(&app).await;
+    let (token, _) = app.sign_in(7, None, "Fuzz").await;
+    let id = app.create_stream(&token).await;
+    let endpoints = [
+        ("GET", "/".to_owned()),
+        ("GET", "/v0/infra/liveness_check".to_owned()),
+        ("GET", "/v0/streams".to_owned()),
+        ("POST", "/v0/streams".to_owned()),
+        ("GET", format!("/v0/streams/{id}/socket")),
+        ("GET", "/v0/auth/wca/oauth_callback".to_owned()),
+        ("POST", "/v0/claim".to_owned()),
+    ];
+    let pieces = [
+        "twizzleAccessToken",
+        "claimToken",
+        "code",
+        "=",
+        "&",
+        "%00",
+        "%ff",
+        "%",
+        "%2",
+        "+",
+        "%26",
+        "%3D",
+        ";",
+        "[]",
+        "a",
+        "Z9",
+        &token,
+        "claim_token_",
+        "twizzle_access_token_",
+        "..",
+        "/",
+        "?",
+        "%C3%A9",
+        "%E2%82",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for round in 0..700 {
+        let (method, path) = &endpoints[round % endpoints.len()];
+        let query: String = (0..rng.random_range(0..12))
+            .map(|_| pieces[rng.random_range(0..pieces.len())])
+            .collect();
+        let url = app.url(&format!("{path}?{query}"));
+        let request = match *method {
+            "GET" => app.client.get(url),
+            _ => app.client.post(url),
+        };
+        let mut res = match request.send().await {
+            Ok(res) => res,
+            Err(awc::error::SendRequestError::Url(_)) => continue, // the client refused to build it
+            Err(e) => panic!("no answer for {method} {path}?{query}: {e}"),
+        };
+        let status = res.status().as_u16();
+        let body = res.body().await.unwrap();
+        if status >= 400 {
+            let error: Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| panic!("{status} without JSON for ?{query}"));
+            assert!(error["error"].is_string(), "{status} for ?{query}: {error}");
+        }
+        assert!(status != 500, "500 for {method} {path}?{query}");
+        if round % 100 == 0 {
+            honest.still_fine(3).await;
+        }
+    }
+    honest.still_fine(20).await;
+}
