@@ -22,6 +22,29 @@ pub const SEND_BUFFER_BYTES: i32 = 64 * 1024;
 /// connection up: the backstop for a peer that vanished mid-write.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Raises this process's soft limit on open files to its hard limit (each
+/// socket is a file; systemd's `LimitNOFILE=` sets the hard limit in
+/// production) and returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the calls to read and write.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// The raw descriptor of a connection, kept in its extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionFd(pub RawFd);

@@ -101,6 +101,14 @@ impl Application {
         if settings.wca.client_secret.is_none() {
             log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
         }
+        match connection::raise_open_file_limit() {
+            Ok(limit) if (limit as usize) < settings.limits.max_sockets => log::warn!(
+                "open-file limit {limit} is below --max-sockets {}: raise LimitNOFILE",
+                settings.limits.max_sockets
+            ),
+            Ok(limit) => log::info!("open-file limit {limit}"),
+            Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+        }
         let listener = TcpListener::bind(&settings.bind)?;
         let port = listener.local_addr()?.port();
         log::info!(

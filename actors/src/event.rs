@@ -234,4 +234,102 @@ mod tests {
         );
         assert!(refusal(r#"{"event":"reset","data":{}}"#).contains("trackingOrientation"));
     }
+
+    /// A bounded fuzz run: arbitrary bytes, mutated events and random JSON
+    /// never panic the parser, and whatever it accepts re-encodes to a
+    /// well-formed event that parses again to the same kind and text.
+    #[test]
+    fn arbitrary_frames_are_answered_without_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x7_7177e);
+        let seeds = [
+            r#"{"event":"move","data":{"latestMove":{"family":"R","amount":1},"timeStamp":1,"binaryState":"AA"}}"#,
+            r#"{"event":"orientation","data":{"quaternion":{"x":0,"y":0,"z":0,"w":1},"timeStamp":2}}"#,
+            r#"{"event":"reset","data":{"trackingOrientation":true}}"#,
+        ];
+        let alphabet: &[u8] = br#"{}[]":,.-+0123456789eE truefalsnmoveorientationresetdatalatestMovetimeStampbinaryStatequaternionxyzw\\"#;
+        let mut accepted = 0;
+        for round in 0..30_000 {
+            let frame: String = match round % 3 {
+                // Arbitrary characters.
+                0 => (0..rng.random_range(0..64))
+                    .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
+                    .collect(),
+                // A valid event with a few bytes changed, dropped or added.
+                1 => {
+                    let mut bytes = seeds[rng.random_range(0..seeds.len())].as_bytes().to_vec();
+                    for _ in 0..rng.random_range(1..4) {
+                        let at = rng.random_range(0..bytes.len());
+                        match rng.random_range(0..3) {
+                            0 => bytes[at] = alphabet[rng.random_range(0..alphabet.len())],
+                            1 => {
+                                bytes.remove(at);
+                            }
+                            _ => bytes.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                        }
+                    }
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+                // Random JSON with the right names in it.
+                _ => random_json(&mut rng, 0).to_string(),
+            };
+            if let Ok(event) = parse_event(&frame) {
+                accepted += 1;
+                let again = parse_event(&event.text).expect("an accepted event re-parses");
+                assert_eq!(again.kind, event.kind);
+                assert_eq!(again.text, event.text);
+                assert!(!event.text.contains('\n'));
+            }
+        }
+        assert!(accepted > 0, "the fuzz run never produced a valid event");
+    }
+
+    fn random_json(rng: &mut impl rand::Rng, depth: u32) -> Value {
+        let names = [
+            "event",
+            "data",
+            "move",
+            "orientation",
+            "reset",
+            "latestMove",
+            "timeStamp",
+            "binaryState",
+            "state",
+            "quaternion",
+            "x",
+            "y",
+            "z",
+            "w",
+            "trackingOrientation",
+        ];
+        match rng.random_range(0..if depth > 3 { 4 } else { 6 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.random()),
+            2 => serde_json::json!(rng.random_range(-1e6..1e6)),
+            3 => Value::String(names[rng.random_range(0..names.len())].to_owned()),
+            4 => Value::Array(
+                (0..rng.random_range(0..3))
+                    .map(|_| random_json(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => {
+                let mut map = Map::new();
+                if depth == 0 {
+                    map.insert(
+                        "event".to_owned(),
+                        Value::String(
+                            ["move", "orientation", "reset"][rng.random_range(0..3)].to_owned(),
+                        ),
+                    );
+                }
+                for _ in 0..rng.random_range(0..6) {
+                    map.insert(
+                        names[rng.random_range(0..names.len())].to_owned(),
+                        random_json(rng, depth + 1),
+                    );
+                }
+                Value::Object(map)
+            }
+        }
+    }
 }

@@ -87,8 +87,8 @@ async fn a_client_that_stops_reading_is_dropped() {
 
     // 20,000 events of ~120 bytes (2.4 MB): far more than the stuck
     // socket's kernel buffers (some 400 KB both ends) and its queue hold.
-    for n in 0..total {
-        sender.send_json(&move_event(n as u64)).await;
+    for n in 0..total as u64 {
+        sender.send_json(&move_event(n)).await;
     }
     let _reader = actix_web::rt::task::spawn_blocking(move || reading.join())
         .await
@@ -116,7 +116,7 @@ async fn a_client_that_stops_reading_is_dropped() {
     .unwrap();
     let texts = opcodes.iter().filter(|&&op| op == 1).count();
     assert!(
-        texts < total as usize,
+        texts < total,
         "the stuck client got all {texts} events: it was never dropped"
     );
     honest.still_fine(20).await;
@@ -370,4 +370,35 @@ async fn random_query_strings_always_get_an_answer() {
         }
     }
     honest.still_fine(20).await;
+}
+
+/// No endpoint reads a request body: a 10 MB one is not buffered, the
+/// request is answered, and the server goes on.
+#[actix_web::test]
+async fn a_huge_request_body_is_not_read() {
+    let app = spawn_app().await;
+    let mut honest = Honest::start(&app).await;
+    let body = vec![b'x'; 10 << 20];
+    match app
+        .client
+        .post(app.url("/v0/claim?claimToken=claim_token_0"))
+        .send_body(body)
+        .await
+    {
+        Ok(mut res) => {
+            assert_eq!(res.status().as_u16(), 401);
+            let error: Value = res.json().await.unwrap();
+            assert!(error["error"].is_string());
+        }
+        // The server may answer and close before the client has written it all.
+        Err(e) => assert!(
+            matches!(
+                e,
+                awc::error::SendRequestError::Send(_) | awc::error::SendRequestError::Response(_)
+            ),
+            "{e}"
+        ),
+    }
+    honest.still_fine(20).await;
+    assert_eq!(app.get("/").await.status, 200);
 }
