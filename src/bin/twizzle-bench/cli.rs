@@ -1,0 +1,299 @@
+//! The command line: a scenario and its options, each with a default that
+//! runs in seconds on a laptop.
+
+use std::path::PathBuf;
+
+/// What load to put on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Streams with one paced sender and many viewers each.
+    Fanout,
+    /// The same, with the rate limit lifted and senders sending flat out.
+    Saturate,
+    /// Many idle viewer sockets; what each one costs the server.
+    Idle,
+}
+
+impl Scenario {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::Saturate => "saturate",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Scenario> {
+        match word {
+            "fanout" => Some(Scenario::Fanout),
+            "saturate" => Some(Scenario::Saturate),
+            "idle" => Some(Scenario::Idle),
+            _ => None,
+        }
+    }
+}
+
+/// Upper bounds on the options, so a typo cannot start an endless run.
+const MAX_SECS: f64 = 3600.0;
+const MAX_RATE: f64 = 100_000.0;
+const MAX_THREADS: usize = 64;
+const MAX_ROUNDS: usize = 20;
+const MAX_SOURCES: usize = 250;
+
+/// Everything the command line asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The scenario to run.
+    pub scenario: Scenario,
+    /// Run it against our server and the peer, alternating, side by side.
+    pub compare: bool,
+    /// Streams (fanout, saturate: default 1; idle: sockets / 100).
+    pub streams: Option<usize>,
+    /// Viewers per stream (fanout 500, saturate 200).
+    pub viewers: Option<usize>,
+    /// Events per second per sender (fanout).
+    pub rate: f64,
+    /// Seconds of sending (fanout 10, saturate 5), or of holding the sockets open (idle 5).
+    pub secs: Option<f64>,
+    /// Idle sockets in all (idle).
+    pub sockets: usize,
+    /// Client threads that run the viewers.
+    pub threads: usize,
+    /// Loopback source addresses the client sockets are spread over (127.0.0.2, …).
+    pub sources: usize,
+    /// Longest wait for the last deliveries after the senders stop.
+    pub drain_secs: f64,
+    /// Saturate: events the average viewer may be behind before the sender
+    /// waits (0: none, the socket's backpressure only).
+    pub window: u64,
+    /// The command that starts our server, instead of the binary next to this one.
+    pub server_cmd: Option<String>,
+    /// The Node peer's folder (with `node_modules`): `node DIR/server.mjs`.
+    pub peer: Option<PathBuf>,
+    /// The command that starts the peer, instead of `--peer`.
+    pub peer_cmd: Option<String>,
+    /// Extra `NAME=VALUE` environment for the servers, after the scenario's own.
+    pub env: Vec<(String, String)>,
+    /// Alternating rounds of `compare`.
+    pub rounds: usize,
+    /// Where to write the figures as JSON too.
+    pub json: Option<PathBuf>,
+}
+
+/// The `--help` text.
+pub fn usage() -> String {
+    let threads = default_threads();
+    format!(
+        "twizzle-bench: load generator for the twizzle stream broker
+
+Usage:
+  twizzle-bench fanout   [options]   S streams x 1 paced sender x V viewers
+  twizzle-bench saturate [options]   the same, rate limit lifted, senders flat out
+  twizzle-bench idle     [options]   C idle viewer sockets: memory per socket
+  twizzle-bench compare [fanout|saturate|idle] [options] --peer DIR
+                                     ours and the Node peer, alternating, side by side
+
+Each run starts the server as a child process on a free loopback port, with a
+fresh data directory and a fake WCA served by the benchmark, and stops it at
+the end.
+
+Options:
+  --streams S        streams (fanout/saturate 1; idle: sockets/100)
+  --viewers V        viewers per stream (fanout 500, saturate 200)
+  --rate E           events per second per sender (fanout; default 30)
+  --secs D           seconds of sending (fanout 10, saturate 5) or of holding
+                     the idle sockets open (idle 5)
+  --sockets C        idle sockets in all (idle; default 2000)
+  --threads T        client threads running the viewers (default {threads})
+  --sources N        loopback source addresses 127.0.0.2.. to spread sockets over (default 4)
+  --drain-secs X     longest wait for the last deliveries after sending (default 10)
+  --window N         saturate: keep the sender at most N events ahead of the
+                     average viewer (default 0: no limit, only the socket's
+                     backpressure, so a server that reads faster than it
+                     relays is flooded)
+  --server-cmd CMD   start our server with CMD (split on spaces, no shell)
+                     instead of twizzle-api-server next to this binary
+  --peer DIR         the Node peer's folder, after `npm ci`: runs `node DIR/server.mjs`
+                     (alone: benchmark the peer; with compare: the other side)
+  --peer-cmd CMD     start the peer with CMD instead
+  --env NAME=VALUE   extra environment for the servers (repeatable)
+  --rounds R         compare: alternating rounds, medians shown (default 1)
+  --json FILE        write the figures as JSON too
+  --help             print this
+"
+    )
+}
+
+/// Client threads by default: half the cores, the other half for the server.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// What the command line asked for: options, or the help text.
+pub enum Parsed {
+    /// Run with these options.
+    Run(Box<Options>),
+    /// Print this and exit.
+    Help(String),
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = args.into_iter().peekable();
+    let first = args.next().ok_or("no scenario given; see --help")?;
+    if first == "--help" || first == "-h" {
+        return Ok(Parsed::Help(usage()));
+    }
+    let (scenario, compare) = if first == "compare" {
+        match args.peek().and_then(|w| Scenario::parse(w)) {
+            Some(scenario) => {
+                args.next();
+                (scenario, true)
+            }
+            None => (Scenario::Fanout, true),
+        }
+    } else {
+        let scenario = Scenario::parse(&first)
+            .ok_or_else(|| format!("unknown scenario {first:?}; see --help"))?;
+        (scenario, false)
+    };
+    let mut options = Options {
+        scenario,
+        compare,
+        streams: None,
+        viewers: None,
+        rate: 30.0,
+        secs: None,
+        sockets: 2000,
+        threads: default_threads(),
+        sources: 4,
+        drain_secs: 10.0,
+        window: 0,
+        server_cmd: None,
+        peer: None,
+        peer_cmd: None,
+        env: Vec::new(),
+        rounds: 1,
+        json: None,
+    };
+    while let Some(arg) = args.next() {
+        if arg == "--help" || arg == "-h" {
+            return Ok(Parsed::Help(usage()));
+        }
+        let body = arg
+            .strip_prefix("--")
+            .ok_or_else(|| format!("unexpected argument {arg:?}; see --help"))?;
+        let (name, value) = match body.split_once('=') {
+            Some((name, value)) => (name.to_owned(), value.to_owned()),
+            None => {
+                let value = args
+                    .next()
+                    .ok_or_else(|| format!("--{body} needs a value"))?;
+                (body.to_owned(), value)
+            }
+        };
+        let flag = format!("--{name}");
+        match name.as_str() {
+            "streams" => options.streams = Some(count(&flag, &value, 1_000_000)?),
+            "viewers" => options.viewers = Some(count(&flag, &value, 1_000_000)?),
+            "rate" => options.rate = number(&flag, &value, MAX_RATE)?,
+            "secs" => options.secs = Some(number(&flag, &value, MAX_SECS)?),
+            "sockets" => options.sockets = count(&flag, &value, 1_000_000)?,
+            "threads" => options.threads = count(&flag, &value, MAX_THREADS)?,
+            "sources" => options.sources = count(&flag, &value, MAX_SOURCES)?,
+            "drain-secs" => options.drain_secs = number(&flag, &value, MAX_SECS)?,
+            "window" => {
+                options.window = match value.trim() {
+                    "0" => 0,
+                    _ => count(&flag, &value, 1_000_000)? as u64,
+                }
+            }
+            "server-cmd" => options.server_cmd = Some(value),
+            "peer" => options.peer = Some(PathBuf::from(value)),
+            "peer-cmd" => options.peer_cmd = Some(value),
+            "env" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--env expects NAME=VALUE, got {value:?}"))?;
+                options.env.push((k.to_owned(), v.to_owned()));
+            }
+            "rounds" => options.rounds = count(&flag, &value, MAX_ROUNDS)?,
+            "json" => options.json = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown option {flag}; see --help")),
+        }
+    }
+    if options.compare && options.peer.is_none() && options.peer_cmd.is_none() {
+        return Err(
+            "compare needs the peer: --peer DIR (after `npm ci` there) or --peer-cmd CMD"
+                .to_owned(),
+        );
+    }
+    if !options.compare
+        && options.server_cmd.is_some()
+        && (options.peer.is_some() || options.peer_cmd.is_some())
+    {
+        return Err(
+            "give either --server-cmd or --peer/--peer-cmd for a single run, or use compare"
+                .to_owned(),
+        );
+    }
+    Ok(Parsed::Run(Box::new(options)))
+}
+
+fn count(flag: &str, value: &str, max: usize) -> Result<usize, String> {
+    match value.trim().replace('_', "").parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{flag}: expected a whole number from 1 to {max}, got {value:?}"
+        )),
+    }
+}
+
+fn number(flag: &str, value: &str, max: f64) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n <= max => Ok(n),
+        _ => Err(format!(
+            "{flag}: expected a number above 0 and at most {max}, got {value:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Parsed::Run(options) => Ok(*options),
+            Parsed::Help(_) => Err("help".to_owned()),
+        }
+    }
+
+    #[test]
+    fn scenarios_and_options_parse() {
+        let o = run(&["fanout", "--viewers", "5000", "--rate=30", "--secs", "20"]).unwrap();
+        assert_eq!(o.scenario, Scenario::Fanout);
+        assert_eq!(o.viewers, Some(5000));
+        assert_eq!(o.secs, Some(20.0));
+        let o = run(&["compare", "idle", "--peer", "/tmp/peer", "--env", "A=b=c"]).unwrap();
+        assert!(o.compare);
+        assert_eq!(o.scenario, Scenario::Idle);
+        assert_eq!(o.env, vec![("A".to_owned(), "b=c".to_owned())]);
+        assert_eq!(
+            run(&["compare", "--peer", "x"]).unwrap().scenario,
+            Scenario::Fanout
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert!(run(&["compare"]).unwrap_err().contains("--peer"));
+        assert!(run(&["fanout", "--secs", "0"]).is_err());
+        assert!(run(&["fanout", "--secs", "1e9"]).is_err());
+        assert!(run(&["fanout", "--nope", "1"]).is_err());
+        assert!(run(&["nope"]).is_err());
+        assert!(run(&["fanout", "--viewers"]).is_err());
+        assert!(run(&["--help"]).is_err());
+    }
+}
