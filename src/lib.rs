@@ -13,6 +13,8 @@
 //! - [`session`]: the WebSocket session actor, one per socket.
 //! - [`connection`]: socket options, and cutting a connection whose client
 //!   stopped reading.
+//! - [`inflow`]: keeps a socket's incoming bytes from running far ahead of
+//!   its session.
 //! - [`wca`]: the WCA OAuth client used by the sign-in callback.
 //! - [`error`]: the one error type of the HTTP layer and its responses.
 //! - [`time`]: JavaScript-style date strings for the liveness check.
@@ -20,6 +22,7 @@
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod inflow;
 pub mod routes;
 pub mod session;
 pub mod startup;

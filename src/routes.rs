@@ -21,6 +21,7 @@ use twizzle_actors::tokens::{
 use crate::config::Settings;
 use crate::connection::{ConnectionFd, Cutoff};
 use crate::error::ApiError;
+use crate::inflow::{BoundedPayload, Inflow};
 use crate::session::{SessionSetup, WsSession};
 use crate::time::js_date_string;
 use crate::wca::WcaClient;
@@ -222,6 +223,7 @@ async fn socket(
         })
         .await??;
     let limits = &state.settings.limits;
+    let inflow = Inflow::new(limits.max_frame_bytes);
     let session = WsSession::new(SessionSetup {
         stream,
         stream_id,
@@ -234,8 +236,9 @@ async fn socket(
         cutoff: req
             .conn_data::<ConnectionFd>()
             .map(|fd| Arc::new(Cutoff::new(fd.0))),
+        inflow: inflow.clone(),
     });
-    ws::WsResponseBuilder::new(session, &req, payload)
+    ws::WsResponseBuilder::new(session, &req, BoundedPayload::new(payload, inflow))
         .frame_size(limits.max_frame_bytes)
         .start()
         .map_err(|_| {

@@ -4,10 +4,12 @@
 //! frame a sender sends before the stream sees it, writes what the stream
 //! sends it, and pings the client so that dead connections are closed.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::connection::Cutoff;
+use crate::inflow::Inflow;
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
@@ -46,6 +48,8 @@ pub struct SessionSetup {
     pub event_burst: f64,
     /// Cuts the connection if the client stops reading; `None` if unknown.
     pub cutoff: Option<Arc<Cutoff>>,
+    /// Told of every frame processed, so the connection reads on.
+    pub inflow: Rc<Inflow>,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -103,6 +107,8 @@ pub struct WsSession {
     rate: RateLimit,
     /// Lets the stream cut the connection; forgotten when the session goes.
     cutoff: Option<Arc<Cutoff>>,
+    /// Told of every frame processed, so the connection reads on.
+    inflow: Rc<Inflow>,
 }
 
 impl WsSession {
@@ -119,6 +125,7 @@ impl WsSession {
             mailbox_capacity: setup.mailbox_capacity,
             rate: RateLimit::new(setup.events_per_sec, setup.event_burst),
             cutoff: setup.cutoff,
+            inflow: setup.inflow,
         }
     }
 
@@ -143,6 +150,19 @@ impl WsSession {
         ctx.text(frame.to_string());
     }
 
+    /// Hands an event to the stream. If the stream's mailbox is full (it
+    /// is fanning out slower than its senders send), the session waits for
+    /// it before reading another frame, so the sender's own socket backs up
+    /// instead of the stream's memory growing.
+    fn publish(&mut self, publish: Publish, ctx: &mut ws::WebsocketContext<Self>) {
+        match self.stream.try_send(publish) {
+            Ok(()) | Err(SendError::Closed(_)) => {}
+            Err(SendError::Full(publish)) => {
+                ctx.wait(self.stream.send(publish).into_actor(self).map(|_, _, _| ()));
+            }
+        }
+    }
+
     /// A data frame arrived: a viewer may not send; a sender's frame is checked and published.
     fn on_data(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: Result<&str, &'static str>) {
         let Some(joined) = self.joined else { return };
@@ -157,10 +177,13 @@ impl WsSession {
             Err(refusal) => return Self::send_error(ctx, refusal),
         };
         match parse_event(text) {
-            Ok(event) => self.stream.do_send(Publish {
-                socket: joined.socket,
-                event,
-            }),
+            Ok(event) => self.publish(
+                Publish {
+                    socket: joined.socket,
+                    event,
+                },
+                ctx,
+            ),
             Err(refusal) => Self::send_error(ctx, &refusal),
         }
     }
@@ -249,6 +272,9 @@ impl Handler<Outbound> for WsSession {
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
+        if let Ok(message) = &msg {
+            self.inflow.consumed(payload_len(message));
+        }
         match msg {
             Ok(ws::Message::Text(text)) => self.on_data(ctx, Ok(&text)),
             Ok(ws::Message::Binary(_)) => {
@@ -266,7 +292,26 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.stop();
             }
             Err(ws::ProtocolError::Overflow) => Self::close(ctx, CLOSE_TOO_BIG, "frame too large"),
+            Err(_) if self.inflow.oversized() => Self::close(ctx, CLOSE_TOO_BIG, "frame too large"),
             Err(e) => Self::close(ctx, 1002, format!("protocol error: {e}")),
         }
+    }
+}
+
+/// The payload bytes of a frame as it came off the wire.
+fn payload_len(message: &ws::Message) -> usize {
+    match message {
+        ws::Message::Text(text) => text.len(),
+        ws::Message::Binary(bytes) | ws::Message::Ping(bytes) | ws::Message::Pong(bytes) => {
+            bytes.len()
+        }
+        ws::Message::Continuation(
+            Item::FirstText(bytes)
+            | Item::FirstBinary(bytes)
+            | Item::Continue(bytes)
+            | Item::Last(bytes),
+        ) => bytes.len(),
+        ws::Message::Close(Some(reason)) => 2 + reason.description.as_ref().map_or(0, String::len),
+        ws::Message::Close(None) | ws::Message::Nop => 0,
     }
 }

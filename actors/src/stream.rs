@@ -29,6 +29,9 @@ pub const CLOSE_POLICY: u16 = 1008;
 /// Close reason for a socket whose queue of unsent events filled up.
 pub const TOO_SLOW: &str = "too many unsent events";
 
+/// Messages a stream's mailbox holds before publishing senders must wait.
+pub const MAILBOX_CAPACITY: usize = 1024;
+
 /// Identifies a socket within its stream.
 pub type SocketId = u64;
 
@@ -367,6 +370,10 @@ impl Actor for StreamActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Sessions `try_send` their senders' events here and wait when it is
+        // full: a stream fanning out slower than its senders send slows the
+        // senders down rather than growing without bound.
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         if let Some(path) = self.recording_path.clone() {
             match self.restore(&path) {
                 Ok(file) => self.recording = Some(file),

@@ -1,0 +1,244 @@
+//! Bounds how far a socket's incoming bytes may run ahead of its session.
+//!
+//! actix-web-actors' WebSocket decoder moves every byte the connection has
+//! read into a buffer of its own, without limit, and hands the session one
+//! frame at a time. A sender faster than its session would grow that buffer
+//! without end. [`BoundedPayload`] sits between the connection and the
+//! decoder and stops reading once `limit` bytes were handed over and not
+//! yet processed; the session reports each frame it processed to
+//! [`Inflow::consumed`], which lets reading go on. The connection then backs
+//! up to the sender, as TCP does.
+//!
+//! The decoder also waits for a whole frame before it checks the frame's
+//! size against the limit, so a frame announcing 10 MB would be buffered in
+//! full before it is refused. [`BoundedPayload`] follows the frame headers
+//! as the bytes pass and stops at the first header over the limit, so the
+//! session can close the socket with 1009 at once.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use actix_web::error::PayloadError;
+use actix_web::web::Bytes;
+use futures_util::Stream;
+
+/// The bytes handed to a socket's decoder and not yet processed.
+pub struct Inflow {
+    /// Reading pauses at this many outstanding bytes; more than two of the
+    /// largest frames, so a whole frame is always there to decode.
+    limit: usize,
+    /// Bytes handed over minus bytes of frames processed.
+    outstanding: Cell<usize>,
+    /// The task to wake when reading may go on.
+    waker: Cell<Option<Waker>>,
+    /// The largest frame payload accepted.
+    max_frame: u64,
+    /// Set when a frame header announced more than `max_frame`.
+    oversized: Cell<bool>,
+}
+
+impl Inflow {
+    /// An inflow for frames of at most `max_frame_bytes` payload.
+    pub fn new(max_frame_bytes: usize) -> Rc<Inflow> {
+        Rc::new(Inflow {
+            limit: max_frame_bytes.saturating_mul(2).saturating_add(64 * 1024),
+            outstanding: Cell::new(0),
+            waker: Cell::new(None),
+            max_frame: max_frame_bytes as u64,
+            oversized: Cell::new(false),
+        })
+    }
+
+    /// Whether the client announced a frame over the limit (then the stream
+    /// of frames ends with an error).
+    pub fn oversized(&self) -> bool {
+        self.oversized.get()
+    }
+
+    /// The session processed a frame with `payload` bytes of payload.
+    pub fn consumed(&self, payload: usize) {
+        let left = self
+            .outstanding
+            .get()
+            .saturating_sub(client_frame_len(payload));
+        self.outstanding.set(left);
+        if left < self.limit {
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// The size on the wire of a client frame (always masked) with `payload` bytes.
+pub fn client_frame_len(payload: usize) -> usize {
+    let extended = match payload {
+        0..=125 => 0,
+        126..=65_535 => 2,
+        _ => 8,
+    };
+    2 + extended + 4 + payload
+}
+
+/// Follows frame boundaries in a byte stream by reading each header.
+#[derive(Default)]
+struct FrameScanner {
+    /// The header being read (at most 14 bytes).
+    header: [u8; 14],
+    /// Header bytes read so far.
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    remaining: u64,
+}
+
+impl FrameScanner {
+    /// Follows `bytes`; the payload length of the first header over `max`, if any.
+    fn scan(&mut self, mut bytes: &[u8], max: u64) -> Option<u64> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.remaining -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let short = self.header[1] & 0x7f;
+            let extended = match short {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + extended + mask {
+                continue;
+            }
+            let length = match short {
+                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                127 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&self.header[2..10]);
+                    u64::from_be_bytes(n)
+                }
+                n => u64::from(n),
+            };
+            if length > max {
+                return Some(length);
+            }
+            self.remaining = length;
+            self.have = 0;
+        }
+        None
+    }
+}
+
+/// The connection's incoming bytes, paused while too many are unprocessed,
+/// and cut at the first frame over the size limit.
+pub struct BoundedPayload<S> {
+    inner: S,
+    inflow: Rc<Inflow>,
+    scanner: FrameScanner,
+}
+
+impl<S> BoundedPayload<S> {
+    /// Wraps `inner`, accounted in `inflow`.
+    pub fn new(inner: S, inflow: Rc<Inflow>) -> BoundedPayload<S> {
+        BoundedPayload {
+            inner,
+            inflow,
+            scanner: FrameScanner::default(),
+        }
+    }
+}
+
+impl<S> Stream for BoundedPayload<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.inflow.oversized.get() {
+            return Poll::Ready(None);
+        }
+        if self.inflow.outstanding.get() >= self.inflow.limit {
+            self.inflow.waker.set(Some(cx.waker().clone()));
+            return Poll::Pending;
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                let this = &mut *self;
+                if this.scanner.scan(&bytes, this.inflow.max_frame).is_some() {
+                    this.inflow.oversized.set(true);
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                }
+                let outstanding = &this.inflow.outstanding;
+                outstanding.set(outstanding.get() + bytes.len());
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lengths_follow_rfc_6455() {
+        assert_eq!(client_frame_len(0), 6);
+        assert_eq!(client_frame_len(125), 131);
+        assert_eq!(client_frame_len(126), 134);
+        assert_eq!(client_frame_len(65_535), 65_543);
+        assert_eq!(client_frame_len(65_536), 65_550);
+    }
+
+    #[actix_web::test]
+    async fn reading_pauses_at_the_limit_and_resumes_when_consumed() {
+        use futures_util::StreamExt;
+        // One masked frame of 400,000 bytes, in chunks of 40,000.
+        let mut wire = vec![0x81u8, 0x80 | 127];
+        wire.extend_from_slice(&400_000u64.to_be_bytes());
+        wire.extend_from_slice(&[0, 0, 0, 0]);
+        wire.resize(400_000, 0);
+        let chunks: Vec<Result<Bytes, PayloadError>> = wire
+            .chunks(40_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let inflow = Inflow::new(1 << 20);
+        let mut payload = BoundedPayload::new(futures_util::stream::iter(chunks), inflow.clone());
+        // Just under the limit (2 MiB + 64 KiB): one more chunk passes, then reading waits.
+        inflow.outstanding.set(2 * (1 << 20) + 64 * 1024 - 1);
+        assert!(payload.next().await.is_some());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut payload).poll_next(&mut cx).is_pending());
+        inflow.consumed(1 << 20);
+        assert!(Pin::new(&mut payload).poll_next(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_header_over_the_limit_is_caught_before_its_payload() {
+        let mut scanner = FrameScanner::default();
+        // Two small masked frames, then one announcing 10 MB.
+        let mut wire = vec![0x81, 0x80 | 3, 1, 2, 3, 4, b'a', b'b', b'c'];
+        wire.extend_from_slice(&[0x81, 0x80 | 126, 0x01, 0x00, 9, 9, 9, 9]);
+        wire.extend_from_slice(&[7u8; 256]);
+        assert_eq!(scanner.scan(&wire, 65_536), None);
+        let mut big = vec![0x81, 0x80 | 127];
+        big.extend_from_slice(&(10u64 << 20).to_be_bytes());
+        // Split across chunks, as a network would.
+        assert_eq!(scanner.scan(&big[..5], 65_536), None);
+        assert_eq!(scanner.scan(&big[5..], 65_536), None);
+        assert_eq!(scanner.scan(&[1, 2, 3, 4], 65_536), Some(10 << 20));
+    }
+}
