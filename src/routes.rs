@@ -193,6 +193,9 @@ async fn create_stream(
     })))
 }
 
+/// The socket endpoint. The request log leaves it out (a socket's entry
+/// would wait for the socket to close); refusals are logged here, and the
+/// session logs each socket that opens and closes.
 async fn socket(
     req: HttpRequest,
     payload: web::Payload,
@@ -201,6 +204,24 @@ async fn socket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let stream_id = path.into_inner();
+    let answer = open_socket(&req, payload, stream_id, &query, &state).await;
+    if let Err(e) = &answer {
+        log::info!(
+            "GET {} {} ({e})",
+            req.path(),
+            actix_web::ResponseError::status_code(e).as_u16()
+        );
+    }
+    answer
+}
+
+async fn open_socket(
+    req: &HttpRequest,
+    payload: web::Payload,
+    stream_id: String,
+    query: &TokenQuery,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     if state
         .registry
         .send(FindStream {

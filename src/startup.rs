@@ -24,6 +24,8 @@ use crate::wca::WcaClient;
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest query string read; longer ones are refused before routing.
 const MAX_QUERY_BYTES: usize = 4096;
+/// The socket endpoint's path, which the request log leaves to the session.
+const SOCKET_PATH: &str = "^/v0/streams/[^/]+/socket$";
 /// Query parameters whose values are secrets: only their tails reach the log.
 const SECRET_PARAMS: [&str; 3] = ["twizzleAccessToken", "claimToken", "code"];
 
@@ -134,16 +136,18 @@ impl Application {
                 )
                 .wrap(DefaultHeaders::new().add(("Access-Control-Allow-Origin", "*")))
                 .wrap(
-                    Logger::new("%{request}xi %s %b %Dms").custom_request_replace(
-                        "request",
-                        |req| {
+                    Logger::new("%{request}xi %s %b %Dms")
+                        .custom_request_replace("request", |req| {
                             format!(
                                 "{} {}",
                                 req.method(),
                                 redact_secrets(&req.uri().to_string())
                             )
-                        },
-                    ),
+                        })
+                        // A socket's request would be logged when the socket
+                        // closes, and its log state held all the while; the
+                        // socket handler and the session log sockets instead.
+                        .exclude_regex(SOCKET_PATH),
                 )
                 .wrap_fn(|req, srv| {
                     use actix_web::dev::Service;
