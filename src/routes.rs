@@ -232,11 +232,11 @@ async fn open_socket(
     {
         return Err(ApiError::UnknownStream);
     }
-    let user_id = match access_token(&req, &query) {
-        Some(token) => Some(authenticate(&state, token).await?.id),
+    let user_id = match access_token(req, query) {
+        Some(token) => Some(authenticate(state, token).await?.id),
         None => None,
     };
-    ws::handshake(&req).map_err(|_| ApiError::NotAnUpgrade)?;
+    ws::handshake(req).map_err(|_| ApiError::NotAnUpgrade)?;
     let stream = state
         .registry
         .send(OpenSocket {
@@ -259,7 +259,7 @@ async fn open_socket(
             .map(|fd| Arc::new(Cutoff::new(fd.0))),
         inflow: inflow.clone(),
     });
-    ws::WsResponseBuilder::new(session, &req, BoundedPayload::new(payload, inflow))
+    ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))
         .frame_size(limits.max_frame_bytes)
         .start()
         .map_err(|_| {
