@@ -227,21 +227,11 @@ pub fn open_files_limit() -> Option<(u64, u64)> {
     Some((soft, hard))
 }
 
-/// Raises this process's soft limit on open files to its hard limit, without
-/// libc: util-linux `prlimit` does the system call on our behalf. Returns the
-/// soft limit in force afterwards.
+/// Raises this process's soft limit on open files to its hard limit (the
+/// server under test inherits it). Returns the soft limit in force afterwards.
 pub fn raise_open_files_limit() -> Option<u64> {
-    let (soft, hard) = open_files_limit()?;
-    if soft < hard {
-        let status = std::process::Command::new("prlimit")
-            .arg(format!("--pid={}", std::process::id()))
-            .arg(format!("--nofile={hard}:{hard}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            log::warn!("could not raise the open-files limit from {soft} to {hard} (prlimit failed or is missing)");
-        }
+    if let Err(e) = twizzle_api_server::connection::raise_open_file_limit() {
+        log::warn!("could not raise the open-files limit: {e}");
     }
     open_files_limit().map(|(soft, _)| soft)
 }

@@ -215,6 +215,16 @@ impl RunningServer {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
+        // SAFETY: prctl is async-signal-safe, as code between fork and exec
+        // must be. The server gets SIGTERM if the benchmark dies, however it
+        // dies, so it never outlives the run.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", target.program.display()))?;
@@ -348,12 +358,9 @@ impl RunningServer {
         let started = Instant::now();
         let mut clean = false;
         if let Some(child) = self.child.0.as_mut() {
-            let termed = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
+            let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
+            // SAFETY: a plain system call on our own child's pid.
+            let termed = pid > 0 && unsafe { libc::kill(pid, libc::SIGTERM) } == 0;
             while termed && started.elapsed() < STOP_WAIT {
                 if let Ok(Some(_)) = child.try_wait() {
                     clean = true;
