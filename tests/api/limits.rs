@@ -87,8 +87,13 @@ async fn a_client_that_stops_reading_is_dropped() {
 
     // 20,000 events of ~120 bytes (2.4 MB): far more than the stuck
     // socket's kernel buffers (some 400 KB both ends) and its queue hold.
+    // At most 10,000 a second, a pace any reader that reads keeps up with,
+    // even on a loaded machine.
     for n in 0..total as u64 {
         sender.send_json(&move_event(n)).await;
+        if n % 100 == 99 {
+            actix::clock::sleep(Duration::from_millis(10)).await; // pacing, not synchronisation
+        }
     }
     let _reader = actix_web::rt::task::spawn_blocking(move || reading.join())
         .await
