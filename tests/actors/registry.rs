@@ -9,7 +9,7 @@ use twizzle_actors::registry::{
     CreateStream, FindStream, ListStreams, OpenSocket, Registry, RegistryError, RegistrySettings,
     SocketClosed, StreamSummary, CLOSE_GOING_AWAY, RECORDINGS_DIR, SERVER_RESTARTING,
 };
-use twizzle_actors::stream::{EndStream, StreamActor, CLOSE_NORMAL, STREAM_ENDED};
+use twizzle_actors::stream::{StreamActor, CLOSE_NORMAL, STREAM_ENDED};
 
 use crate::support::*;
 
@@ -253,15 +253,7 @@ async fn streams_on_other_arbiters_work_and_report_their_end() {
     sender.publish(&stream, &m1).await;
     viewer.expect(&m1, "the viewer").await;
 
-    within(
-        "EndStream",
-        stream.send(EndStream {
-            code: 1001,
-            reason: "server restarting",
-        }),
-    )
-    .await
-    .unwrap();
+    end_stream(&stream, 1001, "server restarting").await;
     sender
         .expect_close(1001, "server restarting", "the sender")
         .await;
@@ -330,15 +322,7 @@ async fn streams_come_back_on_the_same_data_directory() {
     let kept = create(&before, OWNER).await.unwrap();
     let ended = create(&before, STRANGER).await.unwrap();
     let stream = find(&before, &ended.id).await.unwrap();
-    within(
-        "EndStream",
-        stream.send(EndStream {
-            code: CLOSE_NORMAL,
-            reason: STREAM_ENDED,
-        }),
-    )
-    .await
-    .unwrap();
+    end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED).await;
     stopped(&stream).await;
     // The registry handled the stream's stop before it answers this.
     assert_eq!(list(&before).await, vec![kept.clone()]);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 
 use twizzle_actors::stream::{
-    EndStream, Leave, Outbound, StreamActor, StreamNotice, StreamSetup, StreamStatus, CLOSE_NORMAL,
+    Leave, Outbound, StreamActor, StreamNotice, StreamSetup, StreamStatus, CLOSE_NORMAL,
     CLOSE_POLICY, STREAM_ENDED, TOO_SLOW,
 };
 
@@ -266,15 +266,7 @@ async fn idle_stream_ends_and_closes_every_socket() {
     );
 
     // What the registry does on `Expired`.
-    within(
-        "EndStream",
-        stream.send(EndStream {
-            code: CLOSE_NORMAL,
-            reason: STREAM_ENDED,
-        }),
-    )
-    .await
-    .unwrap();
+    end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED).await;
     anonymous
         .expect_close(CLOSE_NORMAL, STREAM_ENDED, "anonymous viewer")
         .await;
@@ -396,15 +388,7 @@ async fn senders_hold_the_countdown() {
     assert!(join_with(&stream, late.recipient(), Some(OWNER))
         .await
         .is_err());
-    within(
-        "EndStream",
-        stream.send(EndStream {
-            code: CLOSE_NORMAL,
-            reason: STREAM_ENDED,
-        }),
-    )
-    .await
-    .unwrap();
+    end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED).await;
     viewer
         .expect_close(CLOSE_NORMAL, STREAM_ENDED, "the viewer")
         .await;
@@ -426,15 +410,7 @@ async fn end_stream_closes_every_socket_with_its_code() {
         StreamNotice::Live { id: id.clone() }
     );
     let mut viewer = Peer::join(&stream, None).await;
-    within(
-        "EndStream",
-        stream.send(EndStream {
-            code: 1001,
-            reason: "server restarting",
-        }),
-    )
-    .await
-    .unwrap();
+    end_stream(&stream, 1001, "server restarting").await;
     sender
         .expect_close(1001, "server restarting", "the sender")
         .await;

@@ -15,7 +15,8 @@ use actix::prelude::*;
 use twizzle_actors::event::{parse_event, Event};
 use twizzle_actors::ids;
 use twizzle_actors::stream::{
-    GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamSetup, StreamStatus,
+    EndStream, GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamSetup,
+    StreamStatus,
 };
 
 /// The longest any test waits for anything; a wait that runs out fails the test.
@@ -300,6 +301,14 @@ pub async fn status(stream: &Addr<StreamActor>) -> StreamStatus {
     within("the stream's status", stream.send(GetStatus))
         .await
         .expect("the stream is running")
+}
+
+/// Ends `stream` with `code` and `reason`, as the registry does; returns
+/// once the stream has handled it.
+pub async fn end_stream(stream: &Addr<StreamActor>, code: u16, reason: &'static str) {
+    within("EndStream", stream.send(EndStream { code, reason }))
+        .await
+        .expect("the stream is running");
 }
 
 /// Returns once the stream actor has stopped (and so has told its registry).
