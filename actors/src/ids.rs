@@ -19,13 +19,18 @@ pub const CLAIM_TOKEN_PREFIX: &str = "claim_token_";
 fn random_id(prefix: &str, bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut raw);
-    let mut id = String::with_capacity(prefix.len() + 2 * bytes);
-    id.push_str(prefix);
-    for byte in raw {
-        id.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
-        id.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    format!("{prefix}{}", hex(&raw))
+}
+
+/// `bytes` in lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
-    id
+    out
 }
 
 /// A new `user_` + 16 hex.

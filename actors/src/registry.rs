@@ -15,7 +15,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ids;
-use crate::journal::Journal;
+use crate::journal::{epoch_ms, Journal};
 use crate::stream::{
     EndStream, StreamActor, StreamNotice, StreamSetup, CLOSE_NORMAL, STREAM_ENDED,
 };
@@ -332,7 +332,7 @@ impl Registry {
 /// countdown ran out by now. A stream that had a sender when the server
 /// stopped counts as idle from now: its sender was cut off by the restart.
 fn restore(records: Vec<Record>, idle_timeout: Duration) -> Vec<Restored> {
-    let now = now_ms();
+    let now = epoch_ms(SystemTime::now());
     let mut open: Vec<Restored> = Vec::new();
     let mut live: HashMap<String, bool> = HashMap::new();
     for record in records {
@@ -381,17 +381,6 @@ fn restore(records: Vec<Record>, idle_timeout: Duration) -> Vec<Restored> {
     open
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn to_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Actor for Registry {
     type Context = Context<Self>;
 
@@ -423,7 +412,7 @@ impl Handler<CreateStream> for Registry {
             return Err(RegistryError::TooManyStreams { limit });
         }
         let id = ids::new_stream_id();
-        let created_ms = now_ms();
+        let created_ms = epoch_ms(SystemTime::now());
         if let Some(journal) = self.journal.as_mut() {
             // Synced before the answer: a stream handed out survives a crash.
             // A short write on the registry's own thread; streams run elsewhere.
@@ -570,7 +559,7 @@ impl Handler<StreamNotice> for Registry {
                 let Some(entry) = self.streams.get_mut(&id) else {
                     return;
                 };
-                let since_ms = to_ms(since);
+                let since_ms = epoch_ms(since);
                 entry.idle_since_ms = Some(since_ms);
                 self.note(&Record::Idle { id, since_ms });
             }

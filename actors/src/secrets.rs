@@ -12,7 +12,7 @@ use std::fmt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::ids::ACCESS_TOKEN_PREFIX;
+use crate::ids::{hex, ACCESS_TOKEN_PREFIX};
 
 /// Bytes of randomness in an access token (32 hex digits).
 const TOKEN_BYTES: usize = 16;
@@ -94,16 +94,6 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
         .chain_update(inner)
         .finalize()
         .into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -458,12 +458,10 @@ impl Handler<Publish> for StreamActor {
             return;
         }
         let Event { kind, text } = msg.event;
-        if let (EventKind::Reset { .. }, Some(EventKind::Reset { .. })) = (kind, self.last_kind) {
-            if Some(kind) == self.last_kind {
-                // The reset loop guard: the client can bounce the same reset
-                // back and forth; the repeat is neither relayed nor kept.
-                return;
-            }
+        if matches!(kind, EventKind::Reset { .. }) && Some(kind) == self.last_kind {
+            // The reset loop guard: the client can bounce the same reset back
+            // and forth; the repeat is neither relayed nor kept.
+            return;
         }
         self.remember(kind, &text);
         let mut dropped = Vec::new();

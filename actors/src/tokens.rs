@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{self, PublicUserInfo};
-use crate::journal::Journal;
+use crate::journal::{epoch_ms, Journal};
 use crate::secrets::{token_hash, SealingKey};
 
 /// The journal's file name inside the data directory.
@@ -199,7 +199,7 @@ impl TokenActor {
                 }
             }
         }
-        let now = now_ms();
+        let now = epoch_ms(SystemTime::now());
         claims.retain(|_, claim| claim.expires_ms > now && users.contains_key(&claim.user_id));
         let journal = Journal::rewrite(&path, &live_records(&users, &claims))?;
         let mut actor = TokenActor {
@@ -277,7 +277,7 @@ impl TokenActor {
     }
 
     fn sweep_claims(&mut self) {
-        let now = now_ms();
+        let now = epoch_ms(SystemTime::now());
         self.claims.retain(|_, claim| claim.expires_ms > now);
     }
 }
@@ -295,12 +295,6 @@ fn live_records(users: &HashMap<String, User>, claims: &HashMap<String, Claim>) 
         expires_ms: claim.expires_ms,
     });
     users.chain(claims).collect()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Actor for TokenActor {
@@ -350,7 +344,7 @@ impl Handler<SignIn> for TokenActor {
         let ttl_ms = u64::try_from(self.claim_ttl.as_millis()).unwrap_or(u64::MAX);
         let claim = Claim {
             user_id: user.id,
-            expires_ms: now_ms().saturating_add(ttl_ms),
+            expires_ms: epoch_ms(SystemTime::now()).saturating_add(ttl_ms),
         };
         let claim_hash = token_hash(&claim_token);
         self.write(&Record::Claim {
@@ -400,7 +394,7 @@ impl Handler<RedeemClaim> for TokenActor {
             .claims
             .get(&claim_hash)
             .ok_or(TokenError::InvalidClaimToken)?;
-        if claim.expires_ms <= now_ms() {
+        if claim.expires_ms <= epoch_ms(SystemTime::now()) {
             self.claims.remove(&claim_hash);
             return Err(TokenError::InvalidClaimToken);
         }
