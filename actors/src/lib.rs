@@ -19,10 +19,12 @@
 //! - [`journal`]: the append-only JSON-lines file the token actor and the
 //!   registry store their records in.
 //! - [`secrets`]: token hashes and the sealing of access tokens at rest.
+//! - [`rate`]: the [`rate::TokenBucket`] that paces one client's events.
 
 pub mod event;
 pub mod ids;
 pub mod journal;
+pub mod rate;
 pub mod registry;
 pub mod secrets;
 pub mod stream;
