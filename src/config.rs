@@ -125,152 +125,196 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// One setting: its flag, variable, defaults and help.
-struct Spec {
-    flag: &'static str,
-    var: &'static str,
-    dev: &'static str,
-    prod: &'static str,
-    help: &'static str,
+/// One setting: its flag, its variable, its defaults and its help line.
+///
+/// The defaults are text, as a user would give them, so that `--help` shows
+/// them as they are and they are checked by the same code as a user's value.
+#[derive(Debug)]
+pub struct Setting {
+    /// The flag without its `--`.
+    pub flag: &'static str,
+    /// The environment variable read when the flag is not given.
+    pub var: &'static str,
+    /// The default without `--prod`; empty for none.
+    pub dev: &'static str,
+    /// The default with `--prod`; empty for none.
+    pub prod: &'static str,
+    /// The line `--help` shows for it.
+    pub help: &'static str,
 }
 
-const fn spec(
-    flag: &'static str,
-    var: &'static str,
-    dev: &'static str,
-    prod: &'static str,
-    help: &'static str,
-) -> Spec {
-    Spec {
-        flag,
-        var,
-        dev,
-        prod,
-        help,
-    }
-}
+/// The address to listen on.
+pub const BIND: Setting = Setting {
+    flag: "bind",
+    var: "TWIZZLE_BIND",
+    dev: "127.0.0.1:3337",
+    prod: "127.0.0.1:3337",
+    help: "listen address",
+};
 
-/// Every setting, in the order `--help` lists them.
-const SPECS: &[Spec] = &[
-    spec(
-        "bind",
-        "TWIZZLE_BIND",
-        "127.0.0.1:3337",
-        "127.0.0.1:3337",
-        "listen address",
-    ),
-    spec(
-        "data-dir",
-        "TWIZZLE_DATA_DIR",
-        "./data",
-        "./data",
-        "data directory (users, tokens, recordings)",
-    ),
-    spec(
-        "wca-application-client-secret",
-        "TWIZZLE_WCA_APPLICATION_CLIENT_SECRET",
-        "",
-        "",
-        "WCA OAuth client secret; without it sign-in answers 503",
-    ),
-    spec(
-        "wca-application-client-secret-file",
-        "TWIZZLE_WCA_APPLICATION_CLIENT_SECRET_FILE",
-        "",
-        "",
-        "a file holding the WCA OAuth client secret",
-    ),
-    spec(
-        "wca-client-id",
-        "TWIZZLE_WCA_CLIENT_ID",
-        DEV_WCA_CLIENT_ID,
-        PROD_WCA_CLIENT_ID,
-        "WCA OAuth client ID",
-    ),
-    spec(
-        "wca-origin",
-        "TWIZZLE_WCA_ORIGIN",
-        "https://www.worldcubeassociation.org",
-        "https://www.worldcubeassociation.org",
-        "WCA origin",
-    ),
-    spec(
-        "oauth-redirect-uri",
-        "TWIZZLE_OAUTH_REDIRECT_URI",
-        "http://localhost:3337/v0/auth/wca/oauth_callback",
-        "https://api.twizzle.net/v0/auth/wca/oauth_callback",
-        "OAuth redirect URI",
-    ),
-    spec(
-        "client-app-url",
-        "TWIZZLE_CLIENT_APP_URL",
-        "http://localhost:1234/",
-        "https://twizzle.net/stream/",
-        "client app URL the browser returns to after sign-in",
-    ),
-    spec(
-        "stream-idle-timeout-secs",
-        "TWIZZLE_STREAM_IDLE_TIMEOUT_SECS",
-        "600",
-        "600",
-        "a stream with no sender for this long ends",
-    ),
-    spec(
-        "claim-token-ttl-secs",
-        "TWIZZLE_CLAIM_TOKEN_TTL_SECS",
-        "600",
-        "600",
-        "claim token lifetime",
-    ),
-    spec(
-        "heartbeat-secs",
-        "TWIZZLE_HEARTBEAT_SECS",
-        "10",
-        "10",
-        "ping interval; a socket silent for 3 intervals is closed",
-    ),
-    spec(
-        "max-frame-bytes",
-        "TWIZZLE_MAX_FRAME_BYTES",
-        "65536",
-        "65536",
-        "largest WebSocket frame (close 1009 above)",
-    ),
-    spec(
-        "sender-events-per-sec",
-        "TWIZZLE_SENDER_EVENTS_PER_SEC",
-        "200",
-        "200",
-        "events per second a sender socket may keep up",
-    ),
-    spec(
-        "sender-event-burst",
-        "TWIZZLE_SENDER_EVENT_BURST",
-        "400",
-        "400",
-        "events a sender socket may send in a burst",
-    ),
-    spec(
-        "max-queued-events",
-        "TWIZZLE_MAX_QUEUED_EVENTS",
-        "256",
-        "256",
-        "unsent events queued for one socket before it is dropped",
-    ),
-    spec(
-        "max-streams-per-user",
-        "TWIZZLE_MAX_STREAMS_PER_USER",
-        "10",
-        "10",
-        "open streams per user (429 above)",
-    ),
-    spec(
-        "max-sockets",
-        "TWIZZLE_MAX_SOCKETS",
-        "100000",
-        "100000",
-        "open sockets in all (503 above)",
-    ),
+/// Where users, tokens and recordings are kept.
+pub const DATA_DIR: Setting = Setting {
+    flag: "data-dir",
+    var: "TWIZZLE_DATA_DIR",
+    dev: "./data",
+    prod: "./data",
+    help: "data directory (users, tokens, recordings)",
+};
+
+/// The WCA OAuth client secret itself.
+pub const WCA_APPLICATION_CLIENT_SECRET: Setting = Setting {
+    flag: "wca-application-client-secret",
+    var: "TWIZZLE_WCA_APPLICATION_CLIENT_SECRET",
+    dev: "",
+    prod: "",
+    help: "WCA OAuth client secret; without it sign-in answers 503",
+};
+
+/// A file holding the WCA OAuth client secret, so it need not be in the environment.
+pub const WCA_APPLICATION_CLIENT_SECRET_FILE: Setting = Setting {
+    flag: "wca-application-client-secret-file",
+    var: "TWIZZLE_WCA_APPLICATION_CLIENT_SECRET_FILE",
+    dev: "",
+    prod: "",
+    help: "a file holding the WCA OAuth client secret",
+};
+
+/// The WCA OAuth client ID; development and production are registered apart.
+pub const WCA_CLIENT_ID: Setting = Setting {
+    flag: "wca-client-id",
+    var: "TWIZZLE_WCA_CLIENT_ID",
+    dev: DEV_WCA_CLIENT_ID,
+    prod: PROD_WCA_CLIENT_ID,
+    help: "WCA OAuth client ID",
+};
+
+/// The WCA's origin; a fake WCA in tests.
+pub const WCA_ORIGIN: Setting = Setting {
+    flag: "wca-origin",
+    var: "TWIZZLE_WCA_ORIGIN",
+    dev: "https://www.worldcubeassociation.org",
+    prod: "https://www.worldcubeassociation.org",
+    help: "WCA origin",
+};
+
+/// The redirect URI registered with the WCA.
+pub const OAUTH_REDIRECT_URI: Setting = Setting {
+    flag: "oauth-redirect-uri",
+    var: "TWIZZLE_OAUTH_REDIRECT_URI",
+    dev: "http://localhost:3337/v0/auth/wca/oauth_callback",
+    prod: "https://api.twizzle.net/v0/auth/wca/oauth_callback",
+    help: "OAuth redirect URI",
+};
+
+/// Where the browser returns after sign-in.
+pub const CLIENT_APP_URL: Setting = Setting {
+    flag: "client-app-url",
+    var: "TWIZZLE_CLIENT_APP_URL",
+    dev: "http://localhost:1234/",
+    prod: "https://twizzle.net/stream/",
+    help: "client app URL the browser returns to after sign-in",
+};
+
+/// How long a stream outlives its last sender.
+pub const STREAM_IDLE_TIMEOUT_SECS: Setting = Setting {
+    flag: "stream-idle-timeout-secs",
+    var: "TWIZZLE_STREAM_IDLE_TIMEOUT_SECS",
+    dev: "600",
+    prod: "600",
+    help: "a stream with no sender for this long ends",
+};
+
+/// How long a claim token may wait to be redeemed.
+pub const CLAIM_TOKEN_TTL_SECS: Setting = Setting {
+    flag: "claim-token-ttl-secs",
+    var: "TWIZZLE_CLAIM_TOKEN_TTL_SECS",
+    dev: "600",
+    prod: "600",
+    help: "claim token lifetime",
+};
+
+/// How often sockets are pinged.
+pub const HEARTBEAT_SECS: Setting = Setting {
+    flag: "heartbeat-secs",
+    var: "TWIZZLE_HEARTBEAT_SECS",
+    dev: "10",
+    prod: "10",
+    help: "ping interval; a socket silent for 3 intervals is closed",
+};
+
+/// The largest WebSocket frame accepted.
+pub const MAX_FRAME_BYTES: Setting = Setting {
+    flag: "max-frame-bytes",
+    var: "TWIZZLE_MAX_FRAME_BYTES",
+    dev: "65536",
+    prod: "65536",
+    help: "largest WebSocket frame (close 1009 above)",
+};
+
+/// The events per second a sender socket may keep up.
+pub const SENDER_EVENTS_PER_SEC: Setting = Setting {
+    flag: "sender-events-per-sec",
+    var: "TWIZZLE_SENDER_EVENTS_PER_SEC",
+    dev: "200",
+    prod: "200",
+    help: "events per second a sender socket may keep up",
+};
+
+/// The events a sender socket may send in a burst.
+pub const SENDER_EVENT_BURST: Setting = Setting {
+    flag: "sender-event-burst",
+    var: "TWIZZLE_SENDER_EVENT_BURST",
+    dev: "400",
+    prod: "400",
+    help: "events a sender socket may send in a burst",
+};
+
+/// The unsent events queued for one socket before it is dropped.
+pub const MAX_QUEUED_EVENTS: Setting = Setting {
+    flag: "max-queued-events",
+    var: "TWIZZLE_MAX_QUEUED_EVENTS",
+    dev: "256",
+    prod: "256",
+    help: "unsent events queued for one socket before it is dropped",
+};
+
+/// The open streams one user may have.
+pub const MAX_STREAMS_PER_USER: Setting = Setting {
+    flag: "max-streams-per-user",
+    var: "TWIZZLE_MAX_STREAMS_PER_USER",
+    dev: "10",
+    prod: "10",
+    help: "open streams per user (429 above)",
+};
+
+/// The open sockets over the whole server.
+pub const MAX_SOCKETS: Setting = Setting {
+    flag: "max-sockets",
+    var: "TWIZZLE_MAX_SOCKETS",
+    dev: "100000",
+    prod: "100000",
+    help: "open sockets in all (503 above)",
+};
+
+/// Every setting, in the order `--help` lists them; the flags a command line may use.
+pub const ALL: &[&Setting] = &[
+    &BIND,
+    &DATA_DIR,
+    &WCA_APPLICATION_CLIENT_SECRET,
+    &WCA_APPLICATION_CLIENT_SECRET_FILE,
+    &WCA_CLIENT_ID,
+    &WCA_ORIGIN,
+    &OAUTH_REDIRECT_URI,
+    &CLIENT_APP_URL,
+    &STREAM_IDLE_TIMEOUT_SECS,
+    &CLAIM_TOKEN_TTL_SECS,
+    &HEARTBEAT_SECS,
+    &MAX_FRAME_BYTES,
+    &SENDER_EVENTS_PER_SEC,
+    &SENDER_EVENT_BURST,
+    &MAX_QUEUED_EVENTS,
+    &MAX_STREAMS_PER_USER,
+    &MAX_SOCKETS,
 ];
 
 /// The `--help` text.
@@ -280,7 +324,7 @@ pub fn usage() -> String {
          Usage: twizzle-api-server [--prod] [--help] [--SETTING VALUE ...]\n\n\
          Each setting is a flag, else its environment variable, else its default.\n\n",
     );
-    for s in SPECS {
+    for s in ALL {
         let default = match (s.dev, s.prod) {
             ("", _) => "none".to_owned(),
             (dev, prod) if dev == prod => dev.to_owned(),
@@ -302,10 +346,12 @@ pub fn usage() -> String {
 impl Settings {
     /// The local defaults: what the server runs with when nothing is set.
     pub fn local() -> Settings {
-        match Settings::parse(std::iter::empty(), |_| None) {
-            Ok(Command::Run(settings)) => *settings,
-            _ => unreachable!("the defaults parse"),
-        }
+        // Nothing is read from outside: no flags, no environment, so no
+        // secret file. What is left to fail is a built-in default that does
+        // not parse, a mistake in this file that `every_default_parses`
+        // catches before it can ship.
+        Settings::resolve(&[], false, |_| None)
+            .unwrap_or_else(|e| panic!("a built-in default is invalid: {e}"))
     }
 
     /// Reads the command line (without the program name) and the environment.
@@ -313,7 +359,7 @@ impl Settings {
         args: impl IntoIterator<Item = String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Command, ConfigError> {
-        let mut flags: Vec<(&'static Spec, String)> = Vec::new();
+        let mut flags: Vec<(&'static Setting, String)> = Vec::new();
         let mut prod = env("TWIZZLE_PROD").is_some_and(|v| {
             matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
         });
@@ -336,8 +382,9 @@ impl Settings {
                 Some((name, value)) => (name, Some(value.to_owned())),
                 None => (body, None),
             };
-            let spec = SPECS
+            let setting = ALL
                 .iter()
+                .copied()
                 .find(|s| s.flag == name)
                 .ok_or_else(|| ConfigError(format!("unknown flag --{name}; see --help")))?;
             let value = match inline {
@@ -346,25 +393,35 @@ impl Settings {
                     .next()
                     .ok_or_else(|| ConfigError(format!("--{name} needs a value")))?,
             };
-            flags.push((spec, value));
+            flags.push((setting, value));
         }
-        let get = |flag: &str| -> String {
-            let spec = SPECS
-                .iter()
-                .find(|s| s.flag == flag)
-                .expect("a known setting");
-            if let Some((_, value)) = flags.iter().rev().find(|(s, _)| s.flag == flag) {
-                return value.clone();
-            }
-            match env(spec.var) {
-                Some(value) if !value.is_empty() => value,
-                _ if prod => spec.prod.to_owned(),
-                _ => spec.dev.to_owned(),
-            }
+        Settings::resolve(&flags, prod, env).map(|settings| Command::Run(Box::new(settings)))
+    }
+
+    /// The settings from the flags given (the last of a flag wins), else the
+    /// environment, else the defaults.
+    fn resolve(
+        flags: &[(&'static Setting, String)],
+        prod: bool,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let get = |setting: &'static Setting| -> Value {
+            let text = if let Some((_, value)) =
+                flags.iter().rev().find(|(s, _)| s.flag == setting.flag)
+            {
+                value.clone()
+            } else {
+                match env(setting.var) {
+                    Some(value) if !value.is_empty() => value,
+                    _ if prod => setting.prod.to_owned(),
+                    _ => setting.dev.to_owned(),
+                }
+            };
+            Value { setting, text }
         };
 
-        let mut secret = get("wca-application-client-secret");
-        let mut secret_file = get("wca-application-client-secret-file");
+        let mut secret = get(&WCA_APPLICATION_CLIENT_SECRET).text;
+        let mut secret_file = get(&WCA_APPLICATION_CLIENT_SECRET_FILE).text;
         if secret_file.is_empty() {
             // systemd's LoadCredential= puts the secret in this directory.
             if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
@@ -391,61 +448,68 @@ impl Settings {
             ));
         }
 
-        let settings = Settings {
-            bind: get("bind"),
-            data_dir: PathBuf::from(get("data-dir")),
+        Ok(Settings {
+            bind: get(&BIND).text,
+            data_dir: PathBuf::from(get(&DATA_DIR).text),
             wca: WcaSettings {
                 client_secret,
-                client_id: get("wca-client-id"),
-                origin: get("wca-origin").trim_end_matches('/').to_owned(),
-                redirect_uri: get("oauth-redirect-uri"),
+                client_id: get(&WCA_CLIENT_ID).text,
+                origin: get(&WCA_ORIGIN).text.trim_end_matches('/').to_owned(),
+                redirect_uri: get(&OAUTH_REDIRECT_URI).text,
             },
-            client_app_url: get("client-app-url"),
-            stream_idle_timeout: seconds(
-                "stream-idle-timeout-secs",
-                &get("stream-idle-timeout-secs"),
-            )?,
-            claim_token_ttl: seconds("claim-token-ttl-secs", &get("claim-token-ttl-secs"))?,
-            heartbeat: seconds("heartbeat-secs", &get("heartbeat-secs"))?,
+            client_app_url: get(&CLIENT_APP_URL).text,
+            stream_idle_timeout: get(&STREAM_IDLE_TIMEOUT_SECS).seconds()?,
+            claim_token_ttl: get(&CLAIM_TOKEN_TTL_SECS).seconds()?,
+            heartbeat: get(&HEARTBEAT_SECS).seconds()?,
             prod,
             limits: Limits {
-                max_frame_bytes: count("max-frame-bytes", &get("max-frame-bytes"))?,
-                sender_events_per_sec: positive(
-                    "sender-events-per-sec",
-                    &get("sender-events-per-sec"),
-                )?,
-                sender_event_burst: positive("sender-event-burst", &get("sender-event-burst"))?
-                    .max(1.0),
-                max_queued_events: count("max-queued-events", &get("max-queued-events"))?,
-                max_streams_per_user: count("max-streams-per-user", &get("max-streams-per-user"))?,
-                max_sockets: count("max-sockets", &get("max-sockets"))?,
+                max_frame_bytes: get(&MAX_FRAME_BYTES).count()?,
+                sender_events_per_sec: get(&SENDER_EVENTS_PER_SEC).positive()?,
+                sender_event_burst: get(&SENDER_EVENT_BURST).positive()?.max(1.0),
+                max_queued_events: get(&MAX_QUEUED_EVENTS).count()?,
+                max_streams_per_user: get(&MAX_STREAMS_PER_USER).count()?,
+                max_sockets: get(&MAX_SOCKETS).count()?,
             },
-        };
-        Ok(Command::Run(Box::new(settings)))
+        })
     }
 }
 
-fn positive(flag: &str, value: &str) -> Result<f64, ConfigError> {
-    match value.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-        _ => Err(ConfigError(format!(
-            "--{flag}: expected a positive number, got {value:?}"
-        ))),
+/// A setting's text as found, kept with its setting so that an error about
+/// it names the flag it came from.
+struct Value {
+    setting: &'static Setting,
+    text: String,
+}
+
+impl Value {
+    fn positive(&self) -> Result<f64, ConfigError> {
+        match self.text.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+            _ => Err(ConfigError(format!(
+                "--{}: expected a positive number, got {:?}",
+                self.setting.flag, self.text
+            ))),
+        }
     }
-}
 
-fn seconds(flag: &str, value: &str) -> Result<Duration, ConfigError> {
-    let secs = positive(flag, value)?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| ConfigError(format!("--{flag}: {value:?} is too long")))
-}
+    fn seconds(&self) -> Result<Duration, ConfigError> {
+        let secs = self.positive()?;
+        Duration::try_from_secs_f64(secs).map_err(|_| {
+            ConfigError(format!(
+                "--{}: {:?} is too long",
+                self.setting.flag, self.text
+            ))
+        })
+    }
 
-fn count(flag: &str, value: &str) -> Result<usize, ConfigError> {
-    match value.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(ConfigError(format!(
-            "--{flag}: expected a positive whole number, got {value:?}"
-        ))),
+    fn count(&self) -> Result<usize, ConfigError> {
+        match self.text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ConfigError(format!(
+                "--{}: expected a positive whole number, got {:?}",
+                self.setting.flag, self.text
+            ))),
+        }
     }
 }
 
@@ -579,5 +643,33 @@ mod tests {
         assert!(
             matches!(parse(&["--help"], &[]), Ok(Command::Help(text)) if text.contains("TWIZZLE_MAX_SOCKETS"))
         );
+    }
+
+    #[test]
+    fn every_setting_has_its_own_flag_and_variable_and_is_in_the_help() {
+        let help = usage();
+        let mut flags = std::collections::HashSet::from(["prod", "help"]);
+        let mut vars = std::collections::HashSet::from(["TWIZZLE_PROD"]);
+        for s in ALL {
+            assert!(flags.insert(s.flag), "--{} is taken twice", s.flag);
+            assert!(vars.insert(s.var), "{} is taken twice", s.var);
+            assert!(
+                help.contains(&format!("--{:<36} {}\n", s.flag, s.var)),
+                "--{} is not in the help",
+                s.flag
+            );
+            assert!(help.contains(s.help), "--{} has no help line", s.flag);
+        }
+    }
+
+    #[test]
+    fn every_default_parses() {
+        let local = Settings::local();
+        assert!(!local.prod);
+        let prod = settings(
+            &["--prod"],
+            &[("TWIZZLE_WCA_APPLICATION_CLIENT_SECRET", "x")],
+        );
+        assert!(prod.prod);
     }
 }
