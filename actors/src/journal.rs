@@ -2,7 +2,10 @@
 //!
 //! Read once at start-up, then rewritten whole (compacted) and appended to. A
 //! process killed in the middle of an append leaves at most one torn last
-//! line, which the next read skips with a warning.
+//! line, which the next read skips with a warning. An append that fails (a
+//! full disk, an I/O error) is cut back off the file, so the next record
+//! starts on a line of its own instead of being glued to a torn one and lost
+//! with it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -19,6 +22,12 @@ pub struct Journal {
     path: PathBuf,
     /// Opened for appending; every append is followed by `sync_data`.
     file: File,
+    /// The length of the file's whole records: what a failed append is cut
+    /// back to.
+    len: u64,
+    /// A failed append could not be cut back, so the file may end past `len`
+    /// in a torn record; the next append cuts it first.
+    torn: bool,
     /// Records appended since the last rewrite, to decide when to compact.
     appended: usize,
 }
@@ -75,31 +84,62 @@ impl Journal {
         Ok(Journal {
             path: path.to_owned(),
             file,
+            len: out.len() as u64,
+            torn: false,
             appended: 0,
         })
     }
 
     /// Appends `record` as one line and waits until it is on disk.
+    ///
+    /// On an error nothing of the record is left in the file (or, if cutting
+    /// it back failed too, it is cut before the next append, which fails if
+    /// it still cannot be).
     pub fn append<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        self.write_line(record)?;
-        self.file.sync_data()
+        self.put(&line(record)?, true)
     }
 
     /// Appends `record` as one line without waiting for the disk.
     ///
     /// The line is in the kernel when this returns, so it survives the
-    /// process being killed, though not the machine losing power.
+    /// process being killed, though not the machine losing power. A failed
+    /// write is cut back as in [`Journal::append`].
     pub fn append_unsynced<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        self.write_line(record)
+        self.put(&line(record)?, false)
     }
 
-    fn write_line<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
+    fn put(&mut self, line: &[u8], synced: bool) -> io::Result<()> {
+        if self.torn {
+            // Appending after a torn record would glue the two into one line
+            // that no read can parse, losing a record that was answered Ok.
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
         // One write(2) per record, so a killed process leaves whole lines.
-        self.file.write_all(&line)?;
-        self.appended += 1;
-        Ok(())
+        let mut result = self.file.write_all(line);
+        if synced && result.is_ok() {
+            result = self.file.sync_data();
+        }
+        match result {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                self.appended += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // A short write, or one whose sync failed, may leave part of
+                // the record in the file, or all of it without the promise
+                // that it is on disk: either way it must go.
+                if let Err(cut) = self.file.set_len(self.len) {
+                    log::error!(
+                        "{}: cannot cut a failed append back off ({cut}); retrying before the next one",
+                        self.path.display()
+                    );
+                    self.torn = true;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Waits until everything appended is on disk.
@@ -118,9 +158,251 @@ impl Journal {
     }
 }
 
+/// `record` as one line of JSON, newline included.
+fn line<T: Serialize>(record: &T) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(record)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// `at` in milliseconds since the Unix epoch: how journals keep time, so that
 /// it holds across restarts.
 pub fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        n: usize,
+        /// Makes records long enough that a full disk tears one mid-write.
+        pad: String,
+    }
+
+    fn rec(n: usize) -> Rec {
+        Rec {
+            n,
+            pad: "x".repeat(100 + n % 37),
+        }
+    }
+
+    /// A fresh directory, removed with everything in it on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "twizzle-journal-{name}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A 256 KiB tmpfs on a fresh directory, so that a test can fill the disk
+    /// or make it read-only; unmounted on drop.
+    struct Tmpfs(TempDir);
+
+    impl Tmpfs {
+        /// `None` (the test skips) where mounting is not allowed, except on
+        /// CI, where a skipped test would hide a regression.
+        fn mount(name: &str) -> Option<Tmpfs> {
+            let dir = TempDir::new(name);
+            let why = match Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+                .arg(&dir.0)
+                .output()
+            {
+                Ok(out) if out.status.success() => return Some(Tmpfs(dir)),
+                Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("cannot mount a tmpfs: {why}");
+            }
+            eprintln!("skipping: cannot mount a tmpfs: {why}");
+            None
+        }
+
+        fn path(&self) -> &Path {
+            &self.0 .0
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            match Command::new("umount").arg(self.path()).output() {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "umount {}: {}",
+                    self.path().display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!("umount {}: {e}", self.path().display()),
+            }
+        }
+    }
+
+    /// Fills the file system holding `dir` with a file until it is full.
+    fn fill(dir: &Path) -> PathBuf {
+        let path = dir.join("filler");
+        let mut file = File::create(&path).unwrap();
+        let chunk = [0u8; 4096];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => panic!("a write of nothing before the disk filled"),
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+                    return path;
+                }
+            }
+        }
+    }
+
+    /// Every record in the file at `path`, which must be whole lines that
+    /// all parse.
+    fn lines(path: &Path) -> Vec<Rec> {
+        let text = fs::read(path).unwrap();
+        if text.is_empty() {
+            return Vec::new();
+        }
+        assert_eq!(text.last(), Some(&b'\n'), "the file ends in a torn line");
+        text[..text.len() - 1]
+            .split(|&b| b == b'\n')
+            .map(|line| {
+                serde_json::from_slice(line).unwrap_or_else(|e| {
+                    panic!(
+                        "line {:?} does not parse: {e}",
+                        String::from_utf8_lossy(line)
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn put(journal: &mut Journal, record: &Rec, synced: bool) -> io::Result<()> {
+        if synced {
+            journal.append(record)
+        } else {
+            journal.append_unsynced(record)
+        }
+    }
+
+    #[test]
+    fn reads_back_what_was_written_and_appended() {
+        let dir = TempDir::new("plain");
+        let path = dir.0.join("j.jsonl");
+        assert_eq!(Journal::read::<Rec>(&path).unwrap(), []);
+        let mut journal = Journal::rewrite(&path, &[rec(0), rec(1)]).unwrap();
+        journal.append(&rec(2)).unwrap();
+        journal.append_unsynced(&rec(3)).unwrap();
+        journal.sync().unwrap();
+        assert_eq!(journal.appended(), 2);
+        assert_eq!(journal.path(), path);
+        let want: Vec<_> = (0..4).map(rec).collect();
+        assert_eq!(lines(&path), want);
+        assert_eq!(Journal::read::<Rec>(&path).unwrap(), want);
+    }
+
+    #[test]
+    fn read_skips_lines_that_do_not_parse() {
+        let dir = TempDir::new("torn");
+        let path = dir.0.join("j.jsonl");
+        fs::write(&path, "{\"n\":0,\"pad\":\"\"}\n{\"n\":1,\"pa{\"n\":2,\"pad\":\"\"}\n\n{\"n\":3,\"pad\":\"\"}\n{\"n\":4")
+            .unwrap();
+        let ns: Vec<_> = Journal::read::<Rec>(&path)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.n)
+            .collect();
+        assert_eq!(ns, [0, 3]);
+    }
+
+    #[test]
+    fn a_failed_cut_is_retried_before_the_next_append() {
+        let dir = TempDir::new("cut");
+        let path = dir.0.join("j.jsonl");
+        let mut journal = Journal::rewrite(&path, &[rec(0)]).unwrap();
+        // A read-only handle stands in for a disk on which every write and
+        // every truncation fails.
+        let good = std::mem::replace(&mut journal.file, File::open(&path).unwrap());
+        assert!(journal.append(&rec(1)).is_err());
+        // As if the failed write had left a torn record behind.
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"n\":1,\"p")
+            .unwrap();
+        assert!(journal.append_unsynced(&rec(2)).is_err());
+        assert!(fs::read(&path).unwrap().ends_with(b"{\"n\":1,\"p"));
+        journal.file = good;
+        journal.append(&rec(3)).unwrap();
+        assert_eq!(lines(&path), [rec(0), rec(3)]);
+        assert_eq!(journal.appended(), 1);
+    }
+
+    /// Appends until the disk is full, then checks that no failed append
+    /// left anything behind and that appends work once there is room.
+    fn appends_survive_a_full_disk(synced: bool) {
+        let Some(tmpfs) = Tmpfs::mount("full") else {
+            return;
+        };
+        let path = tmpfs.path().join("j.jsonl");
+        let mut journal = Journal::rewrite(&path, &[rec(0)]).unwrap();
+        let mut kept = vec![rec(0)];
+        let filler = fill(tmpfs.path());
+        let mut n = 1;
+        let e = loop {
+            assert!(n < 10_000, "the disk never filled");
+            match put(&mut journal, &rec(n), synced) {
+                Ok(()) => kept.push(rec(n)),
+                Err(e) => break e,
+            }
+            n += 1;
+        };
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        assert_eq!(lines(&path), kept);
+        n += 1;
+        assert!(put(&mut journal, &rec(n), synced).is_err());
+        assert_eq!(lines(&path), kept);
+        fs::remove_file(filler).unwrap();
+        for n in n + 1..n + 4 {
+            put(&mut journal, &rec(n), synced).unwrap();
+            kept.push(rec(n));
+        }
+        assert_eq!(lines(&path), kept);
+        assert_eq!(Journal::read::<Rec>(&path).unwrap(), kept);
+        drop(journal);
+    }
+
+    #[test]
+    fn synced_appends_survive_a_full_disk() {
+        appends_survive_a_full_disk(true);
+    }
+
+    #[test]
+    fn unsynced_appends_survive_a_full_disk() {
+        appends_survive_a_full_disk(false);
+    }
 }
