@@ -28,6 +28,9 @@ pub struct Journal {
     /// A failed append could not be cut back, so the file may end past `len`
     /// in a torn record; the next append cuts it first.
     torn: bool,
+    /// The rename of the last compaction may not be on disk yet, and with it
+    /// everything appended since; a synced append syncs the directory too.
+    dir_unsynced: bool,
     /// Records appended since the last rewrite, to decide when to compact.
     appended: usize,
 }
@@ -65,29 +68,35 @@ impl Journal {
     /// The new content is written to a temporary file, synced, and renamed
     /// over the old one, so a crash leaves either the old or the new file.
     pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> io::Result<Journal> {
-        let tmp = path.with_extension("tmp");
-        let mut out = Vec::new();
-        for record in records {
-            serde_json::to_writer(&mut out, record)?;
-            out.push(b'\n');
-        }
-        {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&out)?;
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        let file = OpenOptions::new().append(true).open(path)?;
+        let (file, len) = replace(path, records)?;
+        sync_dir(path)?;
         Ok(Journal {
             path: path.to_owned(),
             file,
-            len: out.len() as u64,
+            len,
             torn: false,
+            dir_unsynced: false,
             appended: 0,
         })
+    }
+
+    /// Replaces the journal's content with `records` atomically, as
+    /// [`Journal::rewrite`] does, and appends to the new file from then on.
+    ///
+    /// If it fails before the new file takes the journal's name, the old
+    /// file stays as it was and is still appended to, and the temporary
+    /// file is removed. If only the directory's sync fails, the new file is
+    /// in use and the next [`Journal::append`] syncs the directory again.
+    pub fn compact<T: Serialize>(&mut self, records: &[T]) -> io::Result<()> {
+        let (file, len) = replace(&self.path, records)?;
+        self.file = file;
+        self.len = len;
+        self.torn = false;
+        self.appended = 0;
+        self.dir_unsynced = true;
+        sync_dir(&self.path)?;
+        self.dir_unsynced = false;
+        Ok(())
     }
 
     /// Appends `record` as one line and waits until it is on disk.
@@ -120,6 +129,10 @@ impl Journal {
         if synced && result.is_ok() {
             result = self.file.sync_data();
         }
+        if synced && result.is_ok() && self.dir_unsynced {
+            result = sync_dir(&self.path);
+            self.dir_unsynced = result.is_err();
+        }
         match result {
             Ok(()) => {
                 self.len += line.len() as u64;
@@ -144,7 +157,11 @@ impl Journal {
 
     /// Waits until everything appended is on disk.
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        if self.dir_unsynced {
+            sync_dir(&self.path)?;
+        }
+        Ok(())
     }
 
     /// Records appended since the file was last rewritten.
@@ -156,6 +173,56 @@ impl Journal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Writes `records` to a temporary file next to `path`, syncs it and renames
+/// it over `path`; returns the temporary file's own handle, opened for
+/// appending before the rename, and its length.
+///
+/// Opening the new file by its path after the rename could fail (no file
+/// descriptors left, say) and leave the journal appending to the old file,
+/// which no longer has a name. On an error before the rename, the temporary
+/// file is removed and `path` is untouched.
+fn replace<T: Serialize>(path: &Path, records: &[T]) -> io::Result<(File, u64)> {
+    let mut out = Vec::new();
+    for record in records {
+        serde_json::to_writer(&mut out, record)?;
+        out.push(b'\n');
+    }
+    let tmp = path.with_extension("tmp");
+    // One left by a crash in the middle of a compaction; `create_new`
+    // below would refuse to reuse it.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let result = file
+        .write_all(&out)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = result {
+        drop(file);
+        if let Err(e) = fs::remove_file(&tmp) {
+            log::warn!("{}: cannot remove ({e})", tmp.display());
+        }
+        return Err(e);
+    }
+    Ok((file, out.len() as u64))
+}
+
+/// Syncs the directory holding `path`, so that a rename or a new file in it
+/// is on disk.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        // A bare file name's parent is "", which cannot be opened.
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// `record` as one line of JSON, newline included.
@@ -404,5 +471,69 @@ mod tests {
     #[test]
     fn unsynced_appends_survive_a_full_disk() {
         appends_survive_a_full_disk(false);
+    }
+
+    #[test]
+    fn compaction_replaces_the_file_and_appends_go_to_the_new_one() {
+        let dir = TempDir::new("compact");
+        let path = dir.0.join("j.jsonl");
+        let tmp = path.with_extension("tmp");
+        let mut journal = Journal::rewrite(&path, &[rec(0), rec(1)]).unwrap();
+        journal.append(&rec(2)).unwrap();
+        // Left by a crash in the middle of an earlier compaction.
+        fs::write(&tmp, "stale").unwrap();
+        journal.compact(&[rec(1), rec(2)]).unwrap();
+        assert_eq!(journal.appended(), 0);
+        assert!(!tmp.exists());
+        journal.append(&rec(3)).unwrap();
+        journal.append_unsynced(&rec(4)).unwrap();
+        assert_eq!(lines(&path), [rec(1), rec(2), rec(3), rec(4)]);
+    }
+
+    #[test]
+    fn a_failed_compaction_keeps_the_old_file_in_use() {
+        let dir = TempDir::new("compact-fails");
+        let path = dir.0.join("j.jsonl");
+        let tmp = path.with_extension("tmp");
+        let mut journal = Journal::rewrite(&path, &[rec(0)]).unwrap();
+        journal.append(&rec(1)).unwrap();
+        // Something that is not ours stands where the temporary file goes.
+        fs::create_dir(&tmp).unwrap();
+        fs::write(tmp.join("keep"), "").unwrap();
+        assert!(journal.compact(&[rec(1)]).is_err());
+        assert!(tmp.join("keep").exists());
+        assert_eq!(journal.appended(), 1);
+        journal.append(&rec(2)).unwrap();
+        assert_eq!(lines(&path), [rec(0), rec(1), rec(2)]);
+    }
+
+    #[test]
+    fn compaction_on_a_full_disk_fails_and_works_once_there_is_room() {
+        let Some(tmpfs) = Tmpfs::mount("compact-full") else {
+            return;
+        };
+        let path = tmpfs.path().join("j.jsonl");
+        let tmp = path.with_extension("tmp");
+        let mut old: Vec<_> = (0..3).map(rec).collect();
+        let mut journal = Journal::rewrite(&path, &old).unwrap();
+        let filler = fill(tmpfs.path());
+        // More than the page the old file may still have room in.
+        let mut new: Vec<_> = (100..200).map(rec).collect();
+        let e = journal.compact(&new).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        assert!(!tmp.exists());
+        assert_eq!(lines(&path), old);
+        fs::remove_file(filler).unwrap();
+        journal.append(&rec(3)).unwrap();
+        old.push(rec(3));
+        assert_eq!(lines(&path), old);
+        journal.compact(&new).unwrap();
+        assert!(!tmp.exists());
+        journal.append(&rec(200)).unwrap();
+        journal.append_unsynced(&rec(201)).unwrap();
+        new.extend([rec(200), rec(201)]);
+        assert_eq!(lines(&path), new);
+        assert_eq!(Journal::read::<Rec>(&path).unwrap(), new);
+        drop(journal);
     }
 }
