@@ -6,22 +6,28 @@
 //! full disk, an I/O error) is cut back off the file, so the next record
 //! starts on a line of its own instead of being glued to a torn one and lost
 //! with it.
+//!
+//! Start-up rewrites the file; when that fails (a full or read-only disk),
+//! [`Journal::reopen`] appends to the file as it is, and keeps trying to open
+//! it while it cannot, so that the server starts and recovers on its own.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// An open journal file, positioned for appending.
+/// A journal file opened for appending, or to be opened by the next append.
 #[derive(Debug)]
 pub struct Journal {
     /// Where the journal lives, for log lines and compaction.
     path: PathBuf,
     /// Opened for appending; every append is followed by `sync_data`.
-    file: File,
+    /// `None` while the file cannot be opened for writing (a read-only
+    /// disk); every append tries again.
+    file: Option<File>,
     /// The length of the file's whole records: what a failed append is cut
     /// back to.
     len: u64,
@@ -72,12 +78,53 @@ impl Journal {
         sync_dir(path)?;
         Ok(Journal {
             path: path.to_owned(),
-            file,
+            file: Some(file),
             len,
             torn: false,
             dir_unsynced: false,
             appended: 0,
         })
+    }
+
+    /// The journal at `path` as it is, for appending: what start-up falls
+    /// back on when [`Journal::rewrite`] failed.
+    ///
+    /// A torn last line (one without a newline) is cut off, as appending to
+    /// it would lose the next record too. If the file cannot be opened for
+    /// writing, every append tries again and fails with that attempt's
+    /// error, until the disk takes writes again.
+    pub fn reopen(path: &Path) -> Journal {
+        let mut journal = Journal {
+            path: path.to_owned(),
+            file: None,
+            len: 0,
+            torn: false,
+            dir_unsynced: true,
+            appended: 0,
+        };
+        match open_existing(path) {
+            Ok(opened) => {
+                let file = journal.adopt(opened);
+                journal.file = Some(file);
+            }
+            Err(e) => log::warn!(
+                "{}: cannot open for appending ({e}); trying again on each append",
+                path.display()
+            ),
+        }
+        journal
+    }
+
+    /// Takes on what is known of `opened`, and returns its file to append to.
+    fn adopt(&mut self, opened: Opened) -> File {
+        self.len = opened.len;
+        self.torn = opened.torn;
+        // Its records were never compacted away, so they count towards the
+        // next compaction.
+        self.appended += opened.lines;
+        // It may have just been created.
+        self.dir_unsynced = true;
+        opened.file
     }
 
     /// Replaces the journal's content with `records` atomically, as
@@ -89,7 +136,7 @@ impl Journal {
     /// in use and the next [`Journal::append`] syncs the directory again.
     pub fn compact<T: Serialize>(&mut self, records: &[T]) -> io::Result<()> {
         let (file, len) = replace(&self.path, records)?;
-        self.file = file;
+        self.file = Some(file);
         self.len = len;
         self.torn = false;
         self.appended = 0;
@@ -118,16 +165,24 @@ impl Journal {
     }
 
     fn put(&mut self, line: &[u8], synced: bool) -> io::Result<()> {
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let opened = open_existing(&self.path)?;
+                let file = self.adopt(opened);
+                self.file.insert(file)
+            }
+        };
         if self.torn {
             // Appending after a torn record would glue the two into one line
             // that no read can parse, losing a record that was answered Ok.
-            self.file.set_len(self.len)?;
+            file.set_len(self.len)?;
             self.torn = false;
         }
         // One write(2) per record, so a killed process leaves whole lines.
-        let mut result = self.file.write_all(line);
+        let mut result = file.write_all(line);
         if synced && result.is_ok() {
-            result = self.file.sync_data();
+            result = file.sync_data();
         }
         if synced && result.is_ok() && self.dir_unsynced {
             result = sync_dir(&self.path);
@@ -143,7 +198,7 @@ impl Journal {
                 // A short write, or one whose sync failed, may leave part of
                 // the record in the file, or all of it without the promise
                 // that it is on disk: either way it must go.
-                if let Err(cut) = self.file.set_len(self.len) {
+                if let Err(cut) = file.set_len(self.len) {
                     log::error!(
                         "{}: cannot cut a failed append back off ({cut}); retrying before the next one",
                         self.path.display()
@@ -157,11 +212,22 @@ impl Journal {
 
     /// Waits until everything appended is on disk.
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()?;
+        let Some(file) = &self.file else {
+            // Nothing could be appended, so nothing waits for the disk.
+            return Ok(());
+        };
+        file.sync_data()?;
         if self.dir_unsynced {
             sync_dir(&self.path)?;
         }
         Ok(())
+    }
+
+    /// Whether appends get as far as the disk: the file is open and ends in
+    /// whole records. False after a start-up on a read-only disk until an
+    /// append manages to open the file; a full disk does not show here.
+    pub fn writable(&self) -> bool {
+        self.file.is_some() && !self.torn
     }
 
     /// Records appended since the file was last rewritten.
@@ -173,6 +239,70 @@ impl Journal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The journal's file opened for appending as it is, by [`open_existing`].
+struct Opened {
+    file: File,
+    /// The length of its whole records.
+    len: u64,
+    /// It ends in a torn line that could not be cut off.
+    torn: bool,
+    /// How many lines it holds.
+    lines: usize,
+}
+
+/// Opens (or creates) the file at `path` for appending, cutting off a torn
+/// last line if it can.
+///
+/// A file whose end cannot be read is not appended to: a torn line there
+/// would swallow the next record.
+fn open_existing(path: &Path) -> io::Result<Opened> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    let mut opened_len = 0;
+    let mut len = 0;
+    let mut lines = 0;
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(last) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            len = opened_len + last as u64 + 1;
+            lines += chunk[..n].iter().filter(|&&b| b == b'\n').count();
+        }
+        opened_len += n as u64;
+    }
+    let mut torn = false;
+    if len < opened_len {
+        match file.set_len(len) {
+            Ok(()) => log::warn!(
+                "{}: cut off a torn last line of {} bytes",
+                path.display(),
+                opened_len - len
+            ),
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot cut off a torn last line ({e}); trying again on the next append",
+                    path.display()
+                );
+                torn = true;
+            }
+        }
+    }
+    Ok(Opened {
+        file,
+        len,
+        torn,
+        lines,
+    })
 }
 
 /// Writes `records` to a temporary file next to `path`, syncs it and renames
@@ -313,6 +443,21 @@ mod tests {
         fn path(&self) -> &Path {
             &self.0 .0
         }
+
+        /// Remounts with `mode` (`ro` or `rw`); every file must be closed
+        /// for `ro`.
+        fn remount(&self, mode: &str) {
+            let out = Command::new("mount")
+                .args(["-o", &format!("remount,{mode}")])
+                .arg(self.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "remount,{mode}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     impl Drop for Tmpfs {
@@ -412,7 +557,7 @@ mod tests {
         let mut journal = Journal::rewrite(&path, &[rec(0)]).unwrap();
         // A read-only handle stands in for a disk on which every write and
         // every truncation fails.
-        let good = std::mem::replace(&mut journal.file, File::open(&path).unwrap());
+        let good = journal.file.replace(File::open(&path).unwrap());
         assert!(journal.append(&rec(1)).is_err());
         // As if the failed write had left a torn record behind.
         OpenOptions::new()
@@ -534,6 +679,87 @@ mod tests {
         new.extend([rec(200), rec(201)]);
         assert_eq!(lines(&path), new);
         assert_eq!(Journal::read::<Rec>(&path).unwrap(), new);
+        drop(journal);
+    }
+
+    /// Two whole records and a torn third, as a crash in an older version
+    /// (or a cut that failed) leaves them.
+    fn write_torn(path: &Path) {
+        let mut text = line(&rec(0)).unwrap();
+        text.extend(line(&rec(1)).unwrap());
+        text.extend(b"{\"n\":2,\"pa");
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn reopen_cuts_a_torn_last_line() {
+        let dir = TempDir::new("reopen");
+        let path = dir.0.join("j.jsonl");
+        write_torn(&path);
+        let mut journal = Journal::reopen(&path);
+        assert!(journal.writable());
+        assert_eq!(lines(&path), [rec(0), rec(1)]);
+        assert_eq!(journal.appended(), 2);
+        journal.append(&rec(3)).unwrap();
+        journal.append_unsynced(&rec(4)).unwrap();
+        journal.sync().unwrap();
+        assert_eq!(lines(&path), [rec(0), rec(1), rec(3), rec(4)]);
+    }
+
+    #[test]
+    fn reopen_creates_a_missing_file() {
+        let dir = TempDir::new("reopen-missing");
+        let path = dir.0.join("j.jsonl");
+        let mut journal = Journal::reopen(&path);
+        assert!(journal.writable());
+        assert_eq!(journal.appended(), 0);
+        journal.append(&rec(0)).unwrap();
+        assert_eq!(lines(&path), [rec(0)]);
+    }
+
+    #[test]
+    fn reopen_on_a_read_only_disk_appends_once_it_is_writable() {
+        let Some(tmpfs) = Tmpfs::mount("read-only") else {
+            return;
+        };
+        let path = tmpfs.path().join("j.jsonl");
+        write_torn(&path);
+        let before = fs::read(&path).unwrap();
+        tmpfs.remount("ro");
+        let mut journal = Journal::reopen(&path);
+        assert!(!journal.writable());
+        journal.sync().unwrap();
+        let e = journal.append(&rec(3)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ReadOnlyFilesystem, "{e}");
+        let e = journal.append_unsynced(&rec(3)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ReadOnlyFilesystem, "{e}");
+        assert_eq!(fs::read(&path).unwrap(), before);
+        tmpfs.remount("rw");
+        journal.append(&rec(3)).unwrap();
+        assert!(journal.writable());
+        journal.append_unsynced(&rec(4)).unwrap();
+        assert_eq!(lines(&path), [rec(0), rec(1), rec(3), rec(4)]);
+        // The torn line was never compacted away either.
+        assert_eq!(journal.appended(), 4);
+        drop(journal);
+    }
+
+    #[test]
+    fn compaction_recovers_a_journal_that_could_not_be_opened() {
+        let Some(tmpfs) = Tmpfs::mount("read-only-compact") else {
+            return;
+        };
+        let path = tmpfs.path().join("j.jsonl");
+        write_torn(&path);
+        tmpfs.remount("ro");
+        let mut journal = Journal::reopen(&path);
+        let e = journal.compact(&[rec(1)]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ReadOnlyFilesystem, "{e}");
+        tmpfs.remount("rw");
+        journal.compact(&[rec(1)]).unwrap();
+        assert!(journal.writable());
+        journal.append(&rec(5)).unwrap();
+        assert_eq!(lines(&path), [rec(1), rec(5)]);
         drop(journal);
     }
 }
