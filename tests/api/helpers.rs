@@ -1,140 +1,21 @@
 //! One way to start the real server for a test: on port 0, in a fresh data
 //! directory, signed in through a fake WCA on loopback.
 
-use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_codec::Framed;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use awc::ws::{CloseReason, Codec, Frame, Message};
 use awc::BoxedSocket;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use twizzle_api_server::config::{Secret, Settings};
 use twizzle_api_server::startup::Application;
+pub use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(5);
-
-/// A directory under the system temp dir, removed when dropped.
-pub struct TestDir(PathBuf);
-
-impl TestDir {
-    pub fn new() -> TestDir {
-        let name = format!("twizzle-test-{}-{:016x}", std::process::id(), rand_u64());
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TestDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    );
-    h.finish()
-}
-
-/// A WCA account the fake WCA knows.
-#[derive(Clone, Debug)]
-pub struct WcaAccount {
-    pub id: u64,
-    pub wca_id: Option<String>,
-    pub name: String,
-}
-
-/// What the fake WCA remembers: accounts by OAuth code, and every token request's form.
-#[derive(Default)]
-pub struct FakeWcaState {
-    codes: HashMap<String, WcaAccount>,
-    pub token_forms: Vec<HashMap<String, String>>,
-}
-
-/// A fake WCA on loopback speaking `POST /oauth/token` and `GET /api/v0/me`.
-pub struct FakeWca {
-    pub origin: String,
-    pub state: Arc<Mutex<FakeWcaState>>,
-}
-
-impl FakeWca {
-    pub fn start() -> FakeWca {
-        let state = Arc::new(Mutex::new(FakeWcaState::default()));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let origin = format!("http://{}", listener.local_addr().unwrap());
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/oauth/token", web::post().to(fake_token))
-                .route("/api/v0/me", web::get().to(fake_me))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_web::rt::spawn(server);
-        FakeWca { origin, state }
-    }
-
-    /// Makes `code` sign in as `account`.
-    pub fn add_code(&self, code: &str, account: WcaAccount) {
-        self.state
-            .lock()
-            .unwrap()
-            .codes
-            .insert(code.to_owned(), account);
-    }
-}
-
-async fn fake_token(
-    form: web::Form<HashMap<String, String>>,
-    state: web::Data<Mutex<FakeWcaState>>,
-) -> HttpResponse {
-    let mut state = state.lock().unwrap();
-    state.token_forms.push(form.0.clone());
-    let code = form.get("code").cloned().unwrap_or_default();
-    if form.get("grant_type").map(String::as_str) != Some("authorization_code")
-        || !state.codes.contains_key(&code)
-    {
-        return HttpResponse::Unauthorized().json(json!({"error": "invalid_grant"}));
-    }
-    HttpResponse::Ok()
-        .json(json!({"access_token": format!("wca-access-{code}"), "token_type": "Bearer"}))
-}
-
-async fn fake_me(req: HttpRequest, state: web::Data<Mutex<FakeWcaState>>) -> HttpResponse {
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let code = auth.strip_prefix("Bearer wca-access-").unwrap_or("");
-    match state.lock().unwrap().codes.get(code) {
-        Some(account) => HttpResponse::Ok().json(json!({
-            "me": {"id": account.id, "wca_id": account.wca_id, "name": account.name, "avatar": {"url": "x"}}
-        })),
-        None => HttpResponse::Unauthorized().finish(),
-    }
-}
 
 /// The settings a test server runs with: port 0, its own data dir, the fake WCA.
 pub fn test_settings(data_dir: &Path, wca_origin: &str) -> Settings {
@@ -154,7 +35,7 @@ pub struct TestApp {
     pub wca: FakeWca,
     pub client: awc::Client,
     pub handle: Option<twizzle_api_server::startup::AppHandle>,
-    pub dir: Arc<TestDir>,
+    pub dir: Arc<TempDir>,
     next_code: std::cell::Cell<u64>,
 }
 
@@ -165,16 +46,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server with the test settings, changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    spawn_app_in(Arc::new(TestDir::new()), FakeWca::start(), tweak).await
+    spawn_app_in(Arc::new(TempDir::new("api")), FakeWca::start(), tweak).await
 }
 
 /// Starts a server on an existing data directory and fake WCA (for restarts).
 pub async fn spawn_app_in(
-    dir: Arc<TestDir>,
+    dir: Arc<TempDir>,
     wca: FakeWca,
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let mut settings = test_settings(dir.path(), &wca.origin);
+    let mut settings = test_settings(dir.path(), wca.origin());
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("the app builds");
     let port = app.port();
@@ -196,7 +77,7 @@ pub async fn spawn_app_in(
 
 impl TestApp {
     /// A `TestApp` for a server that runs elsewhere (another process) on `port`.
-    pub fn attach(dir: Arc<TestDir>, wca: FakeWca, port: u16) -> TestApp {
+    pub fn attach(dir: Arc<TempDir>, wca: FakeWca, port: u16) -> TestApp {
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
             port,
