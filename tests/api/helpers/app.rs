@@ -64,16 +64,8 @@ pub async fn spawn_app_in(
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
-        address: format!("http://127.0.0.1:{port}"),
-        port,
-        wca,
-        client: awc::Client::builder()
-            .disable_redirects()
-            .timeout(WAIT)
-            .finish(),
         handle: Some(handle),
-        dir,
-        next_code: std::cell::Cell::new(0),
+        ..TestApp::attach(dir, wca, port)
     }
 }
 
@@ -113,26 +105,12 @@ impl TestApp {
 
     /// `GET path`, answered.
     pub async fn get(&self, path: &str) -> Answer {
-        answer(
-            self.client
-                .get(self.url(path))
-                .send()
-                .await
-                .expect("GET answered"),
-        )
-        .await
+        answer(self.client.get(self.url(path)), "GET").await
     }
 
     /// `POST path` with no body, answered.
     pub async fn post(&self, path: &str) -> Answer {
-        answer(
-            self.client
-                .post(self.url(path))
-                .send()
-                .await
-                .expect("POST answered"),
-        )
-        .await
+        answer(self.client.post(self.url(path)), "POST").await
     }
 
     /// A fresh OAuth code that signs `account` in.
@@ -219,12 +197,12 @@ impl TestApp {
     }
 }
 
-async fn answer(
-    mut res: awc::ClientResponse<
-        impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>
-            + Unpin,
-    >,
-) -> Answer {
+/// Sends `request` (a `method` request) and reads its answer.
+async fn answer(request: awc::ClientRequest, method: &str) -> Answer {
+    let mut res = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} answered: {e:?}"));
     let bytes = res.body().await.expect("a body");
     let body = if bytes.is_empty() {
         Value::Null
