@@ -18,6 +18,8 @@
 //! - [`wca`]: the WCA OAuth client used by the sign-in callback.
 //! - [`error`]: the one error type of the HTTP layer and its responses.
 //! - [`time`]: JavaScript-style date strings for the liveness check.
+//! - [`testkit`]: fixtures the tests and the benchmark share: a temporary
+//!   directory and a fake WCA.
 
 pub mod config;
 pub mod connection;
@@ -26,5 +28,6 @@ pub mod inflow;
 pub mod routes;
 pub mod session;
 pub mod startup;
+pub mod testkit;
 pub mod time;
 pub mod wca;

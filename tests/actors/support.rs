@@ -1,15 +1,11 @@
 //! What the actor tests share: a bounded wait, an inbox a test can await,
 //! stand-in sockets, event builders, stream helpers and temporary directories.
 
-use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::hash::{BuildHasher, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::prelude::*;
 use twizzle_actors::event::{parse_event, Event};
@@ -18,6 +14,7 @@ use twizzle_actors::stream::{
     EndStream, GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamSetup,
     StreamStatus,
 };
+pub use twizzle_api_server::testkit::TempDir;
 
 /// The longest any test waits for anything; a wait that runs out fails the test.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -359,41 +356,4 @@ pub fn reset(tracking_orientation: bool, n: u64) -> Event {
     event(&format!(
         r#"{{"event":"reset","data":{{"trackingOrientation":{tracking_orientation},"n":{n}}}}}"#
     ))
-}
-
-/// A directory of its own under the system's temporary directory, removed on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// A new, empty directory whose name carries `label`.
-    pub fn new(label: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        let path = std::env::temp_dir().join(format!(
-            "twizzle-actors-{label}-{}-{}-{:016x}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            hasher.finish()
-        ));
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir { path }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }

@@ -62,7 +62,7 @@ fn systemd_unit_verifies() {
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting}");
     }
-    let dir = TestDir::new();
+    let dir = TempDir::new("api");
     let path = dir.path().join("twizzle-api-server.service");
     std::fs::write(
         &path,
@@ -96,7 +96,7 @@ fn caddyfile_validates() {
     let out = Command::new("caddy")
         .args(["validate", "--adapter", "caddyfile", "--config"])
         .arg(&path)
-        .env("HOME", TestDir::new().path())
+        .env("HOME", TempDir::new("api").path())
         .output()
         .unwrap();
     assert!(
@@ -130,7 +130,7 @@ async fn a_stream_flows_through_caddy() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let caddy_port = free.local_addr().unwrap().port();
     drop(free);
-    let dir = TestDir::new();
+    let dir = TempDir::new("api");
     let shipped = std::fs::read_to_string(Path::new(ROOT).join("Caddyfile")).unwrap();
     // Loopback only, no admin endpoint, no certificates: the shipped site
     // block is what is under test.

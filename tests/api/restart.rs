@@ -52,9 +52,9 @@ async fn tokens_survive_a_restart() {
 /// senders, the same replay for a new viewer, and the sender can go on.
 #[actix_web::test]
 async fn sigterm_closes_sockets_and_the_stream_comes_back() {
-    let dir = Arc::new(TestDir::new());
+    let dir = Arc::new(TempDir::new("api"));
     let wca = FakeWca::start();
-    let (mut child, port, logs) = start_binary(&dir, &wca.origin);
+    let (mut child, port, logs) = start_binary(&dir, wca.origin());
     let app = TestApp::attach(dir.clone(), wca, port);
     let (token, info) = app.sign_in(31, Some("2031TERM01"), "Sig Term").await;
     let id = app.create_stream(&token).await;
@@ -106,7 +106,7 @@ async fn sigterm_closes_sockets_and_the_stream_comes_back() {
     assert_no_token_in(&logs.try_iter().collect::<Vec<_>>(), &token);
 
     let TestApp { wca, .. } = app;
-    let (_child, port, _logs) = start_binary(&dir, &wca.origin);
+    let (_child, port, _logs) = start_binary(&dir, wca.origin());
     let app = TestApp::attach(dir.clone(), wca, port);
     check_stream_is_back(&app, &token, &info, &id, &events[..]).await;
     let recording = recording_lines(&dir, &id);
@@ -122,9 +122,9 @@ async fn sigterm_closes_sockets_and_the_stream_comes_back() {
 /// whole JSON lines but for at most a torn last one.
 #[actix_web::test]
 async fn kill_9_mid_traffic_loses_nothing_before_it() {
-    let dir = Arc::new(TestDir::new());
+    let dir = Arc::new(TempDir::new("api"));
     let wca = FakeWca::start();
-    let (mut child, port, logs) = start_binary(&dir, &wca.origin);
+    let (mut child, port, logs) = start_binary(&dir, wca.origin());
     let app = TestApp::attach(dir.clone(), wca, port);
     let (token, info) = app.sign_in(21, None, "Killed").await;
     let id = app.create_stream(&token).await;
@@ -165,7 +165,7 @@ async fn kill_9_mid_traffic_loses_nothing_before_it() {
         .unwrap();
 
     let TestApp { wca, .. } = app;
-    let (_child, port, logs) = start_binary(&dir, &wca.origin);
+    let (_child, port, logs) = start_binary(&dir, wca.origin());
     let app = TestApp::attach(dir.clone(), wca, port);
     let replay = [reset_event(false), orientation_event(0.25), last_move];
     check_stream_is_back(&app, &token, &info, &id, &replay).await;
@@ -224,7 +224,7 @@ async fn check_stream_is_back(
 }
 
 /// Each line of a stream's recording, parsed.
-fn recording_lines(dir: &TestDir, id: &str) -> Vec<Result<serde_json::Value, serde_json::Error>> {
+fn recording_lines(dir: &TempDir, id: &str) -> Vec<Result<serde_json::Value, serde_json::Error>> {
     let text =
         std::fs::read_to_string(dir.path().join("log/streams").join(format!("{id}.log"))).unwrap();
     text.split_inclusive('\n')
@@ -240,7 +240,7 @@ fn assert_no_token_in(logs: &[String], token: &str) {
 }
 
 /// Starts the binary on port 0; returns it, its port, and its log lines as they come.
-fn start_binary(dir: &TestDir, wca_origin: &str) -> (KillOnDrop, u16, mpsc::Receiver<String>) {
+fn start_binary(dir: &TempDir, wca_origin: &str) -> (KillOnDrop, u16, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_twizzle-api-server"))
         .args(["--bind", "127.0.0.1:0", "--wca-origin", wca_origin])
         .arg("--data-dir")

@@ -25,8 +25,8 @@ async fn sign_in_end_to_end() {
     assert_eq!(claim.len(), "claim_token_".len() + 32);
 
     {
-        let state = app.wca.state.lock().unwrap();
-        let form = state.token_forms.last().expect("the WCA was asked");
+        let forms = app.wca.token_forms();
+        let form = forms.last().expect("the WCA was asked");
         assert_eq!(form["grant_type"], "authorization_code");
         assert_eq!(form["code"], code);
         assert_eq!(form["client_secret"], "test-client-secret");

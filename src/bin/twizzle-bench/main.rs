@@ -15,7 +15,8 @@
 //!
 //! - `cli`: the command line and its defaults.
 //! - `scenario`: `fanout`, `saturate`, `idle` and `compare`: what each does and measures.
-//! - `target`: the server under test as a child process, the fake WCA, the HTTP calls.
+//! - `target`: the server under test as a child process, signed into through the
+//!   testkit's fake WCA; the HTTP calls.
 //! - `load`: sender and viewer sockets on a few client threads, and their counters.
 //! - `ws`: a minimal WebSocket client: source-address binding, handshake, frames in place.
 //! - `measure`: the shared clock, a latency histogram, `/proc` memory and CPU readings.

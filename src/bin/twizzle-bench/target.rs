@@ -10,11 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use serde_json::{json, Value};
-
-use crate::measure;
+use serde_json::Value;
+use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
 
 /// How long the server may take to answer its liveness check after it starts.
 const START_WAIT: Duration = Duration::from_secs(30);
@@ -117,28 +114,6 @@ impl Target {
     }
 }
 
-/// A directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        let name = format!(
-            "twizzle-bench-{}-{:x}",
-            std::process::id(),
-            crate::ws::Rng::new(measure::now_us()).next_u64()
-        );
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A child process that is killed and reaped when dropped, unless it was already.
 struct ChildGuard(Option<Child>);
 
@@ -159,8 +134,8 @@ pub struct RunningServer {
     pub pid: u32,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The fake WCA's HTTP server, stopped with the run.
-    wca: ServerHandle,
+    /// The fake WCA, stopped with the run.
+    wca: FakeWca,
     /// HTTP client for the API calls (no redirects followed: the claim token is in one).
     client: awc::Client,
     /// Next WCA account number to sign in as.
@@ -185,11 +160,15 @@ impl RunningServer {
         target: &Target,
         extra_env: &[(String, String)],
     ) -> Result<RunningServer, String> {
-        let dir = TempDir::new().map_err(|e| format!("cannot make a temp dir: {e}"))?;
-        let (wca, wca_origin) = start_fake_wca()?;
+        let dir = TempDir::try_new("bench").map_err(|e| format!("cannot make a temp dir: {e}"))?;
+        let wca = FakeWca::builder()
+            .client_secret(CLIENT_SECRET)
+            .numbered_codes(CODE_PREFIX, bench_account)
+            .try_start()
+            .map_err(|e| format!("fake WCA: {e}"))?;
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log_path = dir.0.join("server.log");
+        let log_path = dir.path().join("server.log");
         let log =
             std::fs::File::create(&log_path).map_err(|e| format!("cannot create the log: {e}"))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
@@ -201,11 +180,11 @@ impl RunningServer {
                 command.env_remove(name);
             }
         }
-        let data = dir.0.join("data");
+        let data = dir.path().join("data");
         command
             .env("TWIZZLE_BIND", addr.to_string())
             .env("TWIZZLE_DATA_DIR", &data)
-            .env("TWIZZLE_WCA_ORIGIN", &wca_origin)
+            .env("TWIZZLE_WCA_ORIGIN", wca.origin())
             .env("TWIZZLE_WCA_APPLICATION_CLIENT_SECRET", CLIENT_SECRET)
             .env("TWIZZLE_MAX_SOCKETS", "1000000");
         for (name, value) in extra_env {
@@ -276,7 +255,7 @@ impl RunningServer {
 
     /// The last `lines` lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -372,7 +351,7 @@ impl RunningServer {
         let took = started.elapsed();
         // Killed and reaped here if it has not exited.
         drop(self.child.0.take().map(|c| ChildGuard(Some(c))));
-        self.wca.stop(false).await;
+        self.wca.stop().await;
         Stopped { clean, took }
     }
 }
@@ -390,58 +369,11 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Serves the two WCA endpoints the sign-in uses; any code `bench-<n>` signs
-/// in as WCA account `n`. Returns the server's handle and origin.
-fn start_fake_wca() -> Result<(ServerHandle, String), String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("fake WCA: {e}"))?;
-    let origin = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    let server = HttpServer::new(|| {
-        App::new()
-            .route("/oauth/token", web::post().to(fake_token))
-            .route("/api/v0/me", web::get().to(fake_me))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|e| format!("fake WCA: {e}"))?
-    .run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
-    Ok((handle, origin))
-}
-
-async fn fake_token(form: web::Form<std::collections::HashMap<String, String>>) -> HttpResponse {
-    let code = form.get("code").map(String::as_str).unwrap_or("");
-    let account = code
-        .strip_prefix(CODE_PREFIX)
-        .and_then(|n| n.parse::<u64>().ok());
-    match account {
-        Some(account)
-            if form.get("grant_type").map(String::as_str) == Some("authorization_code")
-                && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET) =>
-        {
-            HttpResponse::Ok().json(
-                json!({"access_token": format!("wca-access-{account}"), "token_type": "Bearer"}),
-            )
-        }
-        _ => HttpResponse::Unauthorized().json(json!({"error": "invalid_grant"})),
-    }
-}
-
-async fn fake_me(req: HttpRequest) -> HttpResponse {
-    let account = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer wca-access-"))
-        .and_then(|n| n.parse::<u64>().ok());
-    match account {
-        Some(id) => HttpResponse::Ok().json(json!({
-            "me": {"id": id, "wca_id": format!("2026BNCH{:02}", id % 100), "name": format!("Bench Cuber {id}")}
-        })),
-        None => HttpResponse::Unauthorized().finish(),
+/// The account the fake WCA signs in for the code `bench-<n>`.
+fn bench_account(n: u64) -> WcaAccount {
+    WcaAccount {
+        id: n,
+        wca_id: Some(format!("2026BNCH{:02}", n % 100)),
+        name: format!("Bench Cuber {n}"),
     }
 }

@@ -1,0 +1,218 @@
+//! The server under test: its settings, starting it on port 0, and the
+//! HTTP calls and sign-in steps a test makes against it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use twizzle_api_server::config::{Secret, Settings};
+use twizzle_api_server::startup::Application;
+use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
+
+use super::ws::WsClient;
+use super::WAIT;
+
+/// The settings a test server runs with: port 0, its own data dir, the fake WCA.
+pub fn test_settings(data_dir: &Path, wca_origin: &str) -> Settings {
+    let mut settings = Settings::local();
+    settings.bind = "127.0.0.1:0".to_owned();
+    settings.data_dir = data_dir.to_owned();
+    settings.wca.origin = wca_origin.to_owned();
+    settings.wca.client_secret = Some(Secret::new("test-client-secret"));
+    settings.client_app_url = "http://localhost:1234/stream/".to_owned();
+    settings
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// The port the server listens on.
+    pub port: u16,
+    /// The fake WCA the server signs in through.
+    pub wca: FakeWca,
+    /// An HTTP client that follows no redirects (the claim token is in one).
+    pub client: awc::Client,
+    /// Stops the server; `None` for a server in another process.
+    pub handle: Option<twizzle_api_server::startup::AppHandle>,
+    /// The server's data directory, shared with a restarted server.
+    pub dir: Arc<TempDir>,
+    /// Numbers the codes of [`TestApp::code_for`].
+    next_code: std::cell::Cell<u64>,
+}
+
+/// Starts a server with the test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server with the test settings, changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_in(Arc::new(TempDir::new("api")), FakeWca::start(), tweak).await
+}
+
+/// Starts a server on an existing data directory and fake WCA (for restarts).
+pub async fn spawn_app_in(
+    dir: Arc<TempDir>,
+    wca: FakeWca,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = test_settings(dir.path(), wca.origin());
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("the app builds");
+    let port = app.port();
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        handle: Some(handle),
+        ..TestApp::attach(dir, wca, port)
+    }
+}
+
+impl TestApp {
+    /// A `TestApp` for a server that runs elsewhere (another process) on `port`.
+    pub fn attach(dir: Arc<TempDir>, wca: FakeWca, port: u16) -> TestApp {
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            wca,
+            client: awc::Client::builder()
+                .disable_redirects()
+                .timeout(WAIT)
+                .finish(),
+            handle: None,
+            dir,
+            next_code: std::cell::Cell::new(0),
+        }
+    }
+}
+
+/// A status and a parsed JSON body.
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: awc::http::header::HeaderMap,
+    /// The body as JSON; a JSON string if it is not JSON, null if empty.
+    pub body: Value,
+}
+
+impl TestApp {
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// `GET path`, answered.
+    pub async fn get(&self, path: &str) -> Answer {
+        answer(self.client.get(self.url(path)), "GET").await
+    }
+
+    /// `POST path` with no body, answered.
+    pub async fn post(&self, path: &str) -> Answer {
+        answer(self.client.post(self.url(path)), "POST").await
+    }
+
+    /// A fresh OAuth code that signs `account` in.
+    pub fn code_for(&self, account: WcaAccount) -> String {
+        let n = self.next_code.get() + 1;
+        self.next_code.set(n);
+        let code = format!("code-{}-{n}", account.id);
+        self.wca.add_code(&code, account);
+        code
+    }
+
+    /// The claim token from the sign-in redirect for `code`.
+    pub async fn callback(&self, code: &str) -> String {
+        let answer = self
+            .get(&format!("/v0/auth/wca/oauth_callback?code={code}"))
+            .await;
+        assert_eq!(answer.status, 302, "callback answered {}", answer.body);
+        let location = answer
+            .headers
+            .get("location")
+            .expect("a Location")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let claim = location
+            .split("claimToken=")
+            .nth(1)
+            .expect("claimToken in the redirect");
+        claim.split(['&', '#']).next().unwrap().to_owned()
+    }
+
+    /// Signs in as a user with this WCA account number; returns the access token and user info.
+    pub async fn sign_in(
+        &self,
+        account_id: u64,
+        wca_id: Option<&str>,
+        name: &str,
+    ) -> (String, Value) {
+        let code = self.code_for(WcaAccount {
+            id: account_id,
+            wca_id: wca_id.map(str::to_owned),
+            name: name.to_owned(),
+        });
+        let claim = self.callback(&code).await;
+        let answer = self.post(&format!("/v0/claim?claimToken={claim}")).await;
+        assert_eq!(answer.status, 200, "claim answered {}", answer.body);
+        let token = answer.body["twizzleAccessToken"]
+            .as_str()
+            .expect("an access token")
+            .to_owned();
+        (token, answer.body["userInfo"].clone())
+    }
+
+    /// Creates a stream; returns its ID.
+    pub async fn create_stream(&self, token: &str) -> String {
+        let answer = self
+            .post(&format!("/v0/streams?twizzleAccessToken={token}"))
+            .await;
+        assert_eq!(answer.status, 200, "create answered {}", answer.body);
+        answer.body["streamID"]
+            .as_str()
+            .expect("a stream ID")
+            .to_owned()
+    }
+
+    /// Opens a socket on a stream, with or without a token.
+    pub async fn connect(&self, stream_id: &str, token: Option<&str>) -> WsClient {
+        self.try_connect(stream_id, token)
+            .await
+            .expect("the socket opens")
+    }
+
+    /// Opens a socket on a stream, with or without a token; the refusal if it was refused.
+    pub async fn try_connect(
+        &self,
+        stream_id: &str,
+        token: Option<&str>,
+    ) -> Result<WsClient, awc::error::WsClientError> {
+        let mut url = format!("ws://127.0.0.1:{}/v0/streams/{stream_id}/socket", self.port);
+        if let Some(token) = token {
+            url.push_str(&format!("?twizzleAccessToken={token}"));
+        }
+        WsClient::connect(url).await
+    }
+}
+
+/// Sends `request` (a `method` request) and reads its answer.
+async fn answer(request: awc::ClientRequest, method: &str) -> Answer {
+    let mut res = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} answered: {e:?}"));
+    let bytes = res.body().await.expect("a body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Answer {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body,
+    }
+}

@@ -1,0 +1,24 @@
+//! One way to start the real server for a test: on port 0, in a fresh data
+//! directory, signed in through a fake WCA on loopback; and the clients a
+//! test talks to it with.
+//!
+//! - `app.rs`: the settings, starting the server, its HTTP calls, sign-in.
+//! - `ws.rs`: awc's WebSocket client, with a bounded wait for each frame.
+//! - `raw.rs`: sockets on plain TCP that misbehave on purpose.
+//! - `events.rs`: the events a test sends.
+
+mod app;
+mod events;
+mod raw;
+mod ws;
+
+use std::time::Duration;
+
+pub use app::{spawn_app, spawn_app_in, spawn_app_with, TestApp};
+pub use events::{move_event, orientation_event, reset_event};
+pub use raw::{raw_upgrade, RawSocket};
+pub use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
+pub use ws::{Seen, WsClient};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);

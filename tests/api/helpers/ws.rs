@@ -1,0 +1,101 @@
+//! A test's end of a WebSocket, on awc's client: what it sends, and what it
+//! saw next within the wait bound.
+
+use actix_codec::Framed;
+use awc::ws::{CloseReason, Codec, Frame, Message};
+use awc::BoxedSocket;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+
+use super::WAIT;
+
+/// A test's end of a WebSocket.
+pub struct WsClient {
+    framed: Framed<BoxedSocket, Codec>,
+}
+
+/// What a socket saw next.
+#[derive(Debug)]
+pub enum Seen {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary,
+    /// A close frame, with its reason if it had one.
+    Close(Option<CloseReason>),
+    /// A pong, with its payload.
+    Pong(Vec<u8>),
+    /// The connection ended, or failed, without a close frame.
+    Ended,
+}
+
+impl WsClient {
+    /// Opens a socket to `url` (`ws://…`); the refusal if the upgrade was refused.
+    pub async fn connect(url: String) -> Result<WsClient, awc::error::WsClientError> {
+        let (_, framed) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(1 << 24)
+            .connect()
+            .await?;
+        Ok(WsClient { framed })
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.framed
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .expect("send a frame");
+    }
+
+    /// Sends `value` as a text frame.
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends any frame.
+    pub async fn send(&mut self, message: Message) {
+        self.framed.send(message).await.expect("send a frame");
+    }
+
+    /// The next data or close frame (pings are answered, pongs skipped), within the wait bound.
+    pub async fn next(&mut self) -> Seen {
+        loop {
+            let frame = actix::clock::timeout(WAIT, self.framed.next())
+                .await
+                .expect("a frame within the wait bound");
+            match frame {
+                Some(Ok(Frame::Text(bytes))) => {
+                    return Seen::Text(String::from_utf8(bytes.to_vec()).unwrap())
+                }
+                Some(Ok(Frame::Binary(_))) => return Seen::Binary,
+                Some(Ok(Frame::Close(reason))) => return Seen::Close(reason),
+                Some(Ok(Frame::Ping(payload))) => {
+                    let _ = self.framed.send(Message::Pong(payload)).await;
+                }
+                Some(Ok(Frame::Pong(payload))) => return Seen::Pong(payload.to_vec()),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Seen::Ended,
+            }
+        }
+    }
+
+    /// The next frame, which must be a JSON text frame.
+    pub async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            Seen::Text(text) => serde_json::from_str(&text).expect("a JSON frame"),
+            other => panic!("expected a text frame, saw {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be a close frame; its code and reason.
+    pub async fn next_close(&mut self) -> (u16, String) {
+        match self.next().await {
+            Seen::Close(Some(reason)) => (
+                u16::from(reason.code),
+                reason.description.unwrap_or_default(),
+            ),
+            other => panic!("expected a close frame, saw {other:?}"),
+        }
+    }
+}
