@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use twizzle_actors::registry::RegistryError;
+use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::TokenError;
 
 /// Every way a request can fail, as the client sees it.
@@ -47,6 +48,9 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The server is restarting; try again in a moment.
     ShuttingDown,
+    /// What the request needs could not be kept (a full or read-only disk,
+    /// an unreachable store); what is kept already still works.
+    Storage(StoreError),
     /// Something on our side failed (storage, an actor gone); the details are in the log.
     Internal,
 }
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::NoSuchEndpoint(path) => format!("no such endpoint: {path}"),
             ApiError::MethodNotAllowed => "method not allowed here".to_owned(),
             ApiError::ShuttingDown => "server restarting: try again in a moment".to_owned(),
+            ApiError::Storage(e) => e.public_message().to_owned(),
             ApiError::Internal => "internal error".to_owned(),
         }
     }
@@ -110,6 +115,8 @@ impl ResponseError for ApiError {
             | ApiError::SignInNotConfigured
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::WcaFailed => StatusCode::FORBIDDEN,
+            ApiError::Storage(StoreError::Failed(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -127,7 +134,7 @@ impl From<TokenError> for ApiError {
         match e {
             TokenError::InvalidAccessToken => ApiError::InvalidAccessToken,
             TokenError::InvalidClaimToken => ApiError::InvalidClaimToken,
-            TokenError::Storage(_) => ApiError::Internal,
+            TokenError::Storage(e) => ApiError::Storage(e),
         }
     }
 }
@@ -139,7 +146,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::TooManyStreams { limit } => ApiError::TooManyStreams { limit },
             RegistryError::TooManySockets { limit } => ApiError::TooManySockets { limit },
             RegistryError::ShuttingDown => ApiError::ShuttingDown,
-            RegistryError::Storage(_) => ApiError::Internal,
+            RegistryError::Storage(e) => ApiError::Storage(e),
         }
     }
 }

@@ -20,8 +20,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use actix_http::ws::Item;
 use actix_web::error::PayloadError;
 use actix_web::web::Bytes;
+use actix_web_actors::ws;
 use futures_util::Stream;
 
 /// The bytes handed to a socket's decoder and not yet processed.
@@ -80,6 +82,25 @@ pub fn client_frame_len(payload: usize) -> usize {
         _ => 8,
     };
     2 + extended + 4 + payload
+}
+
+/// The payload bytes of a frame as it came off the wire: what
+/// [`client_frame_len`] turns back into the frame's size.
+pub fn payload_len(message: &ws::Message) -> usize {
+    match message {
+        ws::Message::Text(text) => text.len(),
+        ws::Message::Binary(bytes) | ws::Message::Ping(bytes) | ws::Message::Pong(bytes) => {
+            bytes.len()
+        }
+        ws::Message::Continuation(
+            Item::FirstText(bytes)
+            | Item::FirstBinary(bytes)
+            | Item::Continue(bytes)
+            | Item::Last(bytes),
+        ) => bytes.len(),
+        ws::Message::Close(Some(reason)) => 2 + reason.description.as_ref().map_or(0, String::len),
+        ws::Message::Close(None) | ws::Message::Nop => 0,
+    }
 }
 
 /// Follows frame boundaries in a byte stream by reading each header.

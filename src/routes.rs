@@ -10,10 +10,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use twizzle_actors::ids::{self, PublicUserInfo};
-use twizzle_actors::registry::{
-    CreateStream, FindStream, ListStreams, OpenSocket, Registry, SocketClosed, StreamSummary,
-};
+use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId};
+use twizzle_actors::registry::{CreateStream, ListStreams, OpenSocket, Registry, StreamSummary};
 use twizzle_actors::tokens::{
     Authenticate, AuthenticatedUser, LookupUsers, RedeemClaim, SignIn, TokenActor,
 };
@@ -120,7 +118,7 @@ async fn liveness_check(state: web::Data<AppState>) -> HttpResponse {
 #[derive(Serialize)]
 struct StreamInfo {
     #[serde(rename = "streamID")]
-    stream_id: String,
+    stream_id: StreamId,
     senders: Vec<PublicUserInfo>,
 }
 
@@ -151,24 +149,30 @@ struct TokenQuery {
     access_token: Option<String>,
 }
 
-/// The access token from `?twizzleAccessToken=` or `Authorization: Bearer`.
-fn access_token(req: &HttpRequest, query: &TokenQuery) -> Option<String> {
-    if let Some(token) = query.access_token.as_ref().filter(|t| !t.is_empty()) {
-        return Some(token.clone());
-    }
+/// The access token from `?twizzleAccessToken=` or `Authorization: Bearer`:
+/// `None` if there is none, an error if it cannot be one.
+fn access_token(req: &HttpRequest, query: &TokenQuery) -> Option<Result<AccessToken, ApiError>> {
+    let text = match query.access_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => token,
+        None => bearer(req)?,
+    };
+    Some(AccessToken::parse(text).ok_or(ApiError::InvalidAccessToken))
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-async fn authenticate(state: &AppState, token: String) -> Result<AuthenticatedUser, ApiError> {
-    Ok(state
-        .tokens
-        .send(Authenticate {
-            access_token: token,
-        })
-        .await??)
+async fn authenticate(
+    state: &AppState,
+    token: Result<AccessToken, ApiError>,
+) -> Result<AuthenticatedUser, ApiError> {
+    let access_token = token?;
+    Ok(state.tokens.send(Authenticate { access_token }).await??)
 }
 
 async fn create_stream(
@@ -203,8 +207,10 @@ async fn socket(
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let stream_id = path.into_inner();
-    let answer = open_socket(&req, payload, stream_id, &query, &state).await;
+    let answer = match StreamId::parse(&path) {
+        Some(stream_id) => open_socket(&req, payload, stream_id, &query, &state).await,
+        None => Err(ApiError::UnknownStream),
+    };
     if let Err(e) = &answer {
         log::info!(
             "GET {} {} ({e})",
@@ -215,41 +221,27 @@ async fn socket(
     answer
 }
 
+/// Admits the socket (the registry is asked once), then finds its user,
+/// then upgrades. A refusal after admission drops the ticket, which frees
+/// the slot again.
 async fn open_socket(
     req: &HttpRequest,
     payload: web::Payload,
-    stream_id: String,
+    stream_id: StreamId,
     query: &TokenQuery,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    if state
-        .registry
-        .send(FindStream {
-            id: stream_id.clone(),
-        })
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::UnknownStream);
-    }
+    let admission = state.registry.send(OpenSocket { stream_id }).await??;
     let user_id = match access_token(req, query) {
         Some(token) => Some(authenticate(state, token).await?.id),
         None => None,
     };
     ws::handshake(req).map_err(|_| ApiError::NotAnUpgrade)?;
-    let stream = state
-        .registry
-        .send(OpenSocket {
-            stream_id: stream_id.clone(),
-        })
-        .await??;
     let limits = &state.settings.limits;
     let inflow = Inflow::new(limits.max_frame_bytes);
     let session = WsSession::new(SessionSetup {
-        stream,
-        stream_id,
+        admission,
         user_id,
-        registry: state.registry.clone(),
         heartbeat: state.settings.heartbeat,
         mailbox_capacity: limits.mailbox_capacity(),
         events_per_sec: limits.sender_events_per_sec,
@@ -262,11 +254,7 @@ async fn open_socket(
     ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))
         .frame_size(limits.max_frame_bytes)
         .start()
-        .map_err(|_| {
-            // The session never started, so it will not report its own close.
-            state.registry.do_send(SocketClosed);
-            ApiError::NotAnUpgrade
-        })
+        .map_err(|_| ApiError::NotAnUpgrade)
 }
 
 #[derive(Deserialize)]
@@ -292,11 +280,12 @@ async fn oauth_callback(
         ApiError::WcaFailed
     })?;
     let claim_token = state.tokens.send(SignIn { profile }).await??;
-    let target = with_query_param(&state.settings.client_app_url, "claimToken", &claim_token);
-    log::info!(
-        "sign-in: claim token {} issued",
-        ids::redacted(&claim_token)
+    let target = with_query_param(
+        &state.settings.client_app_url,
+        "claimToken",
+        claim_token.expose(),
     );
+    log::info!("sign-in: claim token {claim_token} issued");
     Ok(HttpResponse::Found()
         .insert_header((header::LOCATION, target))
         .finish())
@@ -333,14 +322,15 @@ async fn claim(
     query: web::Query<ClaimQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let claim_token = query
+    let text = query
         .into_inner()
         .claim_token
         .filter(|c| !c.is_empty())
         .ok_or(ApiError::MissingClaimToken)?;
+    let claim_token = ClaimToken::parse(&text).ok_or(ApiError::InvalidClaimToken)?;
     let claimed = state.tokens.send(RedeemClaim { claim_token }).await??;
     Ok(HttpResponse::Ok().json(json!({
-        "twizzleAccessToken": claimed.access_token,
+        "twizzleAccessToken": claimed.access_token.expose(),
         "userInfo": claimed.user,
     })))
 }

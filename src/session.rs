@@ -1,42 +1,39 @@
 //! The WebSocket session actor: one per socket, between the wire and its stream.
 //!
-//! It joins its stream when it starts and leaves when it stops, checks every
-//! frame a sender sends before the stream sees it, writes what the stream
-//! sends it, and pings the client so that dead connections are closed.
+//! Read top to bottom, this file follows a frame: the stream of frames from
+//! the wire ([`StreamHandler`]), the check of a sender's frame
+//! ([`WsSession::on_data`]), its hand-off to the stream
+//! ([`WsSession::publish`]), and what the stream sends back out
+//! ([`Outbound`]). Then the session's life: it joins its stream when it
+//! starts, pings the client so that dead connections are closed, and leaves
+//! when it is dropped (its [`Admission`] does that).
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::connection::Cutoff;
-use crate::inflow::Inflow;
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use twizzle_actors::admission::Admission;
+use twizzle_actors::close::{self, Close};
 use twizzle_actors::event::parse_event;
-use twizzle_actors::registry::{Registry, SocketClosed};
-use twizzle_actors::stream::{
-    Disconnect, Join, Joined, Leave, Outbound, Publish, StreamActor, CLOSE_NORMAL, CLOSE_POLICY,
-    STREAM_ENDED,
-};
+use twizzle_actors::ids::UserId;
+use twizzle_actors::rate::TokenBucket;
+use twizzle_actors::stream::{Disconnect, Joined, Outbound, Publish};
+
+use crate::connection::Cutoff;
+use crate::inflow::{payload_len, Inflow};
 
 /// A socket silent for this many heartbeat intervals is closed.
 pub const SILENT_INTERVALS: u32 = 3;
-/// Close code for a frame over the size limit.
-const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code for a socket that stopped answering pings.
-const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Everything a session is made from.
 pub struct SessionSetup {
-    /// The stream the socket belongs to; the registry has admitted the socket.
-    pub stream: Addr<StreamActor>,
-    /// The stream's ID, for log lines.
-    pub stream_id: String,
+    /// The socket's ticket: its stream, its slot, its number there.
+    pub admission: Admission,
     /// The signed-in user, if the socket came with an access token.
-    pub user_id: Option<String>,
-    /// Told when the socket closes, to keep the count of open sockets.
-    pub registry: Addr<Registry>,
+    pub user_id: Option<UserId>,
     /// How often to ping.
     pub heartbeat: Duration,
     /// Mailbox capacity: unsent events queued before the stream drops the
@@ -52,49 +49,13 @@ pub struct SessionSetup {
     pub inflow: Rc<Inflow>,
 }
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up.
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: f64, burst: f64) -> RateLimit {
-        RateLimit {
-            rate,
-            burst,
-            tokens: burst,
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Takes a token if there is one.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// One WebSocket connection to a stream.
 pub struct WsSession {
-    /// The stream the socket belongs to.
-    stream: Addr<StreamActor>,
-    /// The stream's ID, for log lines.
-    stream_id: String,
+    /// The socket's ticket; dropped with the session, which frees the slot
+    /// and takes the socket out of its stream.
+    admission: Admission,
     /// The signed-in user, if any.
-    user_id: Option<String>,
-    /// Told when the socket closes.
-    registry: Addr<Registry>,
+    user_id: Option<UserId>,
     /// Set once the stream has taken the socket in.
     joined: Option<Joined>,
     /// When the client was last heard from (any frame, pongs included).
@@ -104,7 +65,7 @@ pub struct WsSession {
     /// Unsent events queued before the stream drops the socket.
     mailbox_capacity: usize,
     /// Limits a sender's events.
-    rate: RateLimit,
+    rate: TokenBucket,
     /// Lets the stream cut the connection; forgotten when the session goes.
     cutoff: Option<Arc<Cutoff>>,
     /// Told of every frame processed, so the connection reads on.
@@ -115,156 +76,15 @@ impl WsSession {
     /// A session, not yet started.
     pub fn new(setup: SessionSetup) -> WsSession {
         WsSession {
-            stream: setup.stream,
-            stream_id: setup.stream_id,
+            admission: setup.admission,
             user_id: setup.user_id,
-            registry: setup.registry,
             joined: None,
             last_heard: Instant::now(),
             heartbeat: setup.heartbeat,
             mailbox_capacity: setup.mailbox_capacity,
-            rate: RateLimit::new(setup.events_per_sec, setup.event_burst),
+            rate: TokenBucket::new(setup.events_per_sec, setup.event_burst, Instant::now()),
             cutoff: setup.cutoff,
             inflow: setup.inflow,
-        }
-    }
-
-    fn role(&self) -> &'static str {
-        match self.joined {
-            Some(Joined { sender: true, .. }) => "sender",
-            Some(_) => "viewer",
-            None => "unjoined socket",
-        }
-    }
-
-    fn close(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: impl Into<String>) {
-        ctx.close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.into()),
-        }));
-        ctx.stop();
-    }
-
-    fn send_error(ctx: &mut ws::WebsocketContext<Self>, message: &str) {
-        let frame = serde_json::json!({"event": "error", "data": {"message": message}});
-        ctx.text(frame.to_string());
-    }
-
-    /// Hands an event to the stream. If the stream's mailbox is full (it
-    /// is fanning out slower than its senders send), the session waits for
-    /// it before reading another frame, so the sender's own socket backs up
-    /// instead of the stream's memory growing.
-    fn publish(&mut self, publish: Publish, ctx: &mut ws::WebsocketContext<Self>) {
-        match self.stream.try_send(publish) {
-            Ok(()) | Err(SendError::Closed(_)) => {}
-            Err(SendError::Full(publish)) => {
-                ctx.wait(self.stream.send(publish).into_actor(self).map(|_, _, _| ()));
-            }
-        }
-    }
-
-    /// A data frame arrived: a viewer may not send; a sender's frame is checked and published.
-    fn on_data(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: Result<&str, &'static str>) {
-        let Some(joined) = self.joined else { return };
-        if !joined.sender {
-            return Self::close(ctx, CLOSE_POLICY, "not permitted to send");
-        }
-        if !self.rate.take() {
-            return Self::send_error(ctx, "rate limit exceeded");
-        }
-        let text = match text {
-            Ok(text) => text,
-            Err(refusal) => return Self::send_error(ctx, refusal),
-        };
-        match parse_event(text) {
-            Ok(event) => self.publish(
-                Publish {
-                    socket: joined.socket,
-                    event,
-                },
-                ctx,
-            ),
-            Err(refusal) => Self::send_error(ctx, &refusal),
-        }
-    }
-}
-
-impl Actor for WsSession {
-    type Context = ws::WebsocketContext<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // The stream `try_send`s events here; a full mailbox means the client
-        // stopped reading, and the stream drops the socket. See
-        // `SessionSetup::mailbox_capacity` for the size.
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
-        ctx.run_interval(self.heartbeat, |session, ctx| {
-            if session.last_heard.elapsed() > session.heartbeat * SILENT_INTERVALS {
-                log::info!(
-                    "stream {}: closing a silent {}",
-                    session.stream_id,
-                    session.role()
-                );
-                return Self::close(ctx, CLOSE_GOING_AWAY, "no answer to pings");
-            }
-            ctx.ping(b"");
-        });
-        let join = Join {
-            outbox: ctx.address().recipient(),
-            user_id: self.user_id.clone(),
-            disconnect: self
-                .cutoff
-                .clone()
-                .map(|cutoff| cutoff as Arc<dyn Disconnect>),
-        };
-        // `wait`: no frame is read or written before the stream has taken the
-        // socket in and queued its replay.
-        ctx.wait(self.stream.send(join).into_actor(self).map(
-            |answer, session, ctx| match answer {
-                Ok(Ok(joined)) => {
-                    session.joined = Some(joined);
-                    log::info!(
-                        "stream {}: {} connected ({})",
-                        session.stream_id,
-                        session.role(),
-                        session.user_id.as_deref().unwrap_or("anonymous")
-                    );
-                }
-                Ok(Err(_)) | Err(_) => Self::close(ctx, CLOSE_NORMAL, STREAM_ENDED),
-            },
-        ));
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(cutoff) = &self.cutoff {
-            cutoff.forget();
-        }
-        if let Some(joined) = self.joined {
-            self.stream.do_send(Leave {
-                socket: joined.socket,
-            });
-            log::info!("stream {}: {} disconnected", self.stream_id, self.role());
-        }
-        self.registry.do_send(SocketClosed);
-    }
-}
-
-impl Drop for WsSession {
-    fn drop(&mut self) {
-        // A session cut off while stuck never ran `stopped`; actix-http drops
-        // it before it closes the socket, so the descriptor is forgotten in time.
-        if let Some(cutoff) = &self.cutoff {
-            cutoff.forget();
-        }
-    }
-}
-
-impl Handler<Outbound> for WsSession {
-    type Result = ();
-
-    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
-        match msg {
-            Outbound::Event(text) => ctx.text(text),
-            Outbound::Close { code, reason } => Self::close(ctx, code, reason),
         }
     }
 }
@@ -291,27 +111,177 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Err(ws::ProtocolError::Overflow) => Self::close(ctx, CLOSE_TOO_BIG, "frame too large"),
-            Err(_) if self.inflow.oversized() => Self::close(ctx, CLOSE_TOO_BIG, "frame too large"),
-            Err(e) => Self::close(ctx, 1002, format!("protocol error: {e}")),
+            Err(ws::ProtocolError::Overflow) => close_with(ctx, close::TOO_BIG),
+            Err(_) if self.inflow.oversized() => close_with(ctx, close::TOO_BIG),
+            Err(e) => {
+                log::info!(
+                    "stream {}: closing a {}: protocol error: {e}",
+                    self.admission.stream_id(),
+                    self.role()
+                );
+                close_with(ctx, close::PROTOCOL_ERROR);
+            }
         }
     }
 }
 
-/// The payload bytes of a frame as it came off the wire.
-fn payload_len(message: &ws::Message) -> usize {
-    match message {
-        ws::Message::Text(text) => text.len(),
-        ws::Message::Binary(bytes) | ws::Message::Ping(bytes) | ws::Message::Pong(bytes) => {
-            bytes.len()
+impl WsSession {
+    /// A data frame arrived: a viewer may not send; a sender's frame is
+    /// checked (rate, then shape) and published.
+    fn on_data(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: Result<&str, &'static str>) {
+        let Some(joined) = self.joined else { return };
+        if !joined.sender {
+            return close_with(ctx, close::NOT_PERMITTED);
         }
-        ws::Message::Continuation(
-            Item::FirstText(bytes)
-            | Item::FirstBinary(bytes)
-            | Item::Continue(bytes)
-            | Item::Last(bytes),
-        ) => bytes.len(),
-        ws::Message::Close(Some(reason)) => 2 + reason.description.as_ref().map_or(0, String::len),
-        ws::Message::Close(None) | ws::Message::Nop => 0,
+        if !self.rate.take(Instant::now()) {
+            return send_error(ctx, "rate limit exceeded");
+        }
+        let text = match text {
+            Ok(text) => text,
+            Err(refusal) => return send_error(ctx, refusal),
+        };
+        match parse_event(text) {
+            Ok(event) => self.publish(
+                Publish {
+                    socket: joined.socket,
+                    event,
+                },
+                ctx,
+            ),
+            Err(refusal) => send_error(ctx, &refusal),
+        }
+    }
+
+    /// Hands an event to the stream. If the stream's mailbox is full (it
+    /// is fanning out slower than its senders send), the session waits for
+    /// it before reading another frame, so the sender's own socket backs up
+    /// instead of the stream's memory growing.
+    fn publish(&mut self, publish: Publish, ctx: &mut ws::WebsocketContext<Self>) {
+        let stream = self.admission.stream();
+        match stream.try_send(publish) {
+            Ok(()) | Err(SendError::Closed(_)) => {}
+            Err(SendError::Full(publish)) => {
+                ctx.wait(stream.send(publish).into_actor(self).map(|_, _, _| ()));
+            }
+        }
+    }
+}
+
+impl Handler<Outbound> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        match msg {
+            Outbound::Event(text) => ctx.text(text),
+            Outbound::Close(close) => close_with(ctx, close),
+        }
+    }
+}
+
+/// Sends the close frame `close` and stops the session.
+fn close_with(ctx: &mut ws::WebsocketContext<WsSession>, close: Close) {
+    ctx.close(Some(CloseReason {
+        code: CloseCode::from(close.code),
+        description: Some(close.reason.to_owned()),
+    }));
+    ctx.stop();
+}
+
+/// Answers a sender's refused frame with an error frame; the socket stays open.
+fn send_error(ctx: &mut ws::WebsocketContext<WsSession>, message: &str) {
+    let frame = serde_json::json!({"event": "error", "data": {"message": message}});
+    ctx.text(frame.to_string());
+}
+
+impl WsSession {
+    fn role(&self) -> &'static str {
+        match self.joined {
+            Some(Joined { sender: true, .. }) => "sender",
+            Some(_) => "viewer",
+            None => "unjoined socket",
+        }
+    }
+
+    /// Pings every interval; closes a socket silent for [`SILENT_INTERVALS`].
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.run_interval(self.heartbeat, |session, ctx| {
+            if session.last_heard.elapsed() > session.heartbeat * SILENT_INTERVALS {
+                log::info!(
+                    "stream {}: closing a silent {}",
+                    session.admission.stream_id(),
+                    session.role()
+                );
+                return close_with(ctx, close::SILENT);
+            }
+            ctx.ping(b"");
+        });
+    }
+
+    /// Joins the stream; no frame is read or written before the stream has
+    /// taken the socket in and queued its replay.
+    fn join(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let disconnect = self
+            .cutoff
+            .clone()
+            .map(|cutoff| cutoff as Arc<dyn Disconnect>);
+        let join = self
+            .admission
+            .join(ctx.address().recipient(), self.user_id.clone(), disconnect);
+        let joining = self.admission.stream().send(join);
+        ctx.wait(joining.into_actor(self).map(|answer, session, ctx| {
+            match answer {
+                Ok(Ok(joined)) => {
+                    session.joined = Some(joined);
+                    log::info!(
+                        "stream {}: {} connected ({})",
+                        session.admission.stream_id(),
+                        session.role(),
+                        session.user_id.as_ref().map_or("anonymous", UserId::as_str)
+                    );
+                }
+                Ok(Err(refused)) => close_with(ctx, refused.close),
+                // The stream's actor is gone: it ended, or the server is
+                // stopping. Telling a client its stream ended when it comes
+                // back after a restart would lose it; the other way round,
+                // it retries once and hears 404.
+                Err(_) => close_with(ctx, close::SERVER_RESTARTING),
+            }
+        }));
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The stream `try_send`s events here; a full mailbox means the client
+        // stopped reading, and the stream drops the socket. See
+        // `SessionSetup::mailbox_capacity` for the size.
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+        self.heartbeat(ctx);
+        self.join(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(cutoff) = &self.cutoff {
+            cutoff.forget();
+        }
+        if self.joined.is_some() {
+            log::info!(
+                "stream {}: {} disconnected",
+                self.admission.stream_id(),
+                self.role()
+            );
+        }
+    }
+}
+
+impl Drop for WsSession {
+    fn drop(&mut self) {
+        // A session cut off while stuck never ran `stopped`; actix-http drops
+        // it before it closes the socket, so the descriptor is forgotten in time.
+        if let Some(cutoff) = &self.cutoff {
+            cutoff.forget();
+        }
     }
 }

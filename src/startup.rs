@@ -12,6 +12,7 @@ use actix_web::middleware::{DefaultHeaders, Logger};
 use actix_web::{web, App, HttpServer};
 use twizzle_actors::ids;
 use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
+use twizzle_actors::store::Stores;
 use twizzle_actors::tokens::TokenActor;
 
 use crate::config::Settings;
@@ -75,34 +76,66 @@ impl Drop for Arbiters {
     }
 }
 
-impl Application {
-    /// Opens the data directory, starts the actors and binds `settings.bind`.
+/// The actors of a running server, each on a thread of its own kind.
+pub struct Actors {
+    /// Users, access tokens and claim tokens.
+    pub tokens: Addr<TokenActor>,
+    /// The directory of streams.
+    pub registry: Addr<Registry>,
+    /// The threads they run on.
+    arbiters: Arbiters,
+}
+
+impl Actors {
+    /// Opens the stores in `settings.data_dir` and starts the token actor,
+    /// the registry and the streams' threads.
     ///
-    /// Must run inside an actix system (`#[actix_web::main]` or `#[actix_web::test]`).
-    pub async fn build(settings: Settings) -> io::Result<Application> {
+    /// Fails only if what is kept cannot be read; a full or read-only disk
+    /// still starts, and what needs a write answers 503 until it is fixed.
+    pub fn start(settings: &Settings) -> io::Result<Actors> {
+        let Stores { users, streams } = Stores::local(&settings.data_dir)?;
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let token_arbiter = Arbiter::new();
         let registry_arbiter = Arbiter::new();
         let stream_arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
 
-        let mut token_actor = TokenActor::open(&settings.data_dir, settings.claim_token_ttl)?;
+        let mut token_actor = TokenActor::new(users, settings.claim_token_ttl);
         if let Some(secret) = &settings.wca.client_secret {
             token_actor = token_actor.with_sealing_secret(secret.expose().as_bytes());
         }
         let tokens = TokenActor::start_in_arbiter(&token_arbiter.handle(), move |_| token_actor);
         let registry = Registry::new(
             RegistrySettings {
-                data_dir: Some(settings.data_dir.clone()),
                 idle_timeout: settings.stream_idle_timeout,
                 max_streams_per_user: settings.limits.max_streams_per_user,
                 max_sockets: settings.limits.max_sockets,
             },
+            streams,
             stream_arbiters.iter().map(Arbiter::handle).collect(),
-        )?;
+        );
         // The registry syncs its journal when a stream is created; on its own
         // thread that stalls nothing else.
         let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| registry);
+        Ok(Actors {
+            tokens,
+            registry,
+            arbiters: Arbiters(
+                [token_arbiter, registry_arbiter]
+                    .into_iter()
+                    .chain(stream_arbiters)
+                    .collect(),
+            ),
+        })
+    }
+}
 
+impl Application {
+    /// Starts the actors, then binds `settings.bind` and builds the HTTP
+    /// server around them.
+    ///
+    /// Must run inside an actix system (`#[actix_web::main]` or `#[actix_web::test]`).
+    pub async fn build(settings: Settings) -> io::Result<Application> {
+        let actors = Actors::start(&settings)?;
         if settings.wca.client_secret.is_none() {
             log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
         }
@@ -121,7 +154,22 @@ impl Application {
             listener.local_addr()?,
             settings.data_dir.display()
         );
+        Self::serve(listener, port, settings, actors)
+    }
 
+    /// The HTTP server on `listener`, handing requests to `actors`.
+    fn serve(
+        listener: TcpListener,
+        port: u16,
+        settings: Settings,
+        actors: Actors,
+    ) -> io::Result<Application> {
+        let cores = thread::available_parallelism().map_or(2, |n| n.get());
+        let Actors {
+            tokens,
+            registry,
+            arbiters,
+        } = actors;
         let state = web::Data::new(AppState {
             registry: registry.clone(),
             tokens,
@@ -138,20 +186,7 @@ impl Application {
                         .error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()),
                 )
                 .wrap(DefaultHeaders::new().add(("Access-Control-Allow-Origin", "*")))
-                .wrap(
-                    Logger::new("%{request}xi %s %b %Dms")
-                        .custom_request_replace("request", |req| {
-                            format!(
-                                "{} {}",
-                                req.method(),
-                                redact_secrets(&req.uri().to_string())
-                            )
-                        })
-                        // A socket's request would be logged when the socket
-                        // closes, and its log state held all the while; the
-                        // socket handler and the session log sockets instead.
-                        .exclude_regex(SOCKET_PATH),
-                )
+                .wrap(request_log())
                 .wrap_fn(|req, srv| {
                     use actix_web::dev::Service;
                     let too_long = req.query_string().len() > MAX_QUERY_BYTES;
@@ -183,12 +218,7 @@ impl Application {
             port,
             server,
             handle,
-            arbiters: Arbiters(
-                [token_arbiter, registry_arbiter]
-                    .into_iter()
-                    .chain(stream_arbiters)
-                    .collect(),
-            ),
+            arbiters,
         })
     }
 
@@ -223,6 +253,22 @@ impl Application {
         log::info!("stopped");
         result
     }
+}
+
+/// One line per request, with secret query values cut to their tail.
+fn request_log() -> Logger {
+    Logger::new("%{request}xi %s %b %Dms")
+        .custom_request_replace("request", |req| {
+            format!(
+                "{} {}",
+                req.method(),
+                redact_secrets(&req.uri().to_string())
+            )
+        })
+        // A socket's request would be logged when the socket closes, and
+        // its log state held all the while; the socket handler and the
+        // session log sockets instead.
+        .exclude_regex(SOCKET_PATH)
 }
 
 /// Waits for SIGTERM or SIGINT; `None` if signals cannot be listened to.

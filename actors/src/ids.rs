@@ -1,10 +1,17 @@
-//! Identifier and token formats, and the public view of a user.
+//! Identities and tokens as types: checked once where they enter, and the
+//! tokens never shown whole.
 //!
 //! Every identifier is a fixed prefix and lowercase hex drawn from the thread
-//! CSPRNG; the browser client checks the prefixes.
+//! CSPRNG; the browser client checks the prefixes. [`StreamId`] and
+//! [`UserId`] are public and print as they are; [`AccessToken`] and
+//! [`ClaimToken`] print (`{}` and `{:?}`) only as their last four
+//! characters, so no log line can carry one, and give their text only
+//! through [`AccessToken::expose`], for the one answer that hands it out.
+
+use std::fmt;
 
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Prefix of a user's ID; 16 hex digits follow.
 pub const USER_ID_PREFIX: &str = "user_";
@@ -22,6 +29,16 @@ fn random_id(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", hex(&raw))
 }
 
+/// Whether `text` is `prefix` followed by exactly `digits` lowercase hex digits.
+fn has_form(text: &str, prefix: &str, digits: usize) -> bool {
+    text.strip_prefix(prefix).is_some_and(|hex| {
+        hex.len() == digits
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// `bytes` in lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -31,36 +48,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     out
-}
-
-/// A new `user_` + 16 hex.
-pub fn new_user_id() -> String {
-    random_id(USER_ID_PREFIX, 8)
-}
-
-/// A new `twizzle_stream_` + 16 hex.
-pub fn new_stream_id() -> String {
-    random_id(STREAM_ID_PREFIX, 8)
-}
-
-/// A new `twizzle_access_token_` + 32 hex.
-pub fn new_access_token() -> String {
-    random_id(ACCESS_TOKEN_PREFIX, 16)
-}
-
-/// A new `claim_token_` + 32 hex.
-pub fn new_claim_token() -> String {
-    random_id(CLAIM_TOKEN_PREFIX, 16)
-}
-
-/// Whether `id` has the form of a stream ID (so it is safe as a file name).
-pub fn is_stream_id(id: &str) -> bool {
-    id.strip_prefix(STREAM_ID_PREFIX).is_some_and(|hex| {
-        hex.len() == 16
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 /// The end of a secret that may appear in a log line: its last four characters.
@@ -76,12 +63,127 @@ pub fn redacted(secret: &str) -> String {
     format!("…{tail}")
 }
 
+/// Declares a public identifier: a checked newtype over its text that
+/// prints, compares, hashes and (de)serializes as that text.
+macro_rules! public_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:expr, $digits:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A new random one.
+            pub fn random() -> $name {
+                $name(random_id($prefix, $digits / 2))
+            }
+
+            /// `text` if it has the form of one; `None` otherwise.
+            pub fn parse(text: &str) -> Option<$name> {
+                has_form(text, $prefix, $digits).then(|| $name(text.to_owned()))
+            }
+
+            /// Its text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                $name::parse(&text).ok_or_else(|| {
+                    serde::de::Error::custom(concat!("malformed ", stringify!($name)))
+                })
+            }
+        }
+    };
+}
+
+/// Declares a secret token: a checked newtype whose text is only exposed
+/// on purpose; `Display` and `Debug` show the last four characters.
+macro_rules! secret_token {
+    ($(#[$doc:meta])* $name:ident, $prefix:expr, $digits:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A new random one.
+            pub fn random() -> $name {
+                $name(random_id($prefix, $digits / 2))
+            }
+
+            /// `text` if it has the form of one; `None` otherwise (which no
+            /// token ever handed out has, so it can be refused unseen).
+            pub fn parse(text: &str) -> Option<$name> {
+                has_form(text, $prefix, $digits).then(|| $name(text.to_owned()))
+            }
+
+            /// The token itself: for the one answer that hands it out, and
+            /// for hashing. Never for a log line.
+            pub fn expose(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&redacted(&self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), redacted(&self.0))
+            }
+        }
+    };
+}
+
+public_id!(
+    /// A stream's ID: `twizzle_stream_` + 16 hex; safe as a file name.
+    StreamId,
+    STREAM_ID_PREFIX,
+    16
+);
+public_id!(
+    /// A user's ID: `user_` + 16 hex.
+    UserId,
+    USER_ID_PREFIX,
+    16
+);
+secret_token!(
+    /// An access token: `twizzle_access_token_` + 32 hex (128 bits).
+    AccessToken,
+    ACCESS_TOKEN_PREFIX,
+    32
+);
+secret_token!(
+    /// A one-time claim token: `claim_token_` + 32 hex.
+    ClaimToken,
+    CLAIM_TOKEN_PREFIX,
+    32
+);
+
 /// What anyone may know of a user: shown as a stream's senders and on sign-in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicUserInfo {
     /// The user's ID.
     #[serde(rename = "twizzleUserID")]
-    pub twizzle_user_id: String,
+    pub twizzle_user_id: UserId,
     /// The user's WCA ID, if the WCA account has one.
     #[serde(rename = "wcaID")]
     pub wca_id: Option<String>,
@@ -91,9 +193,9 @@ pub struct PublicUserInfo {
 
 impl PublicUserInfo {
     /// The public view of a user with this ID, WCA ID and WCA name.
-    pub fn new(twizzle_user_id: &str, wca_id: Option<&str>, wca_name: &str) -> Self {
+    pub fn new(twizzle_user_id: &UserId, wca_id: Option<&str>, wca_name: &str) -> Self {
         PublicUserInfo {
-            twizzle_user_id: twizzle_user_id.to_owned(),
+            twizzle_user_id: twizzle_user_id.clone(),
             wca_id: wca_id.map(str::to_owned),
             name: format!("{wca_name} ({})", wca_id.unwrap_or("unverified")),
         }
@@ -106,41 +208,62 @@ mod tests {
 
     #[test]
     fn ids_have_their_prefix_and_length() {
-        let stream = new_stream_id();
-        assert!(is_stream_id(&stream), "{stream}");
-        assert_eq!(new_user_id().len(), USER_ID_PREFIX.len() + 16);
-        let token = new_access_token();
-        assert!(token.starts_with(ACCESS_TOKEN_PREFIX));
-        assert_eq!(token.len(), ACCESS_TOKEN_PREFIX.len() + 32);
-        assert!(token[ACCESS_TOKEN_PREFIX.len()..]
+        let stream = StreamId::random();
+        assert_eq!(StreamId::parse(stream.as_str()), Some(stream.clone()));
+        assert_eq!(UserId::random().as_str().len(), USER_ID_PREFIX.len() + 16);
+        let token = AccessToken::random();
+        let text = token.expose();
+        assert!(text.starts_with(ACCESS_TOKEN_PREFIX));
+        assert_eq!(text.len(), ACCESS_TOKEN_PREFIX.len() + 32);
+        assert!(text[ACCESS_TOKEN_PREFIX.len()..]
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_ne!(new_access_token(), token);
-        assert_eq!(new_claim_token().len(), CLAIM_TOKEN_PREFIX.len() + 32);
+        assert_ne!(AccessToken::random(), token);
+        assert_eq!(
+            ClaimToken::random().expose().len(),
+            CLAIM_TOKEN_PREFIX.len() + 32
+        );
     }
 
     #[test]
-    fn stream_ids_are_checked() {
-        assert!(!is_stream_id("twizzle_stream_../../etc"));
-        assert!(!is_stream_id("twizzle_stream_0123456789ABCDEF"));
-        assert!(!is_stream_id("twizzle_stream_0123456789abcde"));
-        assert!(is_stream_id("twizzle_stream_0123456789abcdef"));
+    fn ids_are_checked() {
+        assert!(StreamId::parse("twizzle_stream_../../etc").is_none());
+        assert!(StreamId::parse("twizzle_stream_0123456789ABCDEF").is_none());
+        assert!(StreamId::parse("twizzle_stream_0123456789abcde").is_none());
+        assert!(StreamId::parse("twizzle_stream_0123456789abcdef").is_some());
+        assert!(UserId::parse("user_0123456789abcdef").is_some());
+        assert!(UserId::parse("user_1").is_none());
+        assert!(AccessToken::parse("bogus").is_none());
+        assert!(ClaimToken::parse(AccessToken::random().expose()).is_none());
+        let back: Result<UserId, _> = serde_json::from_str(r#""user_x""#);
+        assert!(back.is_err());
+        let back: UserId = serde_json::from_str(r#""user_00000000000000aa""#).unwrap();
+        assert_eq!(back.as_str(), "user_00000000000000aa");
     }
 
     #[test]
-    fn secrets_are_cut_to_their_tail() {
+    fn tokens_show_only_their_tail() {
+        let token = AccessToken::random();
+        let tail = &token.expose()[token.expose().len() - 4..];
+        for shown in [format!("{token}"), format!("{token:?}")] {
+            assert!(!shown.contains(&token.expose()[..token.expose().len() - 4]));
+            assert!(shown.ends_with(tail) || shown.ends_with(&format!("{tail})")));
+        }
+        let claim = ClaimToken::random();
+        assert!(!format!("{:?}", Some(&claim)).contains(claim.expose()));
         assert_eq!(redacted("twizzle_access_token_0123"), "…0123");
         assert_eq!(redacted("ab"), "…ab");
     }
 
     #[test]
     fn public_names_carry_the_wca_id_or_unverified() {
+        let id = UserId::random();
         assert_eq!(
-            PublicUserInfo::new("user_1", Some("2015ABCD01"), "Ana").name,
+            PublicUserInfo::new(&id, Some("2015ABCD01"), "Ana").name,
             "Ana (2015ABCD01)"
         );
         assert_eq!(
-            PublicUserInfo::new("user_1", None, "Ana").name,
+            PublicUserInfo::new(&id, None, "Ana").name,
             "Ana (unverified)"
         );
     }

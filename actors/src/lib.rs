@@ -1,31 +1,51 @@
 //! The actors of the twizzle stream broker and the messages they take.
 //!
 //! The broker is a set of actors; the HTTP server in the `twizzle-api-server`
-//! crate only translates requests into their messages.
+//! crate only translates requests into their messages. A move event goes
+//! socket → session (in the server crate) → [`stream`] → every other socket.
 //!
 //! # Layout
 //!
-//! - [`ids`]: the identifier and token formats (`user_…`, `twizzle_stream_…`,
-//!   `twizzle_access_token_…`, `claim_token_…`) and the public user info.
+//! The actors, one per file:
+//!
+//! - [`stream`]: one [`stream::StreamActor`] per stream; it owns the stream's
+//!   sockets, fans each event out, runs the idle countdown, and hands
+//!   accepted events to the stream's recording.
+//! - [`registry`]: the [`registry::Registry`], the directory of open
+//!   streams: creates, lists and finds them, admits sockets, and learns
+//!   when a stream goes live, idle, or ends.
+//! - [`tokens`]: the [`tokens::TokenActor`] owns users, access tokens and
+//!   claim tokens.
+//!
+//! The values they are made of:
+//!
+//! - [`ids`]: stream and user IDs and the two kinds of token as types,
+//!   checked once where they enter; tokens print only their last four
+//!   characters.
 //! - [`event`]: checks a sender's WebSocket frame and turns it into an
 //!   [`event::Event`] whose text is encoded once and shared by every viewer.
-//! - [`stream`]: one [`stream::StreamActor`] per stream; it owns the stream's
-//!   sockets, the last reset/orientation/move, the idle countdown and the
-//!   stream's recording on disk.
-//! - [`registry`]: the [`registry::Registry`] creates, lists and finds
-//!   streams, counts sockets, and learns when a stream ends.
-//! - [`tokens`]: the [`tokens::TokenActor`] owns users, access tokens and
-//!   claim tokens, and keeps them on disk.
-//! - [`journal`]: the append-only JSON-lines file the token actor and the
-//!   registry store their records in.
-//! - [`secrets`]: token hashes and the sealing of access tokens at rest.
+//! - [`replay`]: the [`replay::Replay`] a stream keeps for late viewers (last
+//!   reset, orientation and move) and the reset loop guard.
+//! - [`admission`]: the [`admission::Admission`] ticket of one socket, whose
+//!   drop frees its slot and takes it out of its stream.
+//! - [`close`]: every close code and reason a socket can get.
 //! - [`rate`]: the [`rate::TokenBucket`] that paces one client's events.
+//! - [`secrets`]: token hashes and the sealing of access tokens at rest.
+//!
+//! And the state they keep:
+//!
+//! - [`store`]: the seam between the actors and durable state (users and
+//!   claims, open streams, recordings and their snapshots), with the local
+//!   JSON-lines files as its default implementation.
 
+pub mod admission;
+pub mod close;
 pub mod event;
 pub mod ids;
-pub mod journal;
 pub mod rate;
 pub mod registry;
+pub mod replay;
 pub mod secrets;
+pub mod store;
 pub mod stream;
 pub mod tokens;

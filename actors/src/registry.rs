@@ -1,42 +1,27 @@
-//! The registry: creates, lists and finds streams, and counts sockets.
+//! The registry: the directory of open streams, and socket admission.
 //!
-//! HTTP handlers ask it for a new stream, the list, or a stream to connect a
-//! socket to. Each stream actor tells it when it goes idle or live and when
-//! it stops; the registry keeps all of that in its journal (`streams.jsonl`),
-//! so the streams come back after a restart with their countdowns where they
-//! were. When the registry stops, it ends every stream: none outlives it.
+//! HTTP handlers ask it for a new stream, the list, or a ticket to connect a
+//! socket to a stream ([`Admission`]). Each stream actor tells it when it
+//! goes idle or live and when it stops; the registry keeps all of that in
+//! its [`StreamStore`], so the streams come back after a restart with their
+//! countdowns where they were. When the registry stops, it ends every
+//! stream: none outlives it.
 
 use std::collections::HashMap;
-use std::io;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::ids;
-use crate::journal::{epoch_ms, Journal};
-use crate::stream::{
-    EndStream, StreamActor, StreamNotice, StreamSetup, CLOSE_NORMAL, STREAM_ENDED,
-};
-
-/// The registry's journal inside the data directory.
-pub const STREAMS_FILE: &str = "streams.jsonl";
-/// The journal is compacted once this many records were appended and they
-/// outnumber the open streams' records twice over.
-const COMPACT_AFTER_APPENDS: usize = 1024;
-/// The recordings' folder inside the data directory.
-pub const RECORDINGS_DIR: &str = "log/streams";
-/// Close code for the sockets of streams ended because the server stops.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close reason for the sockets of streams ended because the server stops.
-pub const SERVER_RESTARTING: &str = "server restarting";
+use crate::admission::{Admission, SocketClosed};
+use crate::close;
+use crate::ids::{StreamId, UserId};
+use crate::store::journal::epoch_ms;
+use crate::store::{StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore};
+use crate::stream::{EndStream, SocketId, StreamActor, StreamNotice, StreamSetup};
 
 /// How the registry runs its streams.
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
-    /// The data directory; recordings go to its `log/streams`. `None` records nothing.
-    pub data_dir: Option<PathBuf>,
     /// How long a stream lives without a connected sender.
     pub idle_timeout: Duration,
     /// Open streams one user may have created.
@@ -45,13 +30,13 @@ pub struct RegistrySettings {
     pub max_sockets: usize,
 }
 
-/// A stream as listed: its ID and permitted senders' user IDs.
+/// A stream as listed: its ID and permitted senders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSummary {
     /// The stream's ID.
-    pub id: String,
-    /// User IDs allowed to send; the creator first.
-    pub senders: Vec<String>,
+    pub id: StreamId,
+    /// Users allowed to send; the creator first.
+    pub senders: Vec<UserId>,
 }
 
 /// Why the registry refused a request.
@@ -71,16 +56,16 @@ pub enum RegistryError {
     },
     /// The server is shutting down and takes no new sockets or streams.
     ShuttingDown,
-    /// The journal could not be written; the stream was not created.
-    Storage(String),
+    /// The stream could not be kept; it was not created.
+    Storage(StoreError),
 }
 
 /// Creates a stream whose only sender is `owner`.
 #[derive(Message)]
 #[rtype(result = "Result<StreamSummary, RegistryError>")]
 pub struct CreateStream {
-    /// The user ID of the creator.
-    pub owner: String,
+    /// The creator.
+    pub owner: UserId,
 }
 
 /// Lists the open streams, oldest first.
@@ -93,23 +78,22 @@ pub struct ListStreams;
 #[rtype(result = "Option<Addr<StreamActor>>")]
 pub struct FindStream {
     /// The stream's ID.
-    pub id: String,
+    pub id: StreamId,
 }
 
 /// Admits one more socket to a stream, within the limit on open sockets.
-///
-/// Every admitted socket must be followed by one [`SocketClosed`].
+/// The ticket it answers with holds the slot until it is dropped.
 #[derive(Message)]
-#[rtype(result = "Result<Addr<StreamActor>, RegistryError>")]
+#[rtype(result = "Result<Admission, RegistryError>")]
 pub struct OpenSocket {
     /// The stream the socket is for.
-    pub stream_id: String,
+    pub stream_id: StreamId,
 }
 
-/// A socket admitted by [`OpenSocket`] has closed.
+/// How many sockets hold a ticket now.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub struct SocketClosed;
+#[rtype(result = "usize")]
+pub struct CountSockets;
 
 /// Closes every socket with 1001 `server restarting` and stops every stream
 /// actor, keeping the streams themselves (they come back on the next start).
@@ -120,50 +104,24 @@ pub struct Shutdown;
 
 /// One open stream.
 struct Entry {
+    /// Its actor.
     addr: Addr<StreamActor>,
-    senders: Vec<String>,
+    /// Users allowed to send; the creator first.
+    senders: Vec<UserId>,
     /// Creation order, for a stable listing.
     seq: u64,
-    /// When it was created, in ms since the epoch (kept in the journal).
-    created_ms: u64,
-    /// Since when no sender is connected, in ms since the epoch; `None` while one is.
-    idle_since_ms: Option<u64>,
 }
 
-/// One line of the registry's journal.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "lowercase")]
-enum Record {
-    /// A stream was created (idle from then until a sender connects).
-    Stream {
-        id: String,
-        senders: Vec<String>,
-        created_ms: u64,
-    },
-    /// A sender connected to a stream that had none.
-    Live { id: String },
-    /// The last sender left a stream.
-    Idle { id: String, since_ms: u64 },
-    /// A stream ended.
-    End { id: String },
-}
-
-/// A stream read back from the journal, to start again.
-struct Restored {
-    id: String,
-    senders: Vec<String>,
-    created_ms: u64,
-    idle_since_ms: u64,
-}
-
-/// Creates, lists and finds streams; counts open sockets.
+/// Creates, lists and finds streams; admits sockets.
 pub struct Registry {
     /// Open streams by ID.
-    streams: HashMap<String, Entry>,
+    streams: HashMap<StreamId, Entry>,
     /// Open streams by creator, for the per-user limit.
-    streams_per_user: HashMap<String, usize>,
-    /// Sockets admitted and not yet closed.
+    streams_per_user: HashMap<UserId, usize>,
+    /// Tickets handed out and not yet dropped.
     sockets: usize,
+    /// The number the next socket gets.
+    next_socket: SocketId,
     /// The next stream's creation number.
     next_seq: u64,
     /// Limits and timeouts.
@@ -174,77 +132,49 @@ pub struct Registry {
     next_arbiter: usize,
     /// Set by [`Shutdown`]: streams that stop now are suspended, not ended.
     shutting_down: bool,
-    /// Where streams are kept across restarts; `None` without a data directory.
-    journal: Option<Journal>,
-    /// Streams read back at start-up, started once the actor runs.
-    restored: Vec<Restored>,
+    /// Where the streams are kept across restarts.
+    store: Box<dyn StreamStore + Send>,
 }
 
 impl Registry {
-    /// A registry that starts its streams on `arbiters` in turn (or its own thread if none).
-    ///
-    /// With a data directory, it reads back the streams that were open when
-    /// the server last stopped (dropping those whose countdown ran out while
-    /// it was down) and compacts its journal; they start with the actor. It
-    /// creates the recordings' folder up front, so a bad data directory stops
-    /// the server at start-up rather than failing streams one by one.
-    pub fn new(settings: RegistrySettings, arbiters: Vec<ArbiterHandle>) -> io::Result<Registry> {
-        let mut restored = Vec::new();
-        let mut journal = None;
-        if let Some(dir) = &settings.data_dir {
-            std::fs::create_dir_all(dir.join(RECORDINGS_DIR))?;
-            let path = dir.join(STREAMS_FILE);
-            restored = restore(Journal::read(&path)?, settings.idle_timeout);
-            let records: Vec<Record> = restored
-                .iter()
-                .flat_map(|r| {
-                    [
-                        Record::Stream {
-                            id: r.id.clone(),
-                            senders: r.senders.clone(),
-                            created_ms: r.created_ms,
-                        },
-                        Record::Idle {
-                            id: r.id.clone(),
-                            since_ms: r.idle_since_ms,
-                        },
-                    ]
-                })
-                .collect();
-            journal = Some(Journal::rewrite(&path, &records)?);
-            if !restored.is_empty() {
-                log::info!("restoring {} open streams", restored.len());
-            }
-        }
-        Ok(Registry {
+    /// A registry keeping its streams in `store`, starting their actors on
+    /// `arbiters` in turn (or on its own thread if none). The streams the
+    /// store holds come back when the actor starts, less those whose
+    /// countdown ran out while the server was down.
+    pub fn new(
+        settings: RegistrySettings,
+        store: Box<dyn StreamStore + Send>,
+        arbiters: Vec<ArbiterHandle>,
+    ) -> Registry {
+        Registry {
             streams: HashMap::new(),
             streams_per_user: HashMap::new(),
             sockets: 0,
+            next_socket: 0,
             next_seq: 0,
             settings,
             arbiters,
             next_arbiter: 0,
             shutting_down: false,
-            journal,
-            restored,
-        })
+            store,
+        }
     }
 
-    fn summary(id: &str, entry: &Entry) -> StreamSummary {
+    fn summary(id: &StreamId, entry: &Entry) -> StreamSummary {
         StreamSummary {
-            id: id.to_owned(),
+            id: id.clone(),
             senders: entry.senders.clone(),
         }
     }
 
-    /// Starts a stream actor and adds it to the open streams.
-    fn launch(&mut self, restored: Restored, ctx: &mut Context<Self>) -> StreamSummary {
-        let Restored {
-            id,
-            senders,
-            created_ms,
-            idle_since_ms,
-        } = restored;
+    /// Starts a stream actor, idle since `idle_since_ms`, and adds it to the open streams.
+    fn launch(
+        &mut self,
+        id: StreamId,
+        senders: Vec<UserId>,
+        idle_since_ms: u64,
+        ctx: &mut Context<Self>,
+    ) -> StreamSummary {
         if let Some(owner) = senders.first() {
             *self.streams_per_user.entry(owner.clone()).or_default() += 1;
         }
@@ -252,11 +182,7 @@ impl Registry {
             id: id.clone(),
             senders: senders.clone(),
             idle_timeout: self.settings.idle_timeout,
-            recording: self
-                .settings
-                .data_dir
-                .as_ref()
-                .map(|dir| dir.join(RECORDINGS_DIR).join(format!("{id}.log"))),
+            recording: self.store.recording(&id),
             registry: Some(ctx.address().recipient()),
             idle_since: Some(UNIX_EPOCH + Duration::from_millis(idle_since_ms)),
         };
@@ -271,8 +197,6 @@ impl Registry {
             addr,
             senders,
             seq: self.next_seq,
-            created_ms,
-            idle_since_ms: Some(idle_since_ms),
         };
         self.next_seq += 1;
         let summary = Self::summary(&id, &entry);
@@ -280,164 +204,120 @@ impl Registry {
         summary
     }
 
-    /// Appends a record that may be lost with the machine's power but not
-    /// with the process (liveness and ends: the next start can do without).
-    fn note(&mut self, record: &Record) {
-        let Some(journal) = self.journal.as_mut() else {
-            return;
-        };
-        if let Err(e) = journal.append_unsynced(record) {
-            log::error!("{}: write failed: {e}", journal.path().display());
+    /// Brings back the streams the store kept, oldest first. One that had a
+    /// sender when the server stopped counts as idle from now (its sender
+    /// was cut off by the restart); one whose countdown ran out meanwhile ends.
+    fn restore(&mut self, records: Vec<StreamRecord>, ctx: &mut Context<Self>) {
+        let now = epoch_ms(SystemTime::now());
+        let timeout_ms = u64::try_from(self.settings.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut restored = 0;
+        for record in records {
+            let idle_since_ms = record.idle_since_ms.unwrap_or(now);
+            if idle_since_ms.saturating_add(timeout_ms) <= now {
+                log::info!("stream {} ended while the server was down", record.id);
+                self.keep(StreamChange::Ended(record.id), ctx);
+                continue;
+            }
+            if record.idle_since_ms.is_none() {
+                let change = StreamChange::Idle {
+                    id: record.id.clone(),
+                    since_ms: now,
+                };
+                self.keep(change, ctx);
+            }
+            self.launch(record.id, record.senders, idle_since_ms, ctx);
+            restored += 1;
         }
-        self.maybe_compact();
+        if restored > 0 {
+            log::info!("restored {restored} open streams");
+        }
     }
 
-    fn maybe_compact(&mut self) {
-        let Some(journal) = self.journal.as_ref() else {
-            return;
-        };
-        if journal.appended() <= COMPACT_AFTER_APPENDS
-            || journal.appended() <= 2 * self.streams.len()
-        {
-            return;
-        }
-        let mut entries: Vec<_> = self.streams.iter().collect();
-        entries.sort_by_key(|(_, entry)| entry.seq);
-        let records: Vec<Record> = entries
-            .into_iter()
-            .flat_map(|(id, entry)| {
-                let stream = Record::Stream {
-                    id: id.clone(),
-                    senders: entry.senders.clone(),
-                    created_ms: entry.created_ms,
-                };
-                let state = match entry.idle_since_ms {
-                    Some(since_ms) => Record::Idle {
-                        id: id.clone(),
-                        since_ms,
-                    },
-                    None => Record::Live { id: id.clone() },
-                };
-                [stream, state]
-            })
-            .collect();
-        match Journal::rewrite(journal.path(), &records) {
-            Ok(journal) => self.journal = Some(journal),
-            Err(e) => log::warn!("{}: compaction failed: {e}", journal.path().display()),
-        }
+    /// Records a change that the next start can do without if it is lost;
+    /// the store logs a failure.
+    fn keep(&mut self, change: StreamChange, ctx: &mut Context<Self>) {
+        let kept = self.store.record(change);
+        ctx.spawn(
+            async move {
+                let _ = kept.await;
+            }
+            .into_actor(self),
+        );
     }
-}
 
-/// The streams a journal leaves open, oldest first, less those whose idle
-/// countdown ran out by now. A stream that had a sender when the server
-/// stopped counts as idle from now: its sender was cut off by the restart.
-fn restore(records: Vec<Record>, idle_timeout: Duration) -> Vec<Restored> {
-    let now = epoch_ms(SystemTime::now());
-    let mut open: Vec<Restored> = Vec::new();
-    let mut live: HashMap<String, bool> = HashMap::new();
-    for record in records {
-        match record {
-            Record::Stream {
-                id,
-                senders,
-                created_ms,
-            } => {
-                if !ids::is_stream_id(&id) {
-                    log::warn!("journal names a malformed stream ID; skipping it");
-                    continue;
-                }
-                open.retain(|r| r.id != id);
-                live.insert(id.clone(), false);
-                open.push(Restored {
-                    id,
-                    senders,
-                    created_ms,
-                    idle_since_ms: created_ms,
-                });
-            }
-            Record::Live { id } => {
-                live.insert(id, true);
-            }
-            Record::Idle { id, since_ms } => {
-                live.insert(id.clone(), false);
-                if let Some(r) = open.iter_mut().find(|r| r.id == id) {
-                    r.idle_since_ms = since_ms;
+    /// Forgets a stream: frees its creator's slot and, unless the server is
+    /// shutting down (then it comes back on the next start), records its end.
+    fn forget(&mut self, id: StreamId, ctx: &mut Context<Self>) -> Option<Entry> {
+        let entry = self.streams.remove(&id)?;
+        if let Some(owner) = entry.senders.first() {
+            if let Some(open) = self.streams_per_user.get_mut(owner) {
+                *open -= 1;
+                if *open == 0 {
+                    self.streams_per_user.remove(owner);
                 }
             }
-            Record::End { id } => open.retain(|r| r.id != id),
         }
+        if !self.shutting_down {
+            self.keep(StreamChange::Ended(id), ctx);
+        }
+        Some(entry)
     }
-    let timeout_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
-    open.retain_mut(|r| {
-        if live.get(&r.id).copied().unwrap_or(false) {
-            r.idle_since_ms = now;
-        }
-        let alive = r.idle_since_ms.saturating_add(timeout_ms) > now;
-        if !alive {
-            log::info!("stream {} ended while the server was down", r.id);
-        }
-        alive
-    });
-    open
 }
 
 impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        for restored in std::mem::take(&mut self.restored) {
-            self.launch(restored, ctx);
-        }
+        // `wait`: no request is answered before the kept streams are back.
+        let loaded: StoreFuture<Vec<StreamRecord>> = self.store.load();
+        ctx.wait(
+            loaded
+                .into_actor(self)
+                .map(|loaded, registry, ctx| match loaded {
+                    Ok(records) => registry.restore(records, ctx),
+                    Err(e) => log::error!("cannot read the open streams back: {e}"),
+                }),
+        );
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         for entry in self.streams.values() {
             entry.addr.do_send(EndStream {
-                code: CLOSE_GOING_AWAY,
-                reason: SERVER_RESTARTING,
+                close: close::SERVER_RESTARTING,
             });
         }
     }
 }
 
 impl Handler<CreateStream> for Registry {
-    type Result = Result<StreamSummary, RegistryError>;
+    type Result = AtomicResponse<Self, Result<StreamSummary, RegistryError>>;
 
-    fn handle(&mut self, msg: CreateStream, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: CreateStream, _: &mut Self::Context) -> Self::Result {
+        let refused = |e| AtomicResponse::new(Box::pin(fut::ready(Err(e))));
         if self.shutting_down {
-            return Err(RegistryError::ShuttingDown);
+            return refused(RegistryError::ShuttingDown);
         }
         let limit = self.settings.max_streams_per_user;
         if self.streams_per_user.get(&msg.owner).copied().unwrap_or(0) >= limit {
-            return Err(RegistryError::TooManyStreams { limit });
+            return refused(RegistryError::TooManyStreams { limit });
         }
-        let id = ids::new_stream_id();
         let created_ms = epoch_ms(SystemTime::now());
-        if let Some(journal) = self.journal.as_mut() {
-            // Synced before the answer: a stream handed out survives a crash.
-            // A short write on the registry's own thread; streams run elsewhere.
-            let record = Record::Stream {
-                id: id.clone(),
-                senders: vec![msg.owner.clone()],
-                created_ms,
-            };
-            journal.append(&record).map_err(|e| {
-                log::error!("{}: write failed: {e}", journal.path().display());
-                RegistryError::Storage(e.to_string())
-            })?;
-        }
-        let summary = self.launch(
-            Restored {
-                id,
-                senders: vec![msg.owner.clone()],
-                created_ms,
-                idle_since_ms: created_ms,
+        let record = StreamRecord {
+            id: StreamId::random(),
+            senders: vec![msg.owner],
+            created_ms,
+            idle_since_ms: Some(created_ms),
+        };
+        // Kept before the answer: a stream handed out survives a crash.
+        let kept = self.store.record(StreamChange::Created(record.clone()));
+        AtomicResponse::new(Box::pin(kept.into_actor(self).map(
+            move |kept, registry, ctx| {
+                kept.map_err(RegistryError::Storage)?;
+                let summary = registry.launch(record.id, record.senders, record.created_ms, ctx);
+                log::info!("stream {} created by {}", summary.id, summary.senders[0]);
+                Ok(summary)
             },
-            ctx,
-        );
-        log::info!("stream {} created by {}", summary.id, msg.owner);
-        self.maybe_compact();
-        Ok(summary)
+        )))
     }
 }
 
@@ -465,9 +345,11 @@ impl Handler<FindStream> for Registry {
 }
 
 impl Handler<OpenSocket> for Registry {
-    type Result = Result<Addr<StreamActor>, RegistryError>;
+    type Result = Result<Admission, RegistryError>;
 
-    fn handle(&mut self, msg: OpenSocket, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: OpenSocket, ctx: &mut Self::Context) -> Self::Result {
+        // Checked first: a socket refused while the server stops must hear
+        // that it will be back, not that its stream is unknown.
         if self.shutting_down {
             return Err(RegistryError::ShuttingDown);
         }
@@ -480,7 +362,30 @@ impl Handler<OpenSocket> for Registry {
             return Err(RegistryError::TooManySockets { limit });
         }
         self.sockets += 1;
-        Ok(entry.addr.clone())
+        let socket = self.next_socket;
+        self.next_socket += 1;
+        Ok(Admission::new(
+            entry.addr.clone(),
+            msg.stream_id,
+            socket,
+            ctx.address().recipient(),
+        ))
+    }
+}
+
+impl Handler<CountSockets> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountSockets, _: &mut Self::Context) -> usize {
+        self.sockets
+    }
+}
+
+impl Handler<SocketClosed> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: SocketClosed, _: &mut Self::Context) {
+        self.sockets = self.sockets.saturating_sub(1);
     }
 }
 
@@ -497,84 +402,47 @@ impl Handler<Shutdown> for Registry {
             .values()
             .map(|entry| {
                 entry.addr.send(EndStream {
-                    code: CLOSE_GOING_AWAY,
-                    reason: SERVER_RESTARTING,
+                    close: close::SERVER_RESTARTING,
                 })
             })
             .collect();
-        if let Some(journal) = &self.journal {
-            if let Err(e) = journal.sync() {
-                log::warn!("{}: sync failed: {e}", journal.path().display());
-            }
-        }
+        let synced = self.store.sync();
         Box::pin(async move {
             for end in ends {
                 let _ = end.await;
             }
+            let _ = synced.await;
         })
-    }
-}
-
-impl Handler<SocketClosed> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, _: SocketClosed, _: &mut Self::Context) {
-        self.sockets = self.sockets.saturating_sub(1);
-    }
-}
-
-impl Registry {
-    /// Forgets a stream: frees its creator's slot and, unless the server is
-    /// shutting down (then it comes back on the next start), journals its end.
-    fn forget(&mut self, id: String) -> Option<Entry> {
-        let entry = self.streams.remove(&id)?;
-        if let Some(owner) = entry.senders.first() {
-            if let Some(open) = self.streams_per_user.get_mut(owner) {
-                *open -= 1;
-                if *open == 0 {
-                    self.streams_per_user.remove(owner);
-                }
-            }
-        }
-        if !self.shutting_down {
-            self.note(&Record::End { id });
-        }
-        Some(entry)
     }
 }
 
 impl Handler<StreamNotice> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamNotice, _: &mut Self::Context) {
+    fn handle(&mut self, msg: StreamNotice, ctx: &mut Self::Context) {
         match msg {
             StreamNotice::Live { id } => {
-                let Some(entry) = self.streams.get_mut(&id) else {
-                    return;
-                };
-                entry.idle_since_ms = None;
-                self.note(&Record::Live { id });
+                if self.streams.contains_key(&id) {
+                    self.keep(StreamChange::Live(id), ctx);
+                }
             }
             StreamNotice::Idle { id, since } => {
-                let Some(entry) = self.streams.get_mut(&id) else {
-                    return;
-                };
-                let since_ms = epoch_ms(since);
-                entry.idle_since_ms = Some(since_ms);
-                self.note(&Record::Idle { id, since_ms });
+                if self.streams.contains_key(&id) {
+                    let since_ms = epoch_ms(since);
+                    self.keep(StreamChange::Idle { id, since_ms }, ctx);
+                }
             }
             StreamNotice::Expired { id } => {
                 // Forgotten first, so that once a socket hears `stream ended`
                 // the stream is neither listed nor found.
-                if let Some(entry) = self.forget(id) {
+                if let Some(entry) = self.forget(id, ctx) {
                     entry.addr.do_send(EndStream {
-                        code: CLOSE_NORMAL,
-                        reason: STREAM_ENDED,
+                        close: close::STREAM_ENDED,
                     });
                 }
             }
             StreamNotice::Stopped { id } => {
-                self.forget(id);
+                self.forget(id, ctx);
             }
         }
     }

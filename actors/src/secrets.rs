@@ -12,14 +12,28 @@ use std::fmt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::ids::{hex, ACCESS_TOKEN_PREFIX};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{hex, AccessToken, UserId, ACCESS_TOKEN_PREFIX};
 
 /// Bytes of randomness in an access token (32 hex digits).
 const TOKEN_BYTES: usize = 16;
 
 /// The hex SHA-256 of a token: what is kept and looked up instead of the token.
-pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TokenHash(String);
+
+impl TokenHash {
+    /// The hash of `token` (an access or claim token's text).
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(hex(&Sha256::digest(token.as_bytes())))
+    }
+
+    /// The hash in hex.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The key access tokens are sealed with.
@@ -46,13 +60,13 @@ impl SealingKey {
         SealingKey(key)
     }
 
-    fn pad(&self, user_id: &str) -> [u8; 32] {
-        hmac_sha256(&self.0, user_id.as_bytes())
+    fn pad(&self, user_id: &UserId) -> [u8; 32] {
+        hmac_sha256(&self.0, user_id.as_str().as_bytes())
     }
 
-    /// Seals `token` (an access token) for `user_id`; `None` if it is not one.
-    pub fn seal(&self, user_id: &str, token: &str) -> Option<String> {
-        let raw = unhex(token.strip_prefix(ACCESS_TOKEN_PREFIX)?)?;
+    /// Seals `token` for `user_id`.
+    pub fn seal(&self, user_id: &UserId, token: &AccessToken) -> Option<String> {
+        let raw = unhex(token.expose().strip_prefix(ACCESS_TOKEN_PREFIX)?)?;
         if raw.len() != TOKEN_BYTES {
             return None;
         }
@@ -63,14 +77,14 @@ impl SealingKey {
 
     /// The token sealed for `user_id`; a wrong key gives a wrong token, which
     /// the caller tells apart by its hash.
-    pub fn unseal(&self, user_id: &str, sealed: &str) -> Option<String> {
+    pub fn unseal(&self, user_id: &UserId, sealed: &str) -> Option<AccessToken> {
         let raw = unhex(sealed)?;
         if raw.len() != TOKEN_BYTES {
             return None;
         }
         let pad = self.pad(user_id);
         let token: Vec<u8> = raw.iter().zip(pad).map(|(b, p)| b ^ p).collect();
-        Some(format!("{ACCESS_TOKEN_PREFIX}{}", hex(&token)))
+        AccessToken::parse(&format!("{ACCESS_TOKEN_PREFIX}{}", hex(&token)))
     }
 }
 
@@ -109,7 +123,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::new_access_token;
 
     #[test]
     fn hmac_matches_rfc_4231_case_2() {
@@ -123,34 +136,27 @@ mod tests {
     #[test]
     fn hashes_are_sha256_hex() {
         assert_eq!(
-            token_hash("abc"),
+            TokenHash::of("abc").as_str(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 
     #[test]
     fn sealing_round_trips_only_with_the_same_key() {
-        let token = new_access_token();
+        let token = AccessToken::random();
+        let (user_1, user_2) = (UserId::random(), UserId::random());
         let key = SealingKey::from_secret(b"secret");
-        let sealed = key.seal("user_1", &token).unwrap();
-        assert!(!sealed.contains(&token[ACCESS_TOKEN_PREFIX.len()..]));
+        let sealed = key.seal(&user_1, &token).unwrap();
+        assert!(!sealed.contains(&token.expose()[ACCESS_TOKEN_PREFIX.len()..]));
         assert_eq!(
-            SealingKey::from_secret(b"secret")
-                .unseal("user_1", &sealed)
-                .as_deref(),
-            Some(token.as_str())
+            SealingKey::from_secret(b"secret").unseal(&user_1, &sealed),
+            Some(token.clone())
         );
         assert_ne!(
-            SealingKey::from_secret(b"other")
-                .unseal("user_1", &sealed)
-                .as_deref(),
-            Some(token.as_str())
+            SealingKey::from_secret(b"other").unseal(&user_1, &sealed),
+            Some(token.clone())
         );
-        assert_ne!(
-            key.unseal("user_2", &sealed).as_deref(),
-            Some(token.as_str())
-        );
-        assert!(key.seal("user_1", "not a token").is_none());
-        assert!(key.unseal("user_1", "zz").is_none());
+        assert_ne!(key.unseal(&user_2, &sealed), Some(token));
+        assert!(key.unseal(&user_1, "zz").is_none());
     }
 }

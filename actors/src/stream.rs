@@ -1,38 +1,32 @@
-//! The stream actor: one per stream, owning its sockets and its latest state.
+//! The stream actor: one per stream, owning its sockets and fanning out.
 //!
-//! WebSocket sessions join and leave it and publish their senders' events; it
-//! relays each event to every other socket, remembers the last reset,
-//! orientation and move for viewers who join later, records every accepted
-//! event, and ends the stream when no sender has been connected for the idle
-//! timeout. The registry created it, hears when it goes idle or live (to keep
-//! that on disk), and hears when it stops. A stream restored after a restart
-//! rebuilds its last events from its recording.
+//! WebSocket sessions join and leave it and publish their senders' events;
+//! it relays each event to every other socket, keeps the [`Replay`] for
+//! viewers who join later, hands each accepted event to the stream's
+//! recording, and ends the stream when no sender has been connected for the
+//! idle timeout. The registry started it, hears when it goes idle or live,
+//! and hears when it stops.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use crate::event::{parse_event, Event, EventKind};
-
-/// Close code for a stream that ended normally.
-pub const CLOSE_NORMAL: u16 = 1000;
-/// Close reason sent to every socket when the idle countdown runs out.
-pub const STREAM_ENDED: &str = "stream ended";
-/// Close code for a socket dropped by policy (a viewer sending, a reader too slow).
-pub const CLOSE_POLICY: u16 = 1008;
-/// Close reason for a socket whose queue of unsent events filled up.
-pub const TOO_SLOW: &str = "too many unsent events";
+use crate::close::{self, Close};
+use crate::event::Event;
+use crate::ids::{StreamId, UserId};
+use crate::replay::Replay;
+use crate::store::RecordingStore;
 
 /// Messages a stream's mailbox holds before publishing senders must wait.
 pub const MAILBOX_CAPACITY: usize = 1024;
+/// How often a stream that accepted events keeps a snapshot of its replay,
+/// so that a restart reads at most this much of its recording.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Identifies a socket within its stream.
+/// Identifies a socket within the server; the registry hands them out.
 pub type SocketId = u64;
 
 /// What a stream tells one of its sockets.
@@ -42,12 +36,7 @@ pub enum Outbound {
     /// An event to write to the socket as a text frame.
     Event(ByteString),
     /// Close the socket with this code and reason.
-    Close {
-        /// WebSocket close code.
-        code: u16,
-        /// Close reason.
-        reason: &'static str,
-    },
+    Close(Close),
 }
 
 /// Cuts a socket's connection from outside its session: for a session that
@@ -58,32 +47,40 @@ pub trait Disconnect: Send + Sync {
 }
 
 /// Adds a socket to the stream; a sender if `user_id` is a permitted sender.
+///
+/// Sent through the socket's [`Admission`](crate::admission::Admission),
+/// whose drop sends the matching [`Leave`], answered or not.
 #[derive(Message)]
-#[rtype(result = "Result<Joined, Ended>")]
+#[rtype(result = "Result<Joined, JoinError>")]
 pub struct Join {
-    /// Where the stream sends this socket its events; a bounded mailbox.
+    /// The socket, as the registry numbered it.
+    pub socket: SocketId,
+    /// Where the stream sends the socket's events.
     pub outbox: Recipient<Outbound>,
     /// The signed-in user of the socket, if any.
-    pub user_id: Option<String>,
-    /// Cuts the connection when its mailbox is full; `None` where there is
-    /// no connection to cut (tests).
+    pub user_id: Option<UserId>,
+    /// Cuts the connection when its client stops reading.
     pub disconnect: Option<Arc<dyn Disconnect>>,
 }
 
-/// How a socket joined.
+/// The answer to a [`Join`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Joined {
-    /// The socket's ID, for `Leave` and `Publish`.
+    /// The socket's ID, for `Publish`.
     pub socket: SocketId,
     /// Whether the socket may send events.
     pub sender: bool,
 }
 
-/// The stream has ended; nothing more can join it.
+/// Why a stream took no socket: it is ending, and this is how its sockets
+/// were closed (`stream ended`, or `server restarting` when it comes back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ended;
+pub struct JoinError {
+    /// The close the socket gets.
+    pub close: Close,
+}
 
-/// Removes a socket from the stream.
+/// Removes a socket from the stream; one that already left is ignored.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Leave {
@@ -101,14 +98,13 @@ pub struct Publish {
     pub event: Event,
 }
 
-/// Ends the stream now: every socket is closed with this code and reason.
+/// Ends the stream now: the recording is synced, then every socket is
+/// closed with `close`. Answered once that is done.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct EndStream {
-    /// WebSocket close code for the sockets.
-    pub code: u16,
-    /// Close reason for the sockets.
-    pub reason: &'static str,
+    /// How the sockets are closed.
+    pub close: Close,
 }
 
 /// What the stream looks like right now.
@@ -134,12 +130,12 @@ pub enum StreamNotice {
     /// A sender connected to a stream that had none: the countdown stopped.
     Live {
         /// The stream.
-        id: String,
+        id: StreamId,
     },
     /// The last sender left at `since`: the countdown started.
     Idle {
         /// The stream.
-        id: String,
+        id: StreamId,
         /// When the last sender left.
         since: SystemTime,
     },
@@ -148,25 +144,25 @@ pub enum StreamNotice {
     /// it ended. The stream takes no new sockets meanwhile.
     Expired {
         /// The stream.
-        id: String,
+        id: StreamId,
     },
     /// The stream actor stopped, for whatever reason.
     Stopped {
         /// The stream.
-        id: String,
+        id: StreamId,
     },
 }
 
 /// Everything a stream actor is made from.
 pub struct StreamSetup {
     /// The stream's ID.
-    pub id: String,
-    /// User IDs allowed to send.
-    pub senders: Vec<String>,
+    pub id: StreamId,
+    /// Users allowed to send.
+    pub senders: Vec<UserId>,
     /// How long the stream lives without a connected sender.
     pub idle_timeout: Duration,
-    /// Where the recording goes (`{data}/log/streams/{id}.log`); none in tests that need no file.
-    pub recording: Option<PathBuf>,
+    /// Where accepted events are kept, and the replay comes back from.
+    pub recording: Box<dyn RecordingStore + Send>,
     /// Told when the stream goes idle or live, expires, and stops. Without
     /// one, the stream ends itself when its countdown runs out.
     pub registry: Option<Recipient<StreamNotice>>,
@@ -178,43 +174,39 @@ pub struct StreamSetup {
 
 /// One joined socket.
 struct Member {
+    /// Where its events go.
     outbox: Recipient<Outbound>,
+    /// Whether it may send.
     sender: bool,
+    /// Cuts its connection if it stops reading.
     disconnect: Option<Arc<dyn Disconnect>>,
 }
 
-/// One stream: its sockets, its latest state, its countdown and recording.
+/// One stream: its sockets, its replay, its countdown and recording.
 pub struct StreamActor {
     /// The stream's ID.
-    id: String,
-    /// User IDs allowed to send.
-    senders: Vec<String>,
+    id: StreamId,
+    /// Users allowed to send.
+    senders: Vec<UserId>,
     /// Joined sockets by ID.
     members: HashMap<SocketId, Member>,
-    /// The ID the next socket gets.
-    next_socket: SocketId,
     /// How many joined sockets are senders; the countdown runs while this is zero.
     connected_senders: usize,
-    /// Last accepted reset, replayed first to a new viewer.
-    last_reset: Option<ByteString>,
-    /// Last accepted orientation, replayed second.
-    last_orientation: Option<ByteString>,
-    /// Last accepted move, replayed third.
-    last_move: Option<ByteString>,
-    /// Kind of the last accepted event, for the reset loop guard.
-    last_kind: Option<EventKind>,
+    /// The last reset, orientation and move, and the reset loop guard.
+    replay: Replay,
+    /// Events accepted when the last snapshot was kept.
+    checkpointed: u64,
     /// How long the stream lives without a connected sender.
     idle_timeout: Duration,
     /// The running idle countdown, if no sender is connected.
     countdown: Option<SpawnHandle>,
-    /// Where the recording goes.
-    recording_path: Option<PathBuf>,
-    /// The open recording; `None` until started, or if it could not be opened.
-    recording: Option<File>,
+    /// Where accepted events are kept.
+    recording: Box<dyn RecordingStore + Send>,
     /// Told when the stream goes idle or live, expires, and stops.
     registry: Option<Recipient<StreamNotice>>,
-    /// Set when the countdown ran out: no new sockets, the end is coming.
-    expired: bool,
+    /// Set once the stream is ending, to how its sockets are closed: it
+    /// takes no new sockets then, and tells them why.
+    ending: Option<Close>,
     /// Since when no sender has been connected, for the first countdown.
     idle_since: Option<SystemTime>,
 }
@@ -226,67 +218,70 @@ impl StreamActor {
             id: setup.id,
             senders: setup.senders,
             members: HashMap::new(),
-            next_socket: 0,
             connected_senders: 0,
-            last_reset: None,
-            last_orientation: None,
-            last_move: None,
-            last_kind: None,
+            replay: Replay::default(),
+            checkpointed: 0,
             idle_timeout: setup.idle_timeout,
             countdown: None,
-            recording_path: setup.recording,
-            recording: None,
+            recording: setup.recording,
             registry: setup.registry,
-            expired: false,
+            ending: None,
             idle_since: setup.idle_since,
         }
     }
 
     /// Starts the idle countdown for a stream idle since `since`.
     fn start_countdown(&mut self, since: SystemTime, ctx: &mut Context<Self>) {
-        if self.countdown.is_none() {
-            let idle_for = SystemTime::now().duration_since(since).unwrap_or_default();
-            let left = self.idle_timeout.saturating_sub(idle_for);
-            self.countdown = Some(ctx.run_later(left, |actor, ctx| {
-                log::info!(
-                    "stream {} ended: no sender for {:?}",
-                    actor.id,
-                    actor.idle_timeout
-                );
-                actor.expired = true;
-                match &actor.registry {
-                    Some(registry) => registry.do_send(StreamNotice::Expired {
-                        id: actor.id.clone(),
-                    }),
-                    None => actor.end(CLOSE_NORMAL, STREAM_ENDED, ctx),
-                }
-            }));
+        if self.countdown.is_some() {
+            return;
         }
+        let idle_for = SystemTime::now().duration_since(since).unwrap_or_default();
+        let left = self.idle_timeout.saturating_sub(idle_for);
+        self.countdown = Some(ctx.run_later(left, |actor, ctx| {
+            log::info!(
+                "stream {} ended: no sender for {:?}",
+                actor.id,
+                actor.idle_timeout
+            );
+            actor.ending = Some(close::STREAM_ENDED);
+            match &actor.registry {
+                Some(registry) => registry.do_send(StreamNotice::Expired {
+                    id: actor.id.clone(),
+                }),
+                None => ctx.wait(actor.end(close::STREAM_ENDED)),
+            }
+        }));
     }
 
-    fn end(&mut self, code: u16, reason: &'static str, ctx: &mut Context<Self>) {
-        if let Some(file) = &self.recording {
-            // Before the sockets hear of the end (and before a shutdown goes
-            // on), the recording is on disk; while running, the page cache
-            // is enough.
-            if let Err(e) = file.sync_data() {
-                log::warn!("stream {}: syncing the recording failed: {e}", self.id);
+    /// Keeps the replay and syncs the recording, then closes every socket
+    /// with `close` and stops: the recording is on disk before the sockets
+    /// hear of the end, and before a shutdown goes on.
+    fn end(&mut self, close: Close) -> impl ActorFuture<Self, Output = ()> {
+        self.ending = Some(close);
+        let checkpoint = self.recording.checkpoint(&self.replay.snapshot());
+        let sync = self.recording.sync();
+        async move {
+            // Each store logs its own failure; the end goes on regardless.
+            let _ = checkpoint.await;
+            let _ = sync.await;
+        }
+        .into_actor(self)
+        .map(move |(), actor, ctx| {
+            for (_, member) in actor.members.drain() {
+                // `do_send` on purpose: the close must get through even to a
+                // socket whose queue is full.
+                member.outbox.do_send(Outbound::Close(close));
             }
-        }
-        for (_, member) in self.members.drain() {
-            // `do_send` on purpose: the close must get through even to a
-            // socket whose queue is full.
-            member.outbox.do_send(Outbound::Close { code, reason });
-        }
-        self.connected_senders = 0;
-        ctx.stop();
+            actor.connected_senders = 0;
+            ctx.stop();
+        })
     }
 
     fn remove(&mut self, socket: SocketId, ctx: &mut Context<Self>) -> Option<Member> {
         let member = self.members.remove(&socket)?;
         if member.sender {
             self.connected_senders -= 1;
-            if self.connected_senders == 0 {
+            if self.connected_senders == 0 && self.ending.is_none() {
                 let now = SystemTime::now();
                 self.start_countdown(now, ctx);
                 self.notify(StreamNotice::Idle {
@@ -304,64 +299,50 @@ impl StreamActor {
         }
     }
 
-    /// Remembers an accepted event as the latest of its kind.
-    fn remember(&mut self, kind: EventKind, text: &ByteString) {
-        self.last_kind = Some(kind);
-        let slot = match kind {
-            EventKind::Move => &mut self.last_move,
-            EventKind::Orientation => &mut self.last_orientation,
-            EventKind::Reset { .. } => &mut self.last_reset,
-        };
-        *slot = Some(text.clone());
-    }
-
-    /// Rebuilds the last events from an existing recording, cutting off a
-    /// torn last line so the file stays whole JSON lines. Returns the file
-    /// opened for appending.
-    fn restore(&mut self, path: &Path) -> io::Result<File> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        let mut whole = 0u64;
-        let mut reader = BufReader::new(&mut file);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let read = reader.read_line(&mut line)?;
-            if read == 0 || !line.ends_with('\n') {
-                break;
-            }
-            whole += read as u64;
-            if let Ok(event) = parse_event(line.trim_end()) {
-                self.remember(event.kind, &event.text);
-            }
-        }
-        let len = file.seek(io::SeekFrom::End(0))?;
-        if len > whole {
-            log::warn!(
-                "stream {}: cutting a torn last line off {}",
-                self.id,
-                path.display()
-            );
-            file.set_len(whole)?;
-        }
-        Ok(file)
-    }
-
-    fn record(&mut self, text: &str) {
-        let Some(file) = self.recording.as_mut() else {
+    /// Keeps a snapshot of the replay if events came since the last one.
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        let accepted = self.replay.accepted();
+        if accepted == self.checkpointed {
             return;
-        };
-        let mut line = Vec::with_capacity(text.len() + 1);
-        line.extend_from_slice(text.as_bytes());
-        line.push(b'\n');
-        // One write(2) into the page cache, no fsync: it survives the process
-        // being killed, costs microseconds, and keeps the stream's thread free.
-        if let Err(e) = file.write_all(&line) {
-            log::error!("stream {}: recording stopped: {e}", self.id);
-            self.recording = None;
+        }
+        let kept = self.recording.checkpoint(&self.replay.snapshot());
+        ctx.spawn(kept.into_actor(self).map(move |kept, actor, _| {
+            if kept.is_ok() {
+                actor.checkpointed = accepted;
+            }
+        }));
+    }
+
+    /// Hands `text` to every socket but `from`; drops those that are full or gone.
+    fn fan_out(&mut self, from: SocketId, text: &ByteString, ctx: &mut Context<Self>) {
+        let mut dropped = Vec::new();
+        for (&socket, member) in &self.members {
+            if socket == from {
+                continue;
+            }
+            match member.outbox.try_send(Outbound::Event(text.clone())) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => dropped.push((socket, true)),
+                Err(SendError::Closed(_)) => dropped.push((socket, false)),
+            }
+        }
+        for (socket, full) in dropped {
+            let Some(member) = self.remove(socket, ctx) else {
+                continue;
+            };
+            if full {
+                log::info!(
+                    "stream {}: dropping socket {socket}: {}",
+                    self.id,
+                    close::TOO_SLOW.reason
+                );
+                // The close frame reaches a client that reads again; one
+                // that does not is cut off, since its session cannot run.
+                member.outbox.do_send(Outbound::Close(close::TOO_SLOW));
+                if let Some(disconnect) = &member.disconnect {
+                    disconnect.disconnect();
+                }
+            }
         }
     }
 }
@@ -374,18 +355,19 @@ impl Actor for StreamActor {
         // full: a stream fanning out slower than its senders send slows the
         // senders down rather than growing without bound.
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        if let Some(path) = self.recording_path.clone() {
-            match self.restore(&path) {
-                Ok(file) => self.recording = Some(file),
-                Err(e) => log::error!(
-                    "stream {}: cannot open recording {}: {e}",
-                    self.id,
-                    path.display()
-                ),
+        // `wait`: no socket joins before the replay is back.
+        let opened = self.recording.open();
+        ctx.wait(opened.into_actor(self).map(|opened, actor, _| {
+            // A recording that cannot be opened has logged why; the stream
+            // goes on live, without its earlier replay.
+            if let Ok(replay) = opened {
+                actor.checkpointed = replay.accepted();
+                actor.replay = replay;
             }
-        }
+        }));
         let since = self.idle_since.unwrap_or_else(SystemTime::now);
         self.start_countdown(since, ctx);
+        ctx.run_interval(CHECKPOINT_INTERVAL, Self::checkpoint);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -396,18 +378,21 @@ impl Actor for StreamActor {
 }
 
 impl Handler<Join> for StreamActor {
-    type Result = Result<Joined, Ended>;
+    type Result = Result<Joined, JoinError>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        if self.expired || !matches!(ctx.state(), ActorState::Running) {
-            return Err(Ended);
+        if let Some(close) = self.ending {
+            return Err(JoinError { close });
+        }
+        if !matches!(ctx.state(), ActorState::Running) {
+            return Err(JoinError {
+                close: close::SERVER_RESTARTING,
+            });
         }
         let sender = msg
             .user_id
             .as_ref()
             .is_some_and(|user| self.senders.contains(user));
-        let socket = self.next_socket;
-        self.next_socket += 1;
         if sender {
             self.connected_senders += 1;
             if let Some(countdown) = self.countdown.take() {
@@ -417,24 +402,24 @@ impl Handler<Join> for StreamActor {
                 });
             }
         } else {
-            for text in [&self.last_reset, &self.last_orientation, &self.last_move]
-                .into_iter()
-                .flatten()
-            {
+            for text in self.replay.frames() {
                 // At most three messages, so `do_send` cannot grow a mailbox
                 // without bound, and the replay is never cut short.
                 msg.outbox.do_send(Outbound::Event(text.clone()));
             }
         }
         self.members.insert(
-            socket,
+            msg.socket,
             Member {
                 outbox: msg.outbox,
                 sender,
                 disconnect: msg.disconnect,
             },
         );
-        Ok(Joined { socket, sender })
+        Ok(Joined {
+            socket: msg.socket,
+            sender,
+        })
     }
 }
 
@@ -450,56 +435,25 @@ impl Handler<Publish> for StreamActor {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        if !self
+        let from_sender = self
             .members
             .get(&msg.socket)
-            .is_some_and(|member| member.sender)
-        {
+            .is_some_and(|member| member.sender);
+        if !from_sender || !self.replay.accept(&msg.event) {
             return;
         }
-        let Event { kind, text } = msg.event;
-        if matches!(kind, EventKind::Reset { .. }) && Some(kind) == self.last_kind {
-            // The reset loop guard: the client can bounce the same reset back
-            // and forth; the repeat is neither relayed nor kept.
-            return;
-        }
-        self.remember(kind, &text);
-        let mut dropped = Vec::new();
-        for (&socket, member) in &self.members {
-            if socket == msg.socket {
-                continue;
-            }
-            match member.outbox.try_send(Outbound::Event(text.clone())) {
-                Ok(()) => {}
-                Err(SendError::Full(_)) => dropped.push((socket, true)),
-                Err(SendError::Closed(_)) => dropped.push((socket, false)),
-            }
-        }
-        for (socket, full) in dropped {
-            if let Some(member) = self.remove(socket, ctx) {
-                if full {
-                    log::info!("stream {}: dropping socket {socket}: {TOO_SLOW}", self.id);
-                    // The close frame reaches a client that reads again; one
-                    // that does not is cut off, since its session cannot run.
-                    member.outbox.do_send(Outbound::Close {
-                        code: CLOSE_POLICY,
-                        reason: TOO_SLOW,
-                    });
-                    if let Some(disconnect) = &member.disconnect {
-                        disconnect.disconnect();
-                    }
-                }
-            }
-        }
-        self.record(&text);
+        self.fan_out(msg.socket, &msg.event.text, ctx);
+        // A failed append has been logged by the recording; the event is
+        // relayed and in the replay all the same.
+        let _ = self.recording.append(&msg.event.text);
     }
 }
 
 impl Handler<EndStream> for StreamActor {
-    type Result = ();
+    type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: EndStream, ctx: &mut Self::Context) {
-        self.end(msg.code, msg.reason, ctx);
+    fn handle(&mut self, msg: EndStream, _: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(Box::pin(self.end(msg.close)))
     }
 }
 

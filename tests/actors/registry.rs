@@ -4,35 +4,55 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use twizzle_actors::ids::is_stream_id;
+use twizzle_actors::admission::Admission;
+use twizzle_actors::close::{SERVER_RESTARTING, STREAM_ENDED};
+use twizzle_actors::ids::StreamId;
 use twizzle_actors::registry::{
     CreateStream, FindStream, ListStreams, OpenSocket, Registry, RegistryError, RegistrySettings,
-    SocketClosed, StreamSummary, CLOSE_GOING_AWAY, RECORDINGS_DIR, SERVER_RESTARTING,
+    StreamSummary,
 };
-use twizzle_actors::stream::{StreamActor, CLOSE_NORMAL, STREAM_ENDED};
+use twizzle_actors::store::local::RECORDINGS_DIR;
+use twizzle_actors::store::{memory::MemoryStreams, Stores, StreamStore};
+use twizzle_actors::stream::StreamActor;
 
 use crate::support::*;
 
-/// Generous limits, no data directory, no countdown in sight.
+const CLOSE_NORMAL: u16 = STREAM_ENDED.code;
+const CLOSE_GOING_AWAY: u16 = SERVER_RESTARTING.code;
+
+/// Generous limits, no countdown in sight.
 fn settings() -> RegistrySettings {
     RegistrySettings {
-        data_dir: None,
         idle_timeout: NEVER,
         max_streams_per_user: 10,
         max_sockets: 100,
     }
 }
 
+/// A registry that keeps nothing past the test.
 fn start(settings: RegistrySettings) -> Addr<Registry> {
-    Registry::new(settings, Vec::new())
-        .expect("a registry without a data directory")
-        .start()
+    Registry::new(settings, Box::new(MemoryStreams), Vec::new()).start()
+}
+
+/// The local stream store in `dir`.
+fn local_store(dir: &TempDir) -> Box<dyn StreamStore + Send> {
+    Stores::local(dir.path())
+        .expect("a readable data directory")
+        .streams
+}
+
+/// A registry keeping its streams in `dir`.
+fn start_in(dir: &TempDir, settings: RegistrySettings) -> Addr<Registry> {
+    Registry::new(settings, local_store(dir), Vec::new()).start()
+}
+
+/// `id` as the stream ID it is.
+fn stream_id(id: &str) -> StreamId {
+    StreamId::parse(id).unwrap_or_else(|| panic!("{id} is not a stream ID"))
 }
 
 async fn create(registry: &Addr<Registry>, owner: &str) -> Result<StreamSummary, RegistryError> {
-    let create = registry.send(CreateStream {
-        owner: owner.to_owned(),
-    });
+    let create = registry.send(CreateStream { owner: user(owner) });
     within("CreateStream", create)
         .await
         .expect("the registry is running")
@@ -44,8 +64,8 @@ async fn list(registry: &Addr<Registry>) -> Vec<StreamSummary> {
         .expect("the registry is running")
 }
 
-async fn find(registry: &Addr<Registry>, id: &str) -> Option<Addr<StreamActor>> {
-    let find = registry.send(FindStream { id: id.to_owned() });
+async fn find(registry: &Addr<Registry>, id: &StreamId) -> Option<Addr<StreamActor>> {
+    let find = registry.send(FindStream { id: id.clone() });
     within("FindStream", find)
         .await
         .expect("the registry is running")
@@ -53,20 +73,14 @@ async fn find(registry: &Addr<Registry>, id: &str) -> Option<Addr<StreamActor>> 
 
 async fn open_socket(
     registry: &Addr<Registry>,
-    stream_id: &str,
-) -> Result<Addr<StreamActor>, RegistryError> {
+    stream_id: &StreamId,
+) -> Result<Admission, RegistryError> {
     let open = registry.send(OpenSocket {
-        stream_id: stream_id.to_owned(),
+        stream_id: stream_id.clone(),
     });
     within("OpenSocket", open)
         .await
         .expect("the registry is running")
-}
-
-async fn socket_closed(registry: &Addr<Registry>) {
-    within("SocketClosed", registry.send(SocketClosed))
-        .await
-        .expect("the registry is running");
 }
 
 /// A new stream has a `twizzle_stream_` + 16 hex ID, its creator as its only
@@ -76,10 +90,11 @@ async fn socket_closed(registry: &Addr<Registry>) {
 async fn create_stream_gives_an_id_and_the_owner_as_sender() {
     let registry = start(settings());
     let created = create(&registry, OWNER).await.unwrap();
-    assert!(created.id.starts_with("twizzle_stream_"), "{}", created.id);
-    assert_eq!(created.id.len(), "twizzle_stream_".len() + 16);
-    assert!(is_stream_id(&created.id), "{}", created.id);
-    assert_eq!(created.senders, vec![OWNER.to_owned()]);
+    let text = created.id.as_str();
+    assert!(text.starts_with("twizzle_stream_"), "{}", created.id);
+    assert_eq!(text.len(), "twizzle_stream_".len() + 16);
+    assert_eq!(StreamId::parse(text).as_ref(), Some(&created.id));
+    assert_eq!(created.senders, vec![user(OWNER)]);
 
     let stream = find(&registry, &created.id).await.expect("the new stream");
     assert!(Peer::join(&stream, Some(OWNER)).await.sender);
@@ -105,10 +120,12 @@ async fn streams_are_listed_in_creation_order_and_found_by_id() {
             .unwrap_or_else(|| panic!("{} is found", summary.id));
         assert_eq!(status(&stream).await.sockets, 0);
     }
-    assert!(find(&registry, "twizzle_stream_0000000000000000")
-        .await
-        .is_none());
-    assert!(find(&registry, "").await.is_none());
+    assert!(
+        find(&registry, &stream_id("twizzle_stream_0000000000000000"))
+            .await
+            .is_none()
+    );
+    assert!(StreamId::parse("").is_none());
 }
 
 /// A user may have `max_streams_per_user` open streams; one more is refused
@@ -130,7 +147,7 @@ async fn per_user_stream_limit_is_enforced() {
 }
 
 /// `OpenSocket` admits up to `max_sockets` sockets over all streams and
-/// refuses the next with the limit; each `SocketClosed` frees a slot; an
+/// refuses the next with the limit; each ticket dropped frees a slot; an
 /// unknown stream is refused as such.
 #[actix::test]
 async fn socket_limit_is_enforced_and_freed() {
@@ -141,14 +158,14 @@ async fn socket_limit_is_enforced_and_freed() {
     let a = create(&registry, OWNER).await.unwrap();
     let b = create(&registry, STRANGER).await.unwrap();
     assert_eq!(
-        open_socket(&registry, "twizzle_stream_0000000000000000")
+        open_socket(&registry, &stream_id("twizzle_stream_0000000000000000"))
             .await
             .map(|_| ()),
         Err(RegistryError::UnknownStream)
     );
-    let stream = open_socket(&registry, &a.id).await.unwrap();
-    assert!(Peer::join(&stream, Some(OWNER)).await.sender);
-    open_socket(&registry, &b.id).await.unwrap();
+    let first = open_socket(&registry, &a.id).await.unwrap();
+    assert!(Peer::join(first.stream(), Some(OWNER)).await.sender);
+    let second = open_socket(&registry, &b.id).await.unwrap();
     assert_eq!(
         open_socket(&registry, &a.id).await.map(|_| ()),
         Err(RegistryError::TooManySockets { limit: 2 })
@@ -157,16 +174,15 @@ async fn socket_limit_is_enforced_and_freed() {
         open_socket(&registry, &b.id).await.map(|_| ()),
         Err(RegistryError::TooManySockets { limit: 2 })
     );
-    socket_closed(&registry).await;
-    open_socket(&registry, &b.id).await.unwrap();
+    drop(second);
+    let third = open_socket(&registry, &b.id).await.unwrap();
     assert_eq!(
         open_socket(&registry, &a.id).await.map(|_| ()),
         Err(RegistryError::TooManySockets { limit: 2 })
     );
-    socket_closed(&registry).await;
-    socket_closed(&registry).await;
-    open_socket(&registry, &a.id).await.unwrap();
-    open_socket(&registry, &a.id).await.unwrap();
+    drop((first, third));
+    let _fourth = open_socket(&registry, &a.id).await.unwrap();
+    let _fifth = open_socket(&registry, &a.id).await.unwrap();
 }
 
 /// A stream that ends (its idle countdown ran out) leaves the list, is no
@@ -181,18 +197,23 @@ async fn ended_stream_leaves_the_list_and_frees_its_owners_slot() {
     });
     let idle = create(&registry, OWNER).await.unwrap();
     let kept = create(&registry, STRANGER).await.unwrap();
-    let kept_stream = open_socket(&registry, &kept.id).await.unwrap();
-    let kept_sender = Peer::join(&kept_stream, Some(STRANGER)).await;
+    let kept_ticket = open_socket(&registry, &kept.id).await.unwrap();
+    let kept_sender = Peer::join(kept_ticket.stream(), Some(STRANGER)).await;
     assert!(kept_sender.sender);
     assert_eq!(
         create(&registry, OWNER).await,
         Err(RegistryError::TooManyStreams { limit: 1 })
     );
 
-    let idle_stream = open_socket(&registry, &idle.id).await.unwrap();
+    let idle_ticket = open_socket(&registry, &idle.id).await.unwrap();
+    let idle_stream = idle_ticket.stream().clone();
     let mut viewer = Peer::join(&idle_stream, None).await;
     viewer
-        .expect_close(CLOSE_NORMAL, STREAM_ENDED, "the idle stream's viewer")
+        .expect_close(
+            CLOSE_NORMAL,
+            STREAM_ENDED.reason,
+            "the idle stream's viewer",
+        )
         .await;
     // The stream tells the registry from `stopped`, before its mailbox goes;
     // anything sent to the registry after that is handled after the news.
@@ -213,22 +234,15 @@ async fn ended_stream_leaves_the_list_and_frees_its_owners_slot() {
 #[actix::test]
 async fn streams_record_into_the_data_directory() {
     let dir = TempDir::new("registry-recording");
-    let registry = Registry::new(
-        RegistrySettings {
-            data_dir: Some(dir.path().to_owned()),
-            ..settings()
-        },
-        Vec::new(),
-    )
-    .expect("a registry with a writable data directory")
-    .start();
+    let registry = start_in(&dir, settings());
     assert!(dir.path().join(RECORDINGS_DIR).is_dir());
     let created = create(&registry, OWNER).await.unwrap();
-    let stream = open_socket(&registry, &created.id).await.unwrap();
-    let sender = Peer::join(&stream, Some(OWNER)).await;
+    let ticket = open_socket(&registry, &created.id).await.unwrap();
+    let stream = ticket.stream();
+    let sender = Peer::join(stream, Some(OWNER)).await;
     let (r1, m2) = (reset(false, 1), mv(2));
-    sender.publish(&stream, &r1).await;
-    sender.publish(&stream, &m2).await;
+    sender.publish(stream, &r1).await;
+    sender.publish(stream, &m2).await;
     let path = dir
         .path()
         .join(RECORDINGS_DIR)
@@ -242,11 +256,11 @@ async fn streams_record_into_the_data_directory() {
 #[actix::test]
 async fn streams_on_other_arbiters_work_and_report_their_end() {
     let arbiter = Arbiter::new();
-    let registry = Registry::new(settings(), vec![arbiter.handle()])
-        .expect("a registry without a data directory")
-        .start();
+    let registry =
+        Registry::new(settings(), Box::new(MemoryStreams), vec![arbiter.handle()]).start();
     let created = create(&registry, OWNER).await.unwrap();
-    let stream = open_socket(&registry, &created.id).await.unwrap();
+    let ticket = open_socket(&registry, &created.id).await.unwrap();
+    let stream = ticket.stream().clone();
     let mut sender = Peer::join(&stream, Some(OWNER)).await;
     let mut viewer = Peer::join(&stream, None).await;
     let m1 = mv(1);
@@ -272,13 +286,17 @@ async fn streams_on_other_arbiters_work_and_report_their_end() {
 async fn stopping_registry_ends_every_stream() {
     let registry_thread = Arbiter::new();
     // The streams run on the test's own thread, which outlives the registry's.
-    let registry = Registry::new(settings(), vec![Arbiter::current()])
-        .expect("a registry without a data directory");
+    let registry = Registry::new(
+        settings(),
+        Box::new(MemoryStreams),
+        vec![Arbiter::current()],
+    );
     let registry = Registry::start_in_arbiter(&registry_thread.handle(), move |_| registry);
     let a = create(&registry, OWNER).await.unwrap();
     let b = create(&registry, STRANGER).await.unwrap();
-    let a_stream = open_socket(&registry, &a.id).await.unwrap();
-    let b_stream = open_socket(&registry, &b.id).await.unwrap();
+    let a_ticket = open_socket(&registry, &a.id).await.unwrap();
+    let b_ticket = open_socket(&registry, &b.id).await.unwrap();
+    let (a_stream, b_stream) = (a_ticket.stream().clone(), b_ticket.stream().clone());
     let mut a_sender = Peer::join(&a_stream, Some(OWNER)).await;
     let mut a_viewer = Peer::join(&a_stream, None).await;
     let mut b_viewer = Peer::join(&b_stream, None).await;
@@ -289,7 +307,7 @@ async fn stopping_registry_ends_every_stream() {
         (&mut a_viewer, "first stream's viewer"),
         (&mut b_viewer, "second stream's viewer"),
     ] {
-        peer.expect_close(CLOSE_GOING_AWAY, SERVER_RESTARTING, what)
+        peer.expect_close(CLOSE_GOING_AWAY, SERVER_RESTARTING.reason, what)
             .await;
     }
     stopped(&a_stream).await;
@@ -304,9 +322,8 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn in_dir(dir: &TempDir, idle_timeout: Duration) -> RegistrySettings {
+fn with_timeout(idle_timeout: Duration) -> RegistrySettings {
     RegistrySettings {
-        data_dir: Some(dir.path().to_owned()),
         idle_timeout,
         ..settings()
     }
@@ -318,26 +335,29 @@ fn in_dir(dir: &TempDir, idle_timeout: Duration) -> RegistrySettings {
 #[actix::test]
 async fn streams_come_back_on_the_same_data_directory() {
     let dir = TempDir::new("registry-restore");
-    let before = start(in_dir(&dir, NEVER));
+    let before = start_in(&dir, with_timeout(NEVER));
     let kept = create(&before, OWNER).await.unwrap();
     let ended = create(&before, STRANGER).await.unwrap();
     let stream = find(&before, &ended.id).await.unwrap();
-    end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED).await;
+    end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED.reason).await;
     stopped(&stream).await;
     // The registry handled the stream's stop before it answers this.
     assert_eq!(list(&before).await, vec![kept.clone()]);
 
-    let after = start(in_dir(&dir, NEVER));
+    let after = start_in(&dir, with_timeout(NEVER));
     assert_eq!(list(&after).await, vec![kept.clone()]);
     let stream = find(&after, &kept.id)
         .await
         .expect("the kept stream is back");
     assert!(status(&stream).await.counting_down);
     // Its creator's slot under the per-user limit is taken again.
-    let limited = start(RegistrySettings {
-        max_streams_per_user: 1,
-        ..in_dir(&dir, NEVER)
-    });
+    let limited = start_in(
+        &dir,
+        RegistrySettings {
+            max_streams_per_user: 1,
+            ..settings()
+        },
+    );
     assert_eq!(
         create(&limited, OWNER).await,
         Err(RegistryError::TooManyStreams { limit: 1 })
@@ -369,19 +389,19 @@ async fn countdowns_resume_and_expired_streams_stay_ended() {
     std::fs::write(dir.path().join("streams.jsonl"), text + "{\"t\":\"stre").unwrap();
 
     // A ten-second timeout: `resumed` has half a second left, `live` ten.
-    let registry = start(in_dir(&dir, Duration::from_secs(10)));
-    let ids: Vec<String> = list(&registry).await.into_iter().map(|s| s.id).collect();
-    assert_eq!(ids, vec![resumed.to_owned(), live.to_owned()]);
+    let registry = start_in(&dir, with_timeout(Duration::from_secs(10)));
+    let ids: Vec<StreamId> = list(&registry).await.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![stream_id(resumed), stream_id(live)]);
 
-    let resumed_stream = find(&registry, resumed).await.unwrap();
-    let live_stream = find(&registry, live).await.unwrap();
+    let resumed_stream = find(&registry, &stream_id(resumed)).await.unwrap();
+    let live_stream = find(&registry, &stream_id(live)).await.unwrap();
     let mut viewer = Peer::join(&resumed_stream, None).await;
     let mut other = Peer::join(&live_stream, None).await;
     // Within the wait bound (5 s), far less than a fresh ten-second countdown.
     viewer
         .expect_close(
             CLOSE_NORMAL,
-            STREAM_ENDED,
+            STREAM_ENDED.reason,
             "the resumed countdown ends the stream",
         )
         .await;
@@ -391,8 +411,8 @@ async fn countdowns_resume_and_expired_streams_stay_ended() {
         "the live stream is still open"
     );
     stopped(&resumed_stream).await;
-    let ids: Vec<String> = list(&registry).await.into_iter().map(|s| s.id).collect();
-    assert_eq!(ids, vec![live.to_owned()]);
+    let ids: Vec<StreamId> = list(&registry).await.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![stream_id(live)]);
 }
 
 /// `Shutdown` closes every socket with 1001 `server restarting` and refuses
@@ -401,7 +421,7 @@ async fn countdowns_resume_and_expired_streams_stay_ended() {
 #[actix::test]
 async fn shutdown_closes_sockets_but_keeps_streams() {
     let dir = TempDir::new("registry-shutdown");
-    let before = start(in_dir(&dir, NEVER));
+    let before = start_in(&dir, with_timeout(NEVER));
     let first = create(&before, OWNER).await.unwrap();
     let second = create(&before, STRANGER).await.unwrap();
     let mut sockets = Vec::new();
@@ -415,7 +435,7 @@ async fn shutdown_closes_sockets_but_keeps_streams() {
         .unwrap();
     for socket in &mut sockets {
         socket
-            .expect_close(CLOSE_GOING_AWAY, SERVER_RESTARTING, "shutdown")
+            .expect_close(CLOSE_GOING_AWAY, SERVER_RESTARTING.reason, "shutdown")
             .await;
     }
     assert_eq!(
@@ -427,6 +447,6 @@ async fn shutdown_closes_sockets_but_keeps_streams() {
         Err(RegistryError::ShuttingDown)
     );
 
-    let after = start(in_dir(&dir, NEVER));
+    let after = start_in(&dir, with_timeout(NEVER));
     assert_eq!(list(&after).await, vec![first, second]);
 }

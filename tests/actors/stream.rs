@@ -5,12 +5,26 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 
+use twizzle_actors::close;
+use twizzle_actors::store::recording::LocalRecording;
 use twizzle_actors::stream::{
-    Leave, Outbound, StreamActor, StreamNotice, StreamSetup, StreamStatus, CLOSE_NORMAL,
-    CLOSE_POLICY, STREAM_ENDED, TOO_SLOW,
+    Leave, Outbound, StreamActor, StreamNotice, StreamSetup, StreamStatus,
 };
 
 use crate::support::*;
+
+const CLOSE_NORMAL: u16 = close::STREAM_ENDED.code;
+const STREAM_ENDED: &str = close::STREAM_ENDED.reason;
+const CLOSE_POLICY: u16 = close::TOO_SLOW.code;
+const TOO_SLOW: &str = close::TOO_SLOW.reason;
+
+/// A stream setup recording into `dir`, and the recording's path there.
+fn recorded_in(dir: &std::path::Path) -> (StreamSetup, std::path::PathBuf) {
+    let mut config = setup();
+    config.recording = Box::new(LocalRecording::new(dir, &config.id));
+    let path = dir.join(format!("{}.log", config.id));
+    (config, path)
+}
 
 /// A countdown short enough to run out during a test.
 const IDLE: Duration = Duration::from_millis(300);
@@ -463,8 +477,8 @@ async fn full_socket_is_dropped_and_others_get_everything() {
                 assert_eq!(text, events[queued].text, "stuck socket, event {queued}");
                 queued += 1;
             }
-            Outbound::Close { code, reason } => {
-                assert_eq!((code, reason), (CLOSE_POLICY, TOO_SLOW));
+            Outbound::Close(got) => {
+                assert_eq!((got.code, got.reason), (CLOSE_POLICY, TOO_SLOW));
                 break;
             }
         }
@@ -499,11 +513,9 @@ async fn gone_socket_is_removed() {
 #[actix::test]
 async fn recording_appends_accepted_events_as_json_lines() {
     let dir = TempDir::new("recording");
-    let path = dir.path().join("stream.log");
+    let (config, path) = recorded_in(dir.path());
     let earlier = r#"{"event":"move","data":{"from":"an earlier run"}}"#;
     std::fs::write(&path, format!("{earlier}\n")).unwrap();
-    let mut config = setup();
-    config.recording = Some(path.clone());
     let stream = StreamActor::new(config).start();
     let sender = Peer::join(&stream, Some(OWNER)).await;
     let viewer = Peer::join(&stream, None).await;
@@ -548,8 +560,7 @@ async fn recording_appends_accepted_events_as_json_lines() {
 #[actix::test]
 async fn stream_without_a_writable_recording_still_relays() {
     let dir = TempDir::new("no-recording");
-    let mut config = setup();
-    config.recording = Some(dir.path().join("missing").join("stream.log"));
+    let (config, _) = recorded_in(&dir.path().join("missing"));
     let stream = StreamActor::new(config).start();
     let sender = Peer::join(&stream, Some(OWNER)).await;
     let mut viewer = Peer::join(&stream, None).await;
@@ -565,7 +576,7 @@ async fn stream_without_a_writable_recording_still_relays() {
 #[actix::test]
 async fn restart_rebuilds_the_replay_from_the_recording() {
     let dir = TempDir::new("stream-restore");
-    let path = dir.path().join("restored.log");
+    let (config, path) = recorded_in(dir.path());
     let recorded = [
         reset(true, 1),
         orientation(2),
@@ -578,11 +589,7 @@ async fn restart_rebuilds_the_replay_from_the_recording() {
     text.push_str("{\"event\":\"move\",\"da");
     std::fs::write(&path, text).unwrap();
 
-    let stream = StreamActor::new(StreamSetup {
-        recording: Some(path.clone()),
-        ..setup()
-    })
-    .start();
+    let stream = StreamActor::new(config).start();
     let mut viewer = Peer::join(&stream, None).await;
     viewer
         .expect_all(

@@ -8,8 +8,10 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use actix::prelude::*;
+use twizzle_actors::close::Close;
 use twizzle_actors::event::{parse_event, Event};
-use twizzle_actors::ids;
+use twizzle_actors::ids::{StreamId, UserId};
+use twizzle_actors::store::memory::NoRecording;
 use twizzle_actors::stream::{
     EndStream, GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamSetup,
     StreamStatus,
@@ -23,6 +25,18 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub const OWNER: &str = "user_00000000000000aa";
 /// A signed-in user who is not a sender of those streams.
 pub const STRANGER: &str = "user_00000000000000bb";
+/// `id` as the user ID it is; panics if it is not one.
+pub fn user(id: &str) -> UserId {
+    UserId::parse(id).unwrap_or_else(|| panic!("{id} is not a user ID"))
+}
+
+/// A socket number no other socket of these tests has, as the registry
+/// would hand out.
+pub fn next_socket() -> SocketId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// An idle timeout no test lives to see.
 pub const NEVER: Duration = Duration::from_secs(3600);
 
@@ -195,10 +209,10 @@ pub async fn gone_socket() -> Recipient<Outbound> {
     let addr = GoneSocket.start();
     // A request to a stopped actor fails once its mailbox is dropped, so
     // this returns exactly when the actor is gone.
-    let ping = addr.send(Outbound::Close {
+    let ping = addr.send(Outbound::Close(Close {
         code: 1000,
         reason: "ping",
-    });
+    }));
     assert!(
         within("a gone socket to stop", ping).await.is_err(),
         "a GoneSocket must not answer"
@@ -254,10 +268,7 @@ impl Peer {
     /// Asserts that the next thing this socket gets is a close with `code` and `reason`.
     pub async fn expect_close(&mut self, code: u16, reason: &str, what: &str) {
         match self.inbox.next(what).await {
-            Outbound::Close {
-                code: got_code,
-                reason: got_reason,
-            } => assert_eq!((got_code, got_reason), (code, reason), "{what}"),
+            Outbound::Close(got) => assert_eq!((got.code, got.reason), (code, reason), "{what}"),
             other => panic!("{what}: expected a close, got {other:?}"),
         }
     }
@@ -270,8 +281,9 @@ pub async fn join_with(
     user: Option<&str>,
 ) -> Result<Joined, String> {
     let join = stream.send(Join {
+        socket: next_socket(),
         outbox,
-        user_id: user.map(str::to_owned),
+        user_id: user.map(self::user),
         disconnect: None,
     });
     match within("the stream to answer a join", join).await {
@@ -303,9 +315,14 @@ pub async fn status(stream: &Addr<StreamActor>) -> StreamStatus {
 /// Ends `stream` with `code` and `reason`, as the registry does; returns
 /// once the stream has handled it.
 pub async fn end_stream(stream: &Addr<StreamActor>, code: u16, reason: &'static str) {
-    within("EndStream", stream.send(EndStream { code, reason }))
-        .await
-        .expect("the stream is running");
+    within(
+        "EndStream",
+        stream.send(EndStream {
+            close: Close { code, reason },
+        }),
+    )
+    .await
+    .expect("the stream is running");
 }
 
 /// Returns once the stream actor has stopped (and so has told its registry).
@@ -322,10 +339,10 @@ pub async fn stopped(stream: &Addr<StreamActor>) {
 /// sight, no recording and no registry; tests change what they need.
 pub fn setup() -> StreamSetup {
     StreamSetup {
-        id: ids::new_stream_id(),
-        senders: vec![OWNER.to_owned()],
+        id: StreamId::random(),
+        senders: vec![user(OWNER)],
         idle_timeout: NEVER,
-        recording: None,
+        recording: Box::new(NoRecording),
         registry: None,
         idle_since: None,
     }

@@ -7,10 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use actix::prelude::*;
-use twizzle_actors::ids::PublicUserInfo;
+use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo};
+use twizzle_actors::store::local::USERS_FILE;
+use twizzle_actors::store::Stores;
 use twizzle_actors::tokens::{
     Authenticate, AuthenticatedUser, Claimed, LookupUsers, RedeemClaim, SignIn, TokenActor,
-    TokenError, WcaProfile, USERS_FILE,
+    TokenError, WcaProfile,
 };
 
 use crate::support::*;
@@ -30,8 +32,8 @@ fn open(dir: &Path, claim_ttl: Duration) -> Addr<TokenActor> {
 }
 
 fn open_sealed(dir: &Path, claim_ttl: Duration, secret: &[u8]) -> Addr<TokenActor> {
-    TokenActor::open(dir, claim_ttl)
-        .expect("open the token actor's data directory")
+    let stores = Stores::local(dir).expect("open the token actor's data directory");
+    TokenActor::new(stores.users, claim_ttl)
         .with_sealing_secret(secret)
         .start()
 }
@@ -49,12 +51,17 @@ async fn sign_in(tokens: &Addr<TokenActor>, profile: WcaProfile) -> String {
         .await
         .expect("the token actor is running")
         .expect("sign-in succeeds")
+        .expose()
+        .to_owned()
 }
 
+/// Redeems `claim_token`; one that is not even shaped like a claim token is
+/// refused as the HTTP layer refuses it, without asking.
 async fn redeem(tokens: &Addr<TokenActor>, claim_token: &str) -> Result<Claimed, TokenError> {
-    let redeem = tokens.send(RedeemClaim {
-        claim_token: claim_token.to_owned(),
-    });
+    let Some(claim_token) = ClaimToken::parse(claim_token) else {
+        return Err(TokenError::InvalidClaimToken);
+    };
+    let redeem = tokens.send(RedeemClaim { claim_token });
     within("RedeemClaim", redeem)
         .await
         .expect("the token actor is running")
@@ -64,9 +71,10 @@ async fn authenticate(
     tokens: &Addr<TokenActor>,
     access_token: &str,
 ) -> Result<AuthenticatedUser, TokenError> {
-    let authenticate = tokens.send(Authenticate {
-        access_token: access_token.to_owned(),
-    });
+    let Some(access_token) = AccessToken::parse(access_token) else {
+        return Err(TokenError::InvalidAccessToken);
+    };
+    let authenticate = tokens.send(Authenticate { access_token });
     within("Authenticate", authenticate)
         .await
         .expect("the token actor is running")
@@ -74,7 +82,7 @@ async fn authenticate(
 
 async fn lookup(tokens: &Addr<TokenActor>, user_ids: &[&str]) -> Vec<PublicUserInfo> {
     let lookup = tokens.send(LookupUsers {
-        user_ids: user_ids.iter().map(|id| (*id).to_owned()).collect(),
+        user_ids: user_ids.iter().map(|id| user(id)).collect(),
     });
     within("LookupUsers", lookup)
         .await
@@ -103,14 +111,14 @@ async fn sign_in_and_claim_give_an_access_token_and_public_info() {
     assert!(has_form(&claim, "claim_token_", 32), "{claim}");
     let claimed = redeem(&tokens, &claim).await.unwrap();
     assert!(
-        has_form(&claimed.access_token, "twizzle_access_token_", 32),
+        has_form(claimed.access_token.expose(), "twizzle_access_token_", 32),
         "{}",
-        claimed.access_token
+        claimed.access_token.expose()
     );
     assert!(
-        has_form(&claimed.user.twizzle_user_id, "user_", 16),
+        has_form(claimed.user.twizzle_user_id.as_str(), "user_", 16),
         "{}",
-        claimed.user.twizzle_user_id
+        claimed.user.twizzle_user_id.as_str()
     );
     assert_eq!(claimed.user.wca_id.as_deref(), Some("2015ABCD01"));
     assert_eq!(claimed.user.name, "Ana Lima (2015ABCD01)");
@@ -119,10 +127,13 @@ async fn sign_in_and_claim_give_an_access_token_and_public_info() {
     let unverified = redeem(&tokens, &claim).await.unwrap();
     assert_eq!(unverified.user.wca_id, None);
     assert_eq!(unverified.user.name, "Bo Chen (unverified)");
-    assert_ne!(unverified.access_token, claimed.access_token);
     assert_ne!(
-        unverified.user.twizzle_user_id,
-        claimed.user.twizzle_user_id
+        unverified.access_token.expose(),
+        claimed.access_token.expose()
+    );
+    assert_ne!(
+        unverified.user.twizzle_user_id.as_str(),
+        claimed.user.twizzle_user_id.as_str()
     );
 }
 
@@ -143,7 +154,7 @@ async fn claim_token_works_once() {
         Err(TokenError::InvalidClaimToken)
     );
     assert_eq!(
-        redeem(&tokens, &claimed.access_token).await,
+        redeem(&tokens, claimed.access_token.expose()).await,
         Err(TokenError::InvalidClaimToken)
     );
     assert_eq!(
@@ -181,12 +192,17 @@ async fn second_sign_in_keeps_the_token_and_refreshes_the_profile() {
     )
     .await
     .unwrap();
-    assert_eq!(second.access_token, first.access_token);
-    assert_eq!(second.user.twizzle_user_id, first.user.twizzle_user_id);
+    assert_eq!(second.access_token.expose(), first.access_token.expose());
+    assert_eq!(
+        second.user.twizzle_user_id.as_str(),
+        first.user.twizzle_user_id.as_str()
+    );
     assert_eq!(second.user.wca_id.as_deref(), Some("2019LIMA01"));
     assert_eq!(second.user.name, "Ana Lima (2019LIMA01)");
 
-    let me = authenticate(&tokens, &first.access_token).await.unwrap();
+    let me = authenticate(&tokens, first.access_token.expose())
+        .await
+        .unwrap();
     assert_eq!(me.info, second.user);
 
     // An unchanged profile signs in too, still to the same user.
@@ -206,14 +222,16 @@ async fn authenticate_finds_the_user_of_a_token() {
     let tokens = open(dir.path(), CLAIM_TTL);
     let claim = sign_in(&tokens, profile(3, Some("2010ABCD02"), "Cy")).await;
     let claimed = redeem(&tokens, &claim).await.unwrap();
-    let me = authenticate(&tokens, &claimed.access_token).await.unwrap();
-    assert_eq!(me.id, claimed.user.twizzle_user_id);
+    let me = authenticate(&tokens, claimed.access_token.expose())
+        .await
+        .unwrap();
+    assert_eq!(me.id.as_str(), claimed.user.twizzle_user_id.as_str());
     assert_eq!(me.info, claimed.user);
 
     for wrong in [
         "twizzle_access_token_00000000000000000000000000000000",
         claim.as_str(),
-        &claimed.user.twizzle_user_id,
+        claimed.user.twizzle_user_id.as_str(),
         "",
     ] {
         assert_eq!(
@@ -244,13 +262,17 @@ async fn lookup_users_answers_in_order() {
     let unknown = "user_ffffffffffffffff";
     let found = lookup(
         &tokens,
-        &[&bo.twizzle_user_id, unknown, &ana.twizzle_user_id],
+        &[
+            bo.twizzle_user_id.as_str(),
+            unknown,
+            ana.twizzle_user_id.as_str(),
+        ],
     )
     .await;
     assert_eq!(found.len(), 3);
     assert_eq!(found[0], bo);
     assert_eq!(found[2], ana);
-    assert_eq!(found[1].twizzle_user_id, unknown);
+    assert_eq!(found[1].twizzle_user_id.as_str(), unknown);
     assert_eq!(found[1].wca_id, None);
     assert!(found[1].name.contains("unknown"), "{}", found[1].name);
     assert!(lookup(&tokens, &[]).await.is_empty());
@@ -271,11 +293,13 @@ async fn users_and_claims_survive_a_restart() {
     )
     .await
     .unwrap();
-    assert_eq!(ana.access_token, first.access_token);
+    assert_eq!(ana.access_token.expose(), first.access_token.expose());
     let pending = sign_in(&before, profile(2, None, "Bo")).await;
 
     let after = open(dir.path(), CLAIM_TTL);
-    let me = authenticate(&after, &ana.access_token).await.unwrap();
+    let me = authenticate(&after, ana.access_token.expose())
+        .await
+        .unwrap();
     assert_eq!(me.info, ana.user);
     assert_eq!(me.info.name, "Ana Lima (2015ABCD01)");
     assert_eq!(
@@ -285,7 +309,10 @@ async fn users_and_claims_survive_a_restart() {
     let bo = redeem(&after, &pending).await.unwrap();
     assert_eq!(bo.user.name, "Bo (unverified)");
     assert_eq!(
-        authenticate(&after, &bo.access_token).await.unwrap().info,
+        authenticate(&after, bo.access_token.expose())
+            .await
+            .unwrap()
+            .info,
         bo.user
     );
     let again = redeem(
@@ -302,7 +329,7 @@ async fn users_and_claims_survive_a_restart() {
         redeem(&third, &pending).await,
         Err(TokenError::InvalidClaimToken)
     );
-    assert!(authenticate(&third, &bo.access_token).await.is_ok());
+    assert!(authenticate(&third, bo.access_token.expose()).await.is_ok());
 }
 
 /// A claim token that expired before a restart is not loaded back: expiry
@@ -347,7 +374,10 @@ async fn torn_last_journal_line_is_skipped() {
 
     let after = open(dir.path(), CLAIM_TTL);
     assert_eq!(
-        authenticate(&after, &ana.access_token).await.unwrap().info,
+        authenticate(&after, ana.access_token.expose())
+            .await
+            .unwrap()
+            .info,
         ana.user
     );
     let cy = redeem(&after, &sign_in(&after, profile(3, None, "Cy")).await)
@@ -355,9 +385,14 @@ async fn torn_last_journal_line_is_skipped() {
         .unwrap();
 
     let third = open(dir.path(), CLAIM_TTL);
-    assert!(authenticate(&third, &ana.access_token).await.is_ok());
+    assert!(authenticate(&third, ana.access_token.expose())
+        .await
+        .is_ok());
     assert_eq!(
-        authenticate(&third, &cy.access_token).await.unwrap().info,
+        authenticate(&third, cy.access_token.expose())
+            .await
+            .unwrap()
+            .info,
         cy.user
     );
     let bo = redeem(&third, &pending).await.unwrap();
@@ -413,11 +448,13 @@ async fn compaction_keeps_the_user_whose_record_triggered_it() {
         "the sign-in was meant to trigger compaction"
     );
     let newcomer = redeem(&before, &claim).await.unwrap();
-    assert!(authenticate(&before, &newcomer.access_token).await.is_ok());
+    assert!(authenticate(&before, newcomer.access_token.expose())
+        .await
+        .is_ok());
 
     let after = open(dir.path(), CLAIM_TTL);
     assert_eq!(
-        authenticate(&after, &newcomer.access_token)
+        authenticate(&after, newcomer.access_token.expose())
             .await
             .map(|user| user.info),
         Ok(newcomer.user),
@@ -489,14 +526,16 @@ async fn no_token_is_kept_in_the_clear() {
         .unwrap();
     let pending = sign_in(&tokens, profile(5, None, "Cleo")).await;
     let journal = std::fs::read_to_string(dir.path().join("users.jsonl")).unwrap();
-    for secret in [&claimed.access_token, &pending] {
+    for secret in [claimed.access_token.expose(), pending.as_str()] {
         let random_part = secret.rsplit('_').next().unwrap();
         assert!(
             !journal.contains(random_part),
             "a token is in the journal in the clear"
         );
     }
-    assert!(authenticate(&tokens, &claimed.access_token).await.is_ok());
+    assert!(authenticate(&tokens, claimed.access_token.expose())
+        .await
+        .is_ok());
 }
 
 /// With another sealing secret (the WCA secret was rotated), a returning
@@ -515,16 +554,16 @@ async fn a_rotated_secret_gives_a_new_token_and_keeps_the_old() {
         .await
         .unwrap();
     assert!(
-        second.access_token != first.access_token,
+        second.access_token.expose() != first.access_token.expose(),
         "the old sealed token cannot be opened with the new secret"
     );
     assert_eq!(second.user, first.user);
-    for token in [&first.access_token, &second.access_token] {
+    for token in [first.access_token.expose(), second.access_token.expose()] {
         assert!(authenticate(&after, token).await.is_ok());
     }
     // From now on the new token is the one returned.
     let third = redeem(&after, &sign_in(&after, profile(6, None, "Rota")).await)
         .await
         .unwrap();
-    assert!(third.access_token == second.access_token);
+    assert!(third.access_token.expose() == second.access_token.expose());
 }

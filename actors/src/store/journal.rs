@@ -152,7 +152,17 @@ impl Journal {
     /// it back failed too, it is cut before the next append, which fails if
     /// it still cannot be).
     pub fn append<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        self.put(&line(record)?, true)
+        self.put(&line(record)?, 1, true)
+    }
+
+    /// Appends `records`, one line each, in one write, and waits until they
+    /// are on disk: all of them are kept, or (on an error) none.
+    pub fn append_all<T: Serialize>(&mut self, records: &[T]) -> io::Result<()> {
+        let mut lines = Vec::new();
+        for record in records {
+            lines.extend_from_slice(&line(record)?);
+        }
+        self.put(&lines, records.len(), true)
     }
 
     /// Appends `record` as one line without waiting for the disk.
@@ -161,10 +171,11 @@ impl Journal {
     /// process being killed, though not the machine losing power. A failed
     /// write is cut back as in [`Journal::append`].
     pub fn append_unsynced<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        self.put(&line(record)?, false)
+        self.put(&line(record)?, 1, false)
     }
 
-    fn put(&mut self, line: &[u8], synced: bool) -> io::Result<()> {
+    /// Writes `line` (`records` whole lines) at the end, synced if asked.
+    fn put(&mut self, line: &[u8], records: usize, synced: bool) -> io::Result<()> {
         let file = match &mut self.file {
             Some(file) => file,
             None => {
@@ -191,7 +202,7 @@ impl Journal {
         match result {
             Ok(()) => {
                 self.len += line.len() as u64;
-                self.appended += 1;
+                self.appended += records;
                 Ok(())
             }
             Err(e) => {

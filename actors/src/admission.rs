@@ -1,0 +1,92 @@
+//! A socket's admission to a stream, as a value: the ticket the registry
+//! hands out for one socket, held by that socket's session.
+//!
+//! Dropping the ticket gives the socket's slot back to the registry and
+//! takes the socket out of its stream, however the session ends: closed
+//! normally, dropped in the middle of the handshake, or dropped while its
+//! `Join` was still on its way. So no slot leaks, and no phantom sender
+//! keeps a stream from ever timing out.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::ids::{StreamId, UserId};
+use crate::stream::{Disconnect, Join, Leave, Outbound, SocketId, StreamActor};
+
+/// A socket admitted by the registry has gone; its slot is free.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SocketClosed;
+
+/// One admitted socket: its stream and its number there. Not `Clone`: one
+/// ticket, one slot.
+pub struct Admission {
+    /// The stream the socket was admitted to.
+    stream: Addr<StreamActor>,
+    /// The stream's ID, for log lines.
+    stream_id: StreamId,
+    /// The socket's number, which the stream knows it by.
+    socket: SocketId,
+    /// Told when the ticket is dropped.
+    registry: Recipient<SocketClosed>,
+}
+
+impl Admission {
+    /// A ticket for `socket` of `stream`; made by the registry only.
+    pub(crate) fn new(
+        stream: Addr<StreamActor>,
+        stream_id: StreamId,
+        socket: SocketId,
+        registry: Recipient<SocketClosed>,
+    ) -> Admission {
+        Admission {
+            stream,
+            stream_id,
+            socket,
+            registry,
+        }
+    }
+
+    /// The stream's actor, to join and publish to.
+    pub fn stream(&self) -> &Addr<StreamActor> {
+        &self.stream
+    }
+
+    /// The stream's ID.
+    pub fn stream_id(&self) -> &StreamId {
+        &self.stream_id
+    }
+
+    /// The socket's number in its stream.
+    pub fn socket(&self) -> SocketId {
+        self.socket
+    }
+
+    /// The `Join` that takes this socket into its stream.
+    pub fn join(
+        &self,
+        outbox: Recipient<Outbound>,
+        user_id: Option<UserId>,
+        disconnect: Option<Arc<dyn Disconnect>>,
+    ) -> Join {
+        Join {
+            socket: self.socket,
+            outbox,
+            user_id,
+            disconnect,
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        // The session's pending `Join` request goes with the session: it was
+        // either queued at the stream already, and this `Leave` queues
+        // behind it, or it is dropped unsent and the `Leave` is a no-op.
+        self.stream.do_send(Leave {
+            socket: self.socket,
+        });
+        self.registry.do_send(SocketClosed);
+    }
+}

@@ -1,0 +1,391 @@
+//! The local stores: JSON-lines journals in the data directory.
+//!
+//! - `users.jsonl`: users and claim tokens (hashed), every change synced
+//!   before the token actor answers;
+//! - `streams.jsonl`: each stream's creation (synced before its ID is handed
+//!   out), each time it goes live or idle, and its end;
+//! - `log/streams/`: the recordings (see [`super::recording`]).
+//!
+//! Each store keeps the live records in memory as well, so that it can
+//! compact its journal (rewrite it with only what is live) on its own.
+//! Start-up on a full or read-only disk still works: the journals are read,
+//! compaction is skipped, and writes fail with `storage full` or `storage
+//! read-only` until the disk is usable again.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::journal::{epoch_ms, Journal};
+use super::recording::LocalRecording;
+use super::{
+    done, ClaimRecord, RecordingStore, StoreError, StoreFuture, StreamChange, StreamRecord,
+    StreamStore, UserChange, UserRecord, UserState, UserStore,
+};
+use crate::ids::{StreamId, UserId};
+use crate::secrets::TokenHash;
+
+/// The users' journal inside the data directory.
+pub const USERS_FILE: &str = "users.jsonl";
+/// The streams' journal inside the data directory.
+pub const STREAMS_FILE: &str = "streams.jsonl";
+/// The recordings' folder inside the data directory.
+pub const RECORDINGS_DIR: &str = "log/streams";
+/// A journal is compacted once this many records were appended since it was
+/// last rewritten and they outnumber its live records twice over.
+const COMPACT_AFTER_APPENDS: usize = 1024;
+
+/// Whether a journal with `live` records is due for compaction.
+fn due(journal: &Journal, live: usize) -> bool {
+    journal.appended() > COMPACT_AFTER_APPENDS && journal.appended() > 2 * live
+}
+
+/// Opens the journal at `path` compacted to `records`, or as it is when it
+/// cannot be rewritten (a full or read-only disk): start-up must not fail
+/// for want of space.
+fn open_compacted<T: Serialize>(path: &Path, records: &[T]) -> Journal {
+    Journal::rewrite(path, records).unwrap_or_else(|e| {
+        log::warn!(
+            "{}: cannot compact ({e}); going on with it as it is",
+            path.display()
+        );
+        Journal::reopen(path)
+    })
+}
+
+/// Rewrites `journal` with `records`, keeping the old one if that fails.
+fn compact<T: Serialize>(journal: &mut Journal, records: &[T]) {
+    if let Err(e) = journal.compact(records) {
+        log::warn!("{}: compaction failed: {e}", journal.path().display());
+    }
+}
+
+/// Logs a failed write and turns it into what the client is told.
+fn write_failed(journal: &Journal, e: io::Error) -> StoreError {
+    log::error!("{}: write failed: {e}", journal.path().display());
+    StoreError::from(e)
+}
+
+/// One line of `users.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum UserLine {
+    /// A user was created or changed: the whole user.
+    User(UserRecord),
+    /// A claim token was issued.
+    Claim {
+        claim_hash: TokenHash,
+        user_id: UserId,
+        expires_ms: u64,
+    },
+    /// A claim token was redeemed.
+    Claimed { claim_hash: TokenHash },
+}
+
+impl UserLine {
+    fn of(change: &UserChange) -> UserLine {
+        match change {
+            UserChange::PutUser(user) => UserLine::User(user.clone()),
+            UserChange::PutClaim(claim) => UserLine::Claim {
+                claim_hash: claim.hash.clone(),
+                user_id: claim.user_id.clone(),
+                expires_ms: claim.expires_ms,
+            },
+            UserChange::RemoveClaim(hash) => UserLine::Claimed {
+                claim_hash: hash.clone(),
+            },
+        }
+    }
+}
+
+/// Users and claim tokens in `users.jsonl`.
+pub struct LocalUsers {
+    /// Every change, synced before it is acknowledged.
+    journal: Journal,
+    /// What the journal holds that is live, for compaction.
+    live: LiveUsers,
+}
+
+/// The live users and claims of a journal.
+#[derive(Default)]
+struct LiveUsers {
+    users: HashMap<UserId, UserRecord>,
+    claims: HashMap<TokenHash, ClaimRecord>,
+}
+
+impl LocalUsers {
+    /// Reads the users and unexpired claims kept in `data_dir`, compacting
+    /// the journal on the way if the disk lets it.
+    pub fn open(data_dir: &Path) -> io::Result<LocalUsers> {
+        if let Err(e) = std::fs::create_dir_all(data_dir) {
+            log::warn!("cannot create {}: {e}", data_dir.display());
+        }
+        let path = data_dir.join(USERS_FILE);
+        let mut live = LiveUsers::default();
+        for line in Journal::read::<UserLine>(&path)? {
+            live.remember(line);
+        }
+        live.drop_expired();
+        log::info!(
+            "{}: {} users, {} unexpired claim tokens",
+            path.display(),
+            live.users.len(),
+            live.claims.len()
+        );
+        Ok(LocalUsers {
+            journal: open_compacted(&path, &live.lines()),
+            live,
+        })
+    }
+}
+
+impl LiveUsers {
+    fn len(&self) -> usize {
+        self.users.len() + self.claims.len()
+    }
+
+    fn remember(&mut self, line: UserLine) {
+        match line {
+            UserLine::User(user) => {
+                self.users.insert(user.id.clone(), user);
+            }
+            UserLine::Claim {
+                claim_hash,
+                user_id,
+                expires_ms,
+            } => {
+                let claim = ClaimRecord {
+                    hash: claim_hash.clone(),
+                    user_id,
+                    expires_ms,
+                };
+                self.claims.insert(claim_hash, claim);
+            }
+            UserLine::Claimed { claim_hash } => {
+                self.claims.remove(&claim_hash);
+            }
+        }
+    }
+
+    fn drop_expired(&mut self) {
+        let now = epoch_ms(SystemTime::now());
+        let users = &self.users;
+        self.claims
+            .retain(|_, claim| claim.expires_ms > now && users.contains_key(&claim.user_id));
+    }
+
+    fn lines(&self) -> Vec<UserLine> {
+        let users = self.users.values().cloned().map(UserLine::User);
+        let claims = self
+            .claims
+            .values()
+            .map(|claim| UserLine::of(&UserChange::PutClaim(claim.clone())));
+        users.chain(claims).collect()
+    }
+}
+
+impl UserStore for LocalUsers {
+    fn load(&mut self) -> StoreFuture<UserState> {
+        done(Ok(UserState {
+            users: self.live.users.values().cloned().collect(),
+            claims: self.live.claims.values().cloned().collect(),
+        }))
+    }
+
+    fn apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<()> {
+        let lines: Vec<UserLine> = changes.iter().map(UserLine::of).collect();
+        // A synchronous write and fsync on purpose: nothing may be handed
+        // out before it is on disk. The token actor has a thread of its
+        // own, so this stalls sign-ins only, never a stream.
+        if let Err(e) = self.journal.append_all(&lines) {
+            return done(Err(write_failed(&self.journal, e)));
+        }
+        for line in lines {
+            self.live.remember(line);
+        }
+        if due(&self.journal, self.live.len()) {
+            self.live.drop_expired();
+            compact(&mut self.journal, &self.live.lines());
+        }
+        done(Ok(()))
+    }
+}
+
+/// One line of `streams.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum StreamLine {
+    /// A stream was created (idle from then until a sender connects).
+    Stream {
+        id: StreamId,
+        senders: Vec<UserId>,
+        created_ms: u64,
+    },
+    /// A sender connected to a stream that had none.
+    Live { id: StreamId },
+    /// The last sender left a stream.
+    Idle { id: StreamId, since_ms: u64 },
+    /// A stream ended.
+    End { id: StreamId },
+}
+
+/// Open streams in `streams.jsonl`, and their recordings in `log/streams/`.
+pub struct LocalStreams {
+    /// Every change; creations synced before they are acknowledged.
+    journal: Journal,
+    /// What the journal holds that is live, for loading and compaction.
+    live: LiveStreams,
+    /// Where the recordings are.
+    recordings: PathBuf,
+}
+
+/// The open streams of a journal.
+#[derive(Default)]
+struct LiveStreams {
+    /// The open streams by ID.
+    open: HashMap<StreamId, StreamRecord>,
+    /// Their creation order, for a stable listing after a restart.
+    order: Vec<StreamId>,
+}
+
+impl LocalStreams {
+    /// Reads the streams open in `data_dir`, compacting the journal on the
+    /// way if the disk lets it.
+    pub fn open(data_dir: &Path) -> io::Result<LocalStreams> {
+        let recordings = data_dir.join(RECORDINGS_DIR);
+        if let Err(e) = std::fs::create_dir_all(&recordings) {
+            log::warn!("cannot create {}: {e}", recordings.display());
+        }
+        let path = data_dir.join(STREAMS_FILE);
+        let mut live = LiveStreams::default();
+        for line in Journal::read::<StreamLine>(&path)? {
+            live.remember(line);
+        }
+        Ok(LocalStreams {
+            journal: open_compacted(&path, &live.lines()),
+            live,
+            recordings,
+        })
+    }
+}
+
+impl LiveStreams {
+    fn remember(&mut self, line: StreamLine) {
+        match line {
+            StreamLine::Stream {
+                id,
+                senders,
+                created_ms,
+            } => {
+                self.order.retain(|open| *open != id);
+                self.order.push(id.clone());
+                let record = StreamRecord {
+                    id: id.clone(),
+                    senders,
+                    created_ms,
+                    idle_since_ms: Some(created_ms),
+                };
+                self.open.insert(id, record);
+            }
+            StreamLine::Live { id } => {
+                if let Some(record) = self.open.get_mut(&id) {
+                    record.idle_since_ms = None;
+                }
+            }
+            StreamLine::Idle { id, since_ms } => {
+                if let Some(record) = self.open.get_mut(&id) {
+                    record.idle_since_ms = Some(since_ms);
+                }
+            }
+            StreamLine::End { id } => {
+                if self.open.remove(&id).is_some() {
+                    self.order.retain(|open| *open != id);
+                }
+            }
+        }
+    }
+
+    fn records(&self) -> Vec<StreamRecord> {
+        self.order
+            .iter()
+            .filter_map(|id| self.open.get(id).cloned())
+            .collect()
+    }
+
+    fn lines(&self) -> Vec<StreamLine> {
+        self.records()
+            .into_iter()
+            .flat_map(|record| {
+                let state = match record.idle_since_ms {
+                    Some(since_ms) => StreamLine::Idle {
+                        id: record.id.clone(),
+                        since_ms,
+                    },
+                    None => StreamLine::Live {
+                        id: record.id.clone(),
+                    },
+                };
+                let created = StreamLine::Stream {
+                    id: record.id,
+                    senders: record.senders,
+                    created_ms: record.created_ms,
+                };
+                [created, state]
+            })
+            .collect()
+    }
+}
+
+impl StreamStore for LocalStreams {
+    fn load(&mut self) -> StoreFuture<Vec<StreamRecord>> {
+        done(Ok(self.live.records()))
+    }
+
+    fn record(&mut self, change: StreamChange) -> StoreFuture<()> {
+        let (line, synced) = match change {
+            StreamChange::Created(record) => (
+                StreamLine::Stream {
+                    id: record.id,
+                    senders: record.senders,
+                    created_ms: record.created_ms,
+                },
+                true,
+            ),
+            StreamChange::Live(id) => (StreamLine::Live { id }, false),
+            StreamChange::Idle { id, since_ms } => (StreamLine::Idle { id, since_ms }, false),
+            StreamChange::Ended(id) => (StreamLine::End { id }, false),
+        };
+        // A creation is synced before the stream's ID is handed out: a short
+        // write on the registry's own thread; streams run elsewhere. The
+        // rest reach the kernel at once, which survives the process being
+        // killed, and the disk at the next sync.
+        let written = if synced {
+            self.journal.append(&line)
+        } else {
+            self.journal.append_unsynced(&line)
+        };
+        if let Err(e) = written {
+            return done(Err(write_failed(&self.journal, e)));
+        }
+        self.live.remember(line);
+        if due(&self.journal, 2 * self.live.open.len()) {
+            compact(&mut self.journal, &self.live.lines());
+        }
+        done(Ok(()))
+    }
+
+    fn sync(&mut self) -> StoreFuture<()> {
+        done(
+            self.journal
+                .sync()
+                .map_err(|e| write_failed(&self.journal, e)),
+        )
+    }
+
+    fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send> {
+        Box::new(LocalRecording::new(&self.recordings, id))
+    }
+}

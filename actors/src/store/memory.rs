@@ -1,0 +1,67 @@
+//! Stores that keep nothing past the process: for tests of the actors that
+//! need no files, and a server run without a data directory.
+
+use super::{
+    done, RecordingStore, StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore,
+    UserChange, UserState, UserStore,
+};
+use crate::ids::StreamId;
+use crate::replay::{Replay, Snapshot};
+
+/// Users and claims in memory only: the token actor's own maps are all there is.
+#[derive(Debug, Default)]
+pub struct MemoryUsers;
+
+impl UserStore for MemoryUsers {
+    fn load(&mut self) -> StoreFuture<UserState> {
+        done(Ok(UserState::default()))
+    }
+
+    fn apply(&mut self, _: Vec<UserChange>) -> StoreFuture<()> {
+        done(Ok(()))
+    }
+}
+
+/// Streams in memory only: none come back after a restart, none are recorded.
+#[derive(Debug, Default)]
+pub struct MemoryStreams;
+
+impl StreamStore for MemoryStreams {
+    fn load(&mut self) -> StoreFuture<Vec<StreamRecord>> {
+        done(Ok(Vec::new()))
+    }
+
+    fn record(&mut self, _: StreamChange) -> StoreFuture<()> {
+        done(Ok(()))
+    }
+
+    fn sync(&mut self) -> StoreFuture<()> {
+        done(Ok(()))
+    }
+
+    fn recording(&mut self, _: &StreamId) -> Box<dyn RecordingStore + Send> {
+        Box::new(NoRecording)
+    }
+}
+
+/// A recording that keeps nothing.
+#[derive(Debug, Default)]
+pub struct NoRecording;
+
+impl RecordingStore for NoRecording {
+    fn open(&mut self) -> StoreFuture<Replay> {
+        done(Ok(Replay::default()))
+    }
+
+    fn append(&mut self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, _: &Snapshot) -> StoreFuture<()> {
+        done(Ok(()))
+    }
+
+    fn sync(&mut self) -> StoreFuture<()> {
+        done(Ok(()))
+    }
+}

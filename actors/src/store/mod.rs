@@ -1,0 +1,254 @@
+//! The seam between the actors and durable state.
+//!
+//! Each kind of state the broker keeps has a trait here, and the actors hold
+//! a boxed one, never a file:
+//!
+//! - [`UserStore`]: the token actor's users and claim tokens;
+//! - [`StreamStore`]: the registry's open streams, and where each stream's
+//!   recording lives;
+//! - [`RecordingStore`]: one stream's recording and its [`Snapshot`].
+//!
+//! Calls that must be durable before the actor answers return a
+//! [`StoreFuture`], which the actor awaits before it changes its own state,
+//! so a store that is networked fits as well as the local files. Failures
+//! are [`StoreError`]s, which say what the client is told (`storage full`,
+//! `storage read-only`, `storage unavailable`), not which system call failed.
+//!
+//! Implementations: [`local`] (JSON-lines files in the data directory, the
+//! default) and [`memory`] (keeps nothing past the process; for tests).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{StreamId, UserId};
+use crate::replay::{Replay, Snapshot};
+use crate::secrets::TokenHash;
+
+pub mod journal;
+pub mod local;
+pub mod memory;
+pub mod recording;
+
+/// What a store call resolves to. Not `Send`: it runs on the actor that made it.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>>>;
+
+/// A store call's answer that is known at once.
+pub fn done<T: 'static>(result: Result<T, StoreError>) -> StoreFuture<T> {
+    Box::pin(std::future::ready(result))
+}
+
+/// Why durable state could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The disk (or quota) is full; reads still work.
+    Full,
+    /// The storage is read-only; reads still work.
+    ReadOnly,
+    /// The storage cannot be reached now (a networked store); try again later.
+    Unavailable(String),
+    /// Anything else; the details are for the log.
+    Failed(String),
+}
+
+impl StoreError {
+    /// The message a client is shown for it.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            StoreError::Full => "storage full",
+            StoreError::ReadOnly => "storage read-only",
+            StoreError::Unavailable(_) => "storage unavailable",
+            StoreError::Failed(_) => "internal error",
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Full => f.write_str("storage full"),
+            StoreError::ReadOnly => f.write_str("storage read-only"),
+            StoreError::Unavailable(why) => write!(f, "storage unavailable: {why}"),
+            StoreError::Failed(why) => write!(f, "storage failed: {why}"),
+        }
+    }
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> StoreError {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::Full,
+            io::ErrorKind::ReadOnlyFilesystem => StoreError::ReadOnly,
+            _ => StoreError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// A user as the token actor keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user's ID.
+    pub id: UserId,
+    /// The WCA account number, which never changes.
+    pub wca_account: u64,
+    /// The WCA ID, if the account has one.
+    pub wca_id: Option<String>,
+    /// The WCA name.
+    pub name: String,
+    /// Hashes of the user's valid access tokens, oldest first.
+    pub token_hashes: Vec<TokenHash>,
+    /// The newest access token, sealed; returned again on the next sign-in.
+    pub sealed_token: Option<String>,
+}
+
+/// An unredeemed claim token (kept as its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRecord {
+    /// The claim token's hash.
+    pub hash: TokenHash,
+    /// Whose access token it is redeemed for.
+    pub user_id: UserId,
+    /// When it stops working, in ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// One change to the users and claims; a call applies several in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserChange {
+    /// A user was created or changed: the whole user.
+    PutUser(UserRecord),
+    /// A claim token was issued.
+    PutClaim(ClaimRecord),
+    /// A claim token was redeemed (or expired).
+    RemoveClaim(TokenHash),
+}
+
+/// Everything a [`UserStore`] holds.
+#[derive(Debug, Default)]
+pub struct UserState {
+    /// Every user.
+    pub users: Vec<UserRecord>,
+    /// Every unredeemed claim, expired ones possibly included.
+    pub claims: Vec<ClaimRecord>,
+}
+
+/// The token actor's users and claim tokens.
+pub trait UserStore {
+    /// Everything kept, for the token actor's start.
+    fn load(&mut self) -> StoreFuture<UserState>;
+
+    /// Makes `changes` durable, all or none, before the future resolves.
+    fn apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<()>;
+}
+
+/// An open stream as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// The stream's ID.
+    pub id: StreamId,
+    /// Users allowed to send; the creator first.
+    pub senders: Vec<UserId>,
+    /// When it was created, in ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Since when no sender is connected, in ms since the epoch; `None` while one is.
+    pub idle_since_ms: Option<u64>,
+}
+
+/// One change to the open streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamChange {
+    /// A stream was created; durable before the future resolves.
+    Created(StreamRecord),
+    /// A sender connected to a stream that had none.
+    Live(StreamId),
+    /// The last sender left at `since_ms`.
+    Idle {
+        /// The stream.
+        id: StreamId,
+        /// When, in ms since the Unix epoch.
+        since_ms: u64,
+    },
+    /// The stream ended.
+    Ended(StreamId),
+}
+
+/// The registry's open streams, and where their recordings live.
+pub trait StreamStore {
+    /// The streams open when the server last stopped, oldest first.
+    fn load(&mut self) -> StoreFuture<Vec<StreamRecord>>;
+
+    /// Keeps `change`. A creation is durable when the future resolves; the
+    /// others may trail behind (a restart can do without them) until
+    /// [`StreamStore::sync`].
+    fn record(&mut self, change: StreamChange) -> StoreFuture<()>;
+
+    /// Resolves once every change recorded so far is durable.
+    fn sync(&mut self) -> StoreFuture<()>;
+
+    /// The recording of stream `id`, not yet opened. `Send`, since the
+    /// stream it is for runs on another thread.
+    fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send>;
+}
+
+/// One stream's recording: every accepted event in order, and a small
+/// snapshot of its replay so that a restored stream need not read it all.
+pub trait RecordingStore {
+    /// Opens the recording; resolves to the replay as of its last event.
+    fn open(&mut self) -> StoreFuture<Replay>;
+
+    /// Appends one accepted event's frame text. It need not be durable yet
+    /// (see [`RecordingStore::sync`]), so this is cheap enough for every event.
+    fn append(&mut self, text: &str) -> Result<(), StoreError>;
+
+    /// Keeps `snapshot` as the replay as of the last event appended.
+    fn checkpoint(&mut self, snapshot: &Snapshot) -> StoreFuture<()>;
+
+    /// Resolves once everything appended is durable.
+    fn sync(&mut self) -> StoreFuture<()>;
+}
+
+/// The stores a server runs with.
+pub struct Stores {
+    /// Users and claim tokens, for the token actor.
+    pub users: Box<dyn UserStore + Send>,
+    /// Open streams and their recordings, for the registry.
+    pub streams: Box<dyn StreamStore + Send>,
+}
+
+impl Stores {
+    /// The local stores in `data_dir` (see [`local`]); fails only if what is
+    /// kept there cannot be read, never for want of space to write.
+    pub fn local(data_dir: &std::path::Path) -> io::Result<Stores> {
+        Ok(Stores {
+            users: Box::new(local::LocalUsers::open(data_dir)?),
+            streams: Box::new(local::LocalStreams::open(data_dir)?),
+        })
+    }
+
+    /// Stores that keep nothing past the process (see [`memory`]).
+    pub fn memory() -> Stores {
+        Stores {
+            users: Box::new(memory::MemoryUsers),
+            streams: Box::new(memory::MemoryStreams),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_told_apart_by_what_the_client_hears() {
+        let full = io::Error::from(io::ErrorKind::StorageFull);
+        assert_eq!(StoreError::from(full), StoreError::Full);
+        let ro = io::Error::from(io::ErrorKind::ReadOnlyFilesystem);
+        assert_eq!(StoreError::from(ro).public_message(), "storage read-only");
+        let other = StoreError::from(io::Error::other("boom"));
+        assert_eq!(other.public_message(), "internal error");
+        assert!(other.to_string().contains("boom"));
+    }
+}
