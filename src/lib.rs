@@ -21,6 +21,8 @@
 //! - [`testkit`]: fixtures the tests and the benchmark share: a temporary
 //!   directory and a fake WCA.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -37,6 +37,10 @@
 //! - [`store`]: the seam between the actors and durable state (users and
 //!   claims, open streams, recordings and their snapshots), with the local
 //!   JSON-lines files as its default implementation.
+//!
+//! And for tests: [`testkit`], a temporary directory and a small tmpfs.
+
+#![warn(missing_docs)]
 
 pub mod admission;
 pub mod close;
@@ -48,4 +52,5 @@ pub mod replay;
 pub mod secrets;
 pub mod store;
 pub mod stream;
+pub mod testkit;
 pub mod tokens;

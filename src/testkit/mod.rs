@@ -1,5 +1,6 @@
 //! Fixtures the tests and the benchmark share: a temporary directory that
-//! removes itself, and a fake WCA on loopback.
+//! removes itself, a small tmpfs (both from the actors crate), and a fake
+//! WCA on loopback.
 //!
 //! The server never uses them. They are part of the library so that the
 //! integration tests and `twizzle-bench` (a binary of this crate, which cannot
@@ -7,7 +8,6 @@
 //! same way.
 
 mod fake_wca;
-mod temp_dir;
 
 pub use fake_wca::{FakeWca, FakeWcaBuilder, WcaAccount};
-pub use temp_dir::TempDir;
+pub use twizzle_actors::testkit::{TempDir, Tmpfs};

@@ -384,8 +384,7 @@ pub fn epoch_ms(at: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
-    use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::testkit::{TempDir, Tmpfs};
 
     use serde::Deserialize;
 
@@ -400,105 +399,6 @@ mod tests {
         Rec {
             n,
             pad: "x".repeat(100 + n % 37),
-        }
-    }
-
-    /// A fresh directory, removed with everything in it on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "twizzle-journal-{name}-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A 256 KiB tmpfs on a fresh directory, so that a test can fill the disk
-    /// or make it read-only; unmounted on drop.
-    struct Tmpfs(TempDir);
-
-    impl Tmpfs {
-        /// `None` (the test skips) where mounting is not allowed, except on
-        /// CI, where a skipped test would hide a regression.
-        fn mount(name: &str) -> Option<Tmpfs> {
-            let dir = TempDir::new(name);
-            let why = match Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-                .arg(&dir.0)
-                .output()
-            {
-                Ok(out) if out.status.success() => return Some(Tmpfs(dir)),
-                Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
-                Err(e) => e.to_string(),
-            };
-            if std::env::var_os("CI").is_some() {
-                panic!("cannot mount a tmpfs: {why}");
-            }
-            eprintln!("skipping: cannot mount a tmpfs: {why}");
-            None
-        }
-
-        fn path(&self) -> &Path {
-            &self.0 .0
-        }
-
-        /// Remounts with `mode` (`ro` or `rw`); every file must be closed
-        /// for `ro`.
-        fn remount(&self, mode: &str) {
-            let out = Command::new("mount")
-                .args(["-o", &format!("remount,{mode}")])
-                .arg(self.path())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "remount,{mode}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            match Command::new("umount").arg(self.path()).output() {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => eprintln!(
-                    "umount {}: {}",
-                    self.path().display(),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                Err(e) => eprintln!("umount {}: {e}", self.path().display()),
-            }
-        }
-    }
-
-    /// Fills the file system holding `dir` with a file until it is full.
-    fn fill(dir: &Path) -> PathBuf {
-        let path = dir.join("filler");
-        let mut file = File::create(&path).unwrap();
-        let chunk = [0u8; 4096];
-        loop {
-            match file.write(&chunk) {
-                Ok(0) => panic!("a write of nothing before the disk filled"),
-                Ok(_) => {}
-                Err(e) => {
-                    assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
-                    return path;
-                }
-            }
         }
     }
 
@@ -533,8 +433,8 @@ mod tests {
 
     #[test]
     fn reads_back_what_was_written_and_appended() {
-        let dir = TempDir::new("plain");
-        let path = dir.0.join("j.jsonl");
+        let dir = TempDir::new("journal-plain");
+        let path = dir.path().join("j.jsonl");
         assert_eq!(Journal::read::<Rec>(&path).unwrap(), []);
         let mut journal = Journal::rewrite(&path, &[rec(0), rec(1)]).unwrap();
         journal.append(&rec(2)).unwrap();
@@ -549,8 +449,8 @@ mod tests {
 
     #[test]
     fn read_skips_lines_that_do_not_parse() {
-        let dir = TempDir::new("torn");
-        let path = dir.0.join("j.jsonl");
+        let dir = TempDir::new("journal-torn");
+        let path = dir.path().join("j.jsonl");
         fs::write(&path, "{\"n\":0,\"pad\":\"\"}\n{\"n\":1,\"pa{\"n\":2,\"pad\":\"\"}\n\n{\"n\":3,\"pad\":\"\"}\n{\"n\":4")
             .unwrap();
         let ns: Vec<_> = Journal::read::<Rec>(&path)
@@ -563,8 +463,8 @@ mod tests {
 
     #[test]
     fn a_failed_cut_is_retried_before_the_next_append() {
-        let dir = TempDir::new("cut");
-        let path = dir.0.join("j.jsonl");
+        let dir = TempDir::new("journal-cut");
+        let path = dir.path().join("j.jsonl");
         let mut journal = Journal::rewrite(&path, &[rec(0)]).unwrap();
         // A read-only handle stands in for a disk on which every write and
         // every truncation fails.
@@ -588,13 +488,13 @@ mod tests {
     /// Appends until the disk is full, then checks that no failed append
     /// left anything behind and that appends work once there is room.
     fn appends_survive_a_full_disk(synced: bool) {
-        let Some(tmpfs) = Tmpfs::mount("full") else {
+        let Some(tmpfs) = Tmpfs::mount("full", "256k") else {
             return;
         };
         let path = tmpfs.path().join("j.jsonl");
         let mut journal = Journal::rewrite(&path, &[rec(0)]).unwrap();
         let mut kept = vec![rec(0)];
-        let filler = fill(tmpfs.path());
+        let filler = tmpfs.fill();
         let mut n = 1;
         let e = loop {
             assert!(n < 10_000, "the disk never filled");
@@ -631,8 +531,8 @@ mod tests {
 
     #[test]
     fn compaction_replaces_the_file_and_appends_go_to_the_new_one() {
-        let dir = TempDir::new("compact");
-        let path = dir.0.join("j.jsonl");
+        let dir = TempDir::new("journal-compact");
+        let path = dir.path().join("j.jsonl");
         let tmp = path.with_extension("tmp");
         let mut journal = Journal::rewrite(&path, &[rec(0), rec(1)]).unwrap();
         journal.append(&rec(2)).unwrap();
@@ -648,8 +548,8 @@ mod tests {
 
     #[test]
     fn a_failed_compaction_keeps_the_old_file_in_use() {
-        let dir = TempDir::new("compact-fails");
-        let path = dir.0.join("j.jsonl");
+        let dir = TempDir::new("journal-compact-fails");
+        let path = dir.path().join("j.jsonl");
         let tmp = path.with_extension("tmp");
         let mut journal = Journal::rewrite(&path, &[rec(0)]).unwrap();
         journal.append(&rec(1)).unwrap();
@@ -665,14 +565,14 @@ mod tests {
 
     #[test]
     fn compaction_on_a_full_disk_fails_and_works_once_there_is_room() {
-        let Some(tmpfs) = Tmpfs::mount("compact-full") else {
+        let Some(tmpfs) = Tmpfs::mount("compact-full", "256k") else {
             return;
         };
         let path = tmpfs.path().join("j.jsonl");
         let tmp = path.with_extension("tmp");
         let mut old: Vec<_> = (0..3).map(rec).collect();
         let mut journal = Journal::rewrite(&path, &old).unwrap();
-        let filler = fill(tmpfs.path());
+        let filler = tmpfs.fill();
         // More than the page the old file may still have room in.
         let mut new: Vec<_> = (100..200).map(rec).collect();
         let e = journal.compact(&new).unwrap_err();
@@ -704,8 +604,8 @@ mod tests {
 
     #[test]
     fn reopen_cuts_a_torn_last_line() {
-        let dir = TempDir::new("reopen");
-        let path = dir.0.join("j.jsonl");
+        let dir = TempDir::new("journal-reopen");
+        let path = dir.path().join("j.jsonl");
         write_torn(&path);
         let mut journal = Journal::reopen(&path);
         assert!(journal.writable());
@@ -719,8 +619,8 @@ mod tests {
 
     #[test]
     fn reopen_creates_a_missing_file() {
-        let dir = TempDir::new("reopen-missing");
-        let path = dir.0.join("j.jsonl");
+        let dir = TempDir::new("journal-reopen-missing");
+        let path = dir.path().join("j.jsonl");
         let mut journal = Journal::reopen(&path);
         assert!(journal.writable());
         assert_eq!(journal.appended(), 0);
@@ -730,7 +630,7 @@ mod tests {
 
     #[test]
     fn reopen_on_a_read_only_disk_appends_once_it_is_writable() {
-        let Some(tmpfs) = Tmpfs::mount("read-only") else {
+        let Some(tmpfs) = Tmpfs::mount("read-only", "256k") else {
             return;
         };
         let path = tmpfs.path().join("j.jsonl");
@@ -757,7 +657,7 @@ mod tests {
 
     #[test]
     fn compaction_recovers_a_journal_that_could_not_be_opened() {
-        let Some(tmpfs) = Tmpfs::mount("read-only-compact") else {
+        let Some(tmpfs) = Tmpfs::mount("read-only-compact", "256k") else {
             return;
         };
         let path = tmpfs.path().join("j.jsonl");

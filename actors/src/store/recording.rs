@@ -200,3 +200,159 @@ impl RecordingStore for LocalRecording {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{TempDir, Tmpfs};
+
+    fn mv(n: u32) -> String {
+        format!(
+            r#"{{"event":"move","data":{{"latestMove":"R","timeStamp":{n},"binaryState":"s"}}}}"#
+        )
+    }
+
+    fn reset(tracking: bool) -> String {
+        format!(r#"{{"event":"reset","data":{{"trackingOrientation":{tracking}}}}}"#)
+    }
+
+    fn open(recording: &mut LocalRecording) -> Replay {
+        futures_now(recording.open()).expect("the recording opens")
+    }
+
+    /// The local store's futures are ready at once.
+    fn futures_now<T>(future: StoreFuture<T>) -> Result<T, StoreError> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut future = future;
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => panic!("a local store call was not ready"),
+        }
+    }
+
+    /// A frame as the broker encodes it (keys in order).
+    fn text(frame: String) -> String {
+        crate::event::parse_event(&frame).unwrap().text.to_string()
+    }
+
+    fn frames(replay: &Replay) -> Vec<String> {
+        replay.frames().map(|f| f.to_string()).collect()
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        let text = fs::read_to_string(path).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn appends_whole_lines_and_a_new_recording_replays_nothing() {
+        let dir = TempDir::new("recording-append");
+        let id = StreamId::random();
+        let mut recording = LocalRecording::new(dir.path(), &id);
+        assert_eq!(open(&mut recording), Replay::default());
+        recording.append(&mv(1)).unwrap();
+        recording.append(&reset(true)).unwrap();
+        futures_now(recording.sync()).unwrap();
+        assert_eq!(
+            lines(&dir.path().join(format!("{id}.log"))),
+            [mv(1), reset(true)]
+        );
+    }
+
+    #[test]
+    fn an_old_recording_is_read_once_then_from_its_snapshot() {
+        let dir = TempDir::new("recording-legacy");
+        let id = StreamId::random();
+        let log = dir.path().join(format!("{id}.log"));
+        fs::write(
+            &log,
+            format!("{}\n{}\n{{\"event\":\"mo", mv(1), reset(false)),
+        )
+        .unwrap();
+
+        let mut recording = LocalRecording::new(dir.path(), &id);
+        let replay = open(&mut recording);
+        assert_eq!(frames(&replay), [text(reset(false)), text(mv(1))]);
+        assert_eq!(replay.accepted(), 2);
+        assert_eq!(lines(&log), [mv(1), reset(false)], "the torn line is cut");
+        assert!(
+            dir.path().join(format!("{id}.snapshot")).is_file(),
+            "a snapshot is kept, so the next start need not read it all"
+        );
+    }
+
+    /// What comes back is the snapshot plus the lines after the point it
+    /// covers: the lines before it are not read again. (Here they say
+    /// something else than the snapshot, which no real recording does, to
+    /// tell the two apart.)
+    #[test]
+    fn a_restore_reads_the_snapshot_and_only_the_lines_after_it() {
+        let dir = TempDir::new("recording-snapshot");
+        let id = StreamId::random();
+        let mut recording = LocalRecording::new(dir.path(), &id);
+        open(&mut recording);
+        recording.append(&mv(1)).unwrap();
+        let mut kept = Replay::default();
+        kept.accept(&crate::event::parse_event(&mv(9)).unwrap());
+        futures_now(recording.checkpoint(&kept.snapshot())).unwrap();
+        recording.append(&reset(true)).unwrap();
+        drop(recording);
+
+        let mut again = LocalRecording::new(dir.path(), &id);
+        let replay = open(&mut again);
+        assert_eq!(frames(&replay), [text(reset(true)), text(mv(9))]);
+        assert_eq!(replay.accepted(), 2, "the snapshot's one, and one after it");
+        assert!(!replay
+            .clone()
+            .accept(&crate::event::parse_event(&reset(true)).unwrap()));
+    }
+
+    #[test]
+    fn a_snapshot_past_the_end_of_its_recording_is_not_trusted() {
+        let dir = TempDir::new("recording-short");
+        let id = StreamId::random();
+        let mut recording = LocalRecording::new(dir.path(), &id);
+        open(&mut recording);
+        recording.append(&mv(1)).unwrap();
+        recording.append(&mv(2)).unwrap();
+        futures_now(recording.checkpoint(&Replay::default().snapshot())).unwrap();
+        drop(recording);
+        // The recording lost its tail (restored from an older backup, say).
+        fs::write(dir.path().join(format!("{id}.log")), format!("{}\n", mv(1))).unwrap();
+
+        let replay = open(&mut LocalRecording::new(dir.path(), &id));
+        assert_eq!(frames(&replay), [text(mv(1))]);
+    }
+
+    #[test]
+    fn a_full_disk_stops_appends_without_tearing_a_line() {
+        let Some(tmpfs) = Tmpfs::mount("recording-full", "256k") else {
+            return;
+        };
+        let id = StreamId::random();
+        let log = tmpfs.path().join(format!("{id}.log"));
+        let mut recording = LocalRecording::new(tmpfs.path(), &id);
+        open(&mut recording);
+        let filler = tmpfs.fill();
+        let long = mv(7).replace("\"s\"", &format!("\"{}\"", "s".repeat(3000)));
+        let mut kept = 0;
+        let failed = (0..200).find_map(|_| match recording.append(&long) {
+            Ok(()) => {
+                kept += 1;
+                None
+            }
+            Err(e) => Some(e),
+        });
+        assert_eq!(failed, Some(StoreError::Full));
+        assert_eq!(recording.append(&long), Err(StoreError::Full));
+        assert_eq!(lines(&log).len(), kept, "only whole lines are in the file");
+
+        fs::remove_file(filler).unwrap();
+        recording.append(&mv(8)).unwrap();
+        let after = lines(&log);
+        assert_eq!(after.len(), kept + 1);
+        assert_eq!(after.last(), Some(&mv(8)));
+    }
+}

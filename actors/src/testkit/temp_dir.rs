@@ -52,8 +52,8 @@ impl Drop for TempDir {
     }
 }
 
-/// 64 bits from the std hasher's per-process random keys and the time (the
-/// server crate has no random-number crate outside its tests).
+/// 64 bits from the std hasher's per-process random keys and the time:
+/// enough to tell directories apart, and no secret.
 fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u128(
