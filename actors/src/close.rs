@@ -15,47 +15,30 @@ pub struct Close {
     pub reason: &'static str,
 }
 
+const fn close(code: u16, reason: &'static str) -> Close {
+    Close { code, reason }
+}
+
 /// The stream ended (its idle countdown ran out): it will not come back.
-pub const STREAM_ENDED: Close = Close {
-    code: 1000,
-    reason: "stream ended",
-};
+pub const STREAM_ENDED: Close = close(1000, "stream ended");
 
 /// The server is stopping (a deploy or restart): the stream comes back.
-pub const SERVER_RESTARTING: Close = Close {
-    code: 1001,
-    reason: "server restarting",
-};
+pub const SERVER_RESTARTING: Close = close(1001, "server restarting");
 
 /// The client answered no ping for three heartbeat intervals.
-pub const SILENT: Close = Close {
-    code: 1001,
-    reason: "no answer to pings",
-};
+pub const SILENT: Close = close(1001, "no answer to pings");
 
 /// A frame that breaks the WebSocket protocol; the log has the details.
-pub const PROTOCOL_ERROR: Close = Close {
-    code: 1002,
-    reason: "protocol error",
-};
+pub const PROTOCOL_ERROR: Close = close(1002, "protocol error");
 
 /// A viewer sent a data frame.
-pub const NOT_PERMITTED: Close = Close {
-    code: 1008,
-    reason: "not permitted to send",
-};
+pub const NOT_PERMITTED: Close = close(1008, "not permitted to send");
 
 /// The socket's queue of unsent events filled up: its client stopped reading.
-pub const TOO_SLOW: Close = Close {
-    code: 1008,
-    reason: "too many unsent events",
-};
+pub const TOO_SLOW: Close = close(1008, "too many unsent events");
 
 /// A frame over the size limit.
-pub const TOO_BIG: Close = Close {
-    code: 1009,
-    reason: "frame too large",
-};
+pub const TOO_BIG: Close = close(1009, "frame too large");
 
 /// Every close the server sends, for tests and documentation.
 pub const ALL: [Close; 7] = [

@@ -63,6 +63,25 @@ pub fn redacted(secret: &str) -> String {
     format!("…{tail}")
 }
 
+/// The constructors every identifier and token type shares: a random one,
+/// and one checked from text.
+macro_rules! checked_constructors {
+    ($name:ident, $prefix:expr, $digits:expr) => {
+        impl $name {
+            /// A new random one.
+            pub fn random() -> $name {
+                $name(random_id($prefix, $digits / 2))
+            }
+
+            /// `text` if it has the form of one; `None` otherwise (which
+            /// nothing the server handed out has, so it can be refused unseen).
+            pub fn parse(text: &str) -> Option<$name> {
+                has_form(text, $prefix, $digits).then(|| $name(text.to_owned()))
+            }
+        }
+    };
+}
+
 /// Declares a public identifier: a checked newtype over its text that
 /// prints, compares, hashes and (de)serializes as that text.
 macro_rules! public_id {
@@ -72,17 +91,9 @@ macro_rules! public_id {
         #[serde(transparent)]
         pub struct $name(String);
 
+        checked_constructors!($name, $prefix, $digits);
+
         impl $name {
-            /// A new random one.
-            pub fn random() -> $name {
-                $name(random_id($prefix, $digits / 2))
-            }
-
-            /// `text` if it has the form of one; `None` otherwise.
-            pub fn parse(text: &str) -> Option<$name> {
-                has_form(text, $prefix, $digits).then(|| $name(text.to_owned()))
-            }
-
             /// Its text.
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -120,18 +131,9 @@ macro_rules! secret_token {
         #[derive(Clone, PartialEq, Eq)]
         pub struct $name(String);
 
+        checked_constructors!($name, $prefix, $digits);
+
         impl $name {
-            /// A new random one.
-            pub fn random() -> $name {
-                $name(random_id($prefix, $digits / 2))
-            }
-
-            /// `text` if it has the form of one; `None` otherwise (which no
-            /// token ever handed out has, so it can be refused unseen).
-            pub fn parse(text: &str) -> Option<$name> {
-                has_form(text, $prefix, $digits).then(|| $name(text.to_owned()))
-            }
-
             /// The token itself: for the one answer that hands it out, and
             /// for hashing. Never for a log line.
             pub fn expose(&self) -> &str {

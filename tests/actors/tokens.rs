@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use actix::prelude::*;
-use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo};
+use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, UserId};
 use twizzle_actors::store::local::USERS_FILE;
 use twizzle_actors::store::Stores;
 use twizzle_actors::tokens::{
@@ -89,16 +89,6 @@ async fn lookup(tokens: &Addr<TokenActor>, user_ids: &[&str]) -> Vec<PublicUserI
         .expect("the token actor is running")
 }
 
-/// Whether `text` is `prefix` followed by `hex_digits` lowercase hex digits.
-fn has_form(text: &str, prefix: &str, hex_digits: usize) -> bool {
-    text.strip_prefix(prefix).is_some_and(|hex| {
-        hex.len() == hex_digits
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
 /// Sign-in hands out a `claim_token_` + 32 hex; redeeming it gives a
 /// `twizzle_access_token_` + 32 hex and the public info, named
 /// "Name (WCAID)", or "Name (unverified)" without a WCA ID.
@@ -108,15 +98,17 @@ async fn sign_in_and_claim_give_an_access_token_and_public_info() {
     let tokens = open(dir.path(), CLAIM_TTL);
 
     let claim = sign_in(&tokens, profile(1, Some("2015ABCD01"), "Ana Lima")).await;
-    assert!(has_form(&claim, "claim_token_", 32), "{claim}");
+    assert!(
+        ClaimToken::parse(&claim).is_some(),
+        "claim_token_ and 32 hex"
+    );
     let claimed = redeem(&tokens, &claim).await.unwrap();
     assert!(
-        has_form(claimed.access_token.expose(), "twizzle_access_token_", 32),
-        "{}",
-        claimed.access_token.expose()
+        AccessToken::parse(claimed.access_token.expose()).is_some(),
+        "twizzle_access_token_ and 32 hex"
     );
     assert!(
-        has_form(claimed.user.twizzle_user_id.as_str(), "user_", 16),
+        UserId::parse(claimed.user.twizzle_user_id.as_str()).is_some(),
         "{}",
         claimed.user.twizzle_user_id.as_str()
     );
