@@ -92,6 +92,11 @@ impl Shared {
         (0..self.sent.len()).map(|s| self.owed(s)).sum()
     }
 
+    /// Viewer sockets open or refused so far: the ones no longer pending.
+    pub fn settled(&self) -> u64 {
+        self.connected.load(Relaxed) + self.connect_failed.load(Relaxed)
+    }
+
     /// Deliveries received over all streams.
     pub fn delivered(&self) -> u64 {
         self.delivered.iter().map(|d| d.load(Relaxed)).sum()

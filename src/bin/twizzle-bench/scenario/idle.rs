@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use actix_web::rt::time::sleep;
 
 use super::{
-    make_streams, mb, note_viewer_trouble, source_addresses, wait_until, Clock, Usage, JOIN_WAIT,
-    RESERVED_FDS, RUN_ALLOWANCE, SAMPLE_EVERY, SATURATED, SETTLE,
+    make_streams, mb, note_viewer_trouble, source_addresses, viewer_specs, wait_until, Clock,
+    Usage, JOIN_WAIT, RESERVED_FDS, RUN_ALLOWANCE, SAMPLE_EVERY, SATURATED, SETTLE,
 };
 use crate::cli::Options;
-use crate::load::{self, ClientPool, Shared, SocketSpec};
+use crate::load::{self, ClientPool, Shared};
 use crate::measure;
 use crate::report::Figures;
 use crate::target::RunningServer;
@@ -53,7 +53,6 @@ pub(super) fn describe(o: &Options, fd_limit: u64) -> String {
 struct Plan<'a> {
     server: &'a RunningServer,
     sockets: usize,
-    streams: usize,
     /// Each stream's ID and its owner's token.
     made: Vec<(String, String)>,
     sources: Vec<IpAddr>,
@@ -99,7 +98,6 @@ pub(super) async fn drive(
         made: make_streams(server, streams).await?,
         server,
         sockets,
-        streams,
         shared: Shared::new(streams),
         sources: source_addresses(o.sources),
     };
@@ -159,28 +157,20 @@ impl Plan<'_> {
         points: &mut Vec<(f64, f64)>,
         f: &mut Figures,
     ) -> Duration {
-        let (sockets, streams, shared) = (self.sockets, self.streams, &self.shared);
+        let (sockets, shared) = (self.sockets, &self.shared);
         let mut wanted = 0;
         let mut connect_time = Duration::ZERO;
         for step in 1..=IDLE_STEPS {
             let upto = sockets * step / IDLE_STEPS;
-            let specs = (wanted..upto)
-                .map(|i| SocketSpec {
-                    server: self.server.addr,
-                    source: self.sources[i % self.sources.len()],
-                    path: format!("/v0/streams/{}/socket", self.made[i % streams].0),
-                    stream: i % streams,
-                })
-                .collect();
+            let specs = viewer_specs(self.server, &self.made, &self.sources, wanted..upto);
             wanted = upto;
             let step_started = Instant::now();
             pool.spawn_viewers(specs, load::IDLE_VIEWER_BUFFER, shared, deadline);
-            let opened = || shared.connected.load(Relaxed) + shared.connect_failed.load(Relaxed);
             let limit = JOIN_WAIT + Duration::from_millis(sockets as u64 * 5 / IDLE_STEPS as u64);
-            if !wait_until(limit, || opened() >= wanted as u64).await {
+            if !wait_until(limit, || shared.settled() >= wanted as u64).await {
                 f.warnings.push(format!(
                     "only {} of {wanted} sockets were open or refused after {limit:?}",
-                    opened()
+                    shared.settled()
                 ));
                 break;
             }
@@ -208,20 +198,12 @@ async fn hold_open(pid: u32, secs: f64, rss_after: Option<u64>) -> Option<u64> {
 
 /// The run's figures and warnings, in table order.
 fn add_figures(f: &mut Figures, streams: usize, r: &Readings) {
-    f.add("streams", "streams", Some(streams as f64), "", 0);
-    f.add(
-        "sockets",
-        "idle sockets open",
-        Some(r.connected as f64),
-        "",
-        0,
-    );
-    f.add(
+    f.add_count("streams", "streams", streams as u64);
+    f.add_count("sockets", "idle sockets open", r.connected);
+    f.add_count(
         "connect_failures",
         "sockets that failed to open",
-        Some(r.connect_failed as f64),
-        "",
-        0,
+        r.connect_failed,
     );
     f.add(
         "connect_rate",
@@ -325,11 +307,9 @@ fn add_cpu_figures(f: &mut Figures, r: &Readings) {
         2,
     );
     f.add("gen_rss_mb", "generator RSS", mb(r.own_rss), "MB", 1);
-    f.add(
+    f.add_count(
         "sockets_ended_early",
         "sockets closed while held",
-        Some(r.ended_early as f64),
-        "",
-        0,
+        r.ended_early,
     );
 }

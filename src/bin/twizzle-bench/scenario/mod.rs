@@ -16,13 +16,14 @@ mod relay;
 mod saturate;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use actix_web::rt::time::sleep;
 use serde_json::{json, Value};
 
 use crate::cli::{Options, Scenario};
-use crate::load::ViewerStats;
+use crate::load::{SocketSpec, ViewerStats};
 use crate::measure;
 use crate::report::{self, Figures};
 use crate::target::{RunningServer, Target};
@@ -185,6 +186,24 @@ fn ms(us: u64) -> Option<f64> {
 fn source_addresses(n: usize) -> Vec<IpAddr> {
     (0..n)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)))
+        .collect()
+}
+
+/// Viewer sockets `range` of a run, each on stream `i % streams` from
+/// source address `i % sources`, so both are spread evenly.
+fn viewer_specs(
+    server: &RunningServer,
+    made: &[(String, String)],
+    sources: &[IpAddr],
+    range: Range<usize>,
+) -> Vec<SocketSpec> {
+    range
+        .map(|i| SocketSpec {
+            server: server.addr,
+            source: sources[i % sources.len()],
+            path: format!("/v0/streams/{}/socket", made[i % made.len()].0),
+            stream: i % made.len(),
+        })
         .collect()
 }
 

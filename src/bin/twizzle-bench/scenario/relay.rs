@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use actix_web::rt::time::sleep;
 
 use super::{
-    make_streams, mb, ms, note_viewer_trouble, source_addresses, wait_until, Clock, Usage,
-    JOIN_WAIT, RESERVED_FDS, RUN_ALLOWANCE, SAMPLE_EVERY,
+    make_streams, mb, ms, note_viewer_trouble, source_addresses, viewer_specs, wait_until, Clock,
+    Usage, JOIN_WAIT, RESERVED_FDS, RUN_ALLOWANCE, SAMPLE_EVERY,
 };
 use crate::cli::Options;
 use crate::load::{self, ClientPool, Pace, SenderReport, Shared, SocketSpec, ViewerStats};
@@ -195,21 +195,12 @@ impl Plan<'_> {
     /// Opens every viewer socket on `pool`; returns once they are open and
     /// have seen their start marker, or the waits ran out.
     async fn open_viewers(&self, pool: &mut ClientPool, deadline: Instant) -> Opening {
-        let (total, streams) = (self.load.viewers(), self.load.streams);
-        let shared = &self.shared;
-        let specs = (0..total)
-            .map(|i| SocketSpec {
-                server: self.server.addr,
-                source: self.sources[i % self.sources.len()],
-                path: format!("/v0/streams/{}/socket", self.made[i % streams].0),
-                stream: i % streams,
-            })
-            .collect();
+        let (total, shared) = (self.load.viewers(), &self.shared);
+        let specs = viewer_specs(self.server, &self.made, &self.sources, 0..total);
         let connect_started = Instant::now();
         pool.spawn_viewers(specs, load::BUSY_VIEWER_BUFFER, shared, deadline);
-        let opened = || shared.connected.load(Relaxed) + shared.connect_failed.load(Relaxed);
         let limit = JOIN_WAIT + Duration::from_millis(total as u64 * 5);
-        let all_opened = wait_until(limit, || opened() >= total as u64).await;
+        let all_opened = wait_until(limit, || shared.settled() >= total as u64).await;
         let secs = connect_started.elapsed().as_secs_f64();
         let connected = shared.connected.load(Relaxed);
         let all_ready = wait_until(JOIN_WAIT, || shared.ready.load(Relaxed) >= connected).await;
@@ -297,20 +288,12 @@ impl Plan<'_> {
 
     /// The viewer sockets: how many, and how fast they opened.
     fn add_socket_figures(&self, f: &mut Figures, opening: &Opening) {
-        f.add("streams", "streams", Some(self.load.streams as f64), "", 0);
-        f.add(
-            "viewers",
-            "viewers connected",
-            Some(opening.connected as f64),
-            "",
-            0,
-        );
-        f.add(
+        f.add_count("streams", "streams", self.load.streams as u64);
+        f.add_count("viewers", "viewers connected", opening.connected);
+        f.add_count(
             "viewer_connect_failures",
             "viewer sockets that failed to open",
-            Some(self.shared.connect_failed.load(Relaxed) as f64),
-            "",
-            0,
+            self.shared.connect_failed.load(Relaxed),
         );
         f.add(
             "connect_rate",
@@ -333,13 +316,7 @@ impl Plan<'_> {
             .0
             .saturating_duration_since(window.start))
         .as_secs_f64();
-        f.add(
-            "events_sent",
-            "events sent (all senders)",
-            Some(sent as f64),
-            "",
-            0,
-        );
+        f.add_count("events_sent", "events sent (all senders)", sent);
         f.add(
             "send_rate_per_sender",
             "events sent per second per sender",
@@ -347,20 +324,8 @@ impl Plan<'_> {
             "/s",
             1,
         );
-        f.add(
-            "deliveries_expected",
-            "deliveries expected",
-            Some(expected as f64),
-            "",
-            0,
-        );
-        f.add(
-            "deliveries",
-            "deliveries received",
-            Some(delivered as f64),
-            "",
-            0,
-        );
+        f.add_count("deliveries_expected", "deliveries expected", expected);
+        f.add_count("deliveries", "deliveries received", delivered);
         f.add(
             "deliveries_per_sec",
             "deliveries per second (mean)",
@@ -380,26 +345,16 @@ impl Plan<'_> {
 
     /// What did not arrive, or not in order, or not on an open socket.
     fn add_loss_figures(&self, f: &mut Figures, stats: &ViewerStats, expected: u64) {
-        f.add(
+        f.add_count(
             "lost",
             "lost deliveries",
-            Some(expected.saturating_sub(stats.delivered) as f64),
-            "",
-            0,
+            expected.saturating_sub(stats.delivered),
         );
-        f.add(
-            "reordered",
-            "reordered deliveries",
-            Some(stats.reordered as f64),
-            "",
-            0,
-        );
-        f.add(
+        f.add_count("reordered", "reordered deliveries", stats.reordered);
+        f.add_count(
             "viewers_ended_early",
             "viewer sockets closed during the run",
-            Some(self.shared.ended_early.load(Relaxed) as f64),
-            "",
-            0,
+            self.shared.ended_early.load(Relaxed),
         );
     }
 
@@ -455,7 +410,7 @@ impl Plan<'_> {
         if !opening.all_opened {
             f.warnings.push(format!(
                 "only {} of {} viewer sockets were open or refused after {:?}",
-                shared.connected.load(Relaxed) + shared.connect_failed.load(Relaxed),
+                shared.settled(),
                 self.load.viewers(),
                 opening.limit
             ));
@@ -547,13 +502,7 @@ fn add_schedule_figures(f: &mut Figures, reports: &[SenderReport]) {
         "ms",
         2,
     );
-    f.add(
-        "sender_late",
-        "sends over 5 ms behind schedule",
-        Some(late as f64),
-        "",
-        0,
-    );
+    f.add_count("sender_late", "sends over 5 ms behind schedule", late);
     if late * 100 > planned.max(1) || max_lag > 50_000 {
         f.warnings.push(format!(
             "the generator fell behind its send schedule: {late} of {planned} sends over 5 ms late, worst {:.1} ms",
@@ -570,13 +519,7 @@ fn add_schedule_figures(f: &mut Figures, reports: &[SenderReport]) {
 /// The error frames the senders got, and the senders that failed.
 fn add_sender_errors(f: &mut Figures, reports: &[SenderReport]) {
     let errors: u64 = reports.iter().map(|r| r.errors).sum();
-    f.add(
-        "sender_error_frames",
-        "error frames to senders",
-        Some(errors as f64),
-        "",
-        0,
-    );
+    f.add_count("sender_error_frames", "error frames to senders", errors);
     if let Some(first) = reports.iter().find_map(|r| r.first_error.clone()) {
         f.notes
             .push(format!("senders got {errors} error frame(s), e.g. {first}"));
