@@ -1,6 +1,7 @@
 //! The command line: a scenario and its options, each with a default that
 //! runs in seconds on a laptop.
 
+use std::iter::Peekable;
 use std::path::PathBuf;
 
 /// What load to put on the server.
@@ -145,38 +146,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     if first == "--help" || first == "-h" {
         return Ok(Parsed::Help(usage()));
     }
-    let (scenario, compare) = if first == "compare" {
-        match args.peek().and_then(|w| Scenario::parse(w)) {
-            Some(scenario) => {
-                args.next();
-                (scenario, true)
-            }
-            None => (Scenario::Fanout, true),
-        }
-    } else {
-        let scenario = Scenario::parse(&first)
-            .ok_or_else(|| format!("unknown scenario {first:?}; see --help"))?;
-        (scenario, false)
-    };
-    let mut options = Options {
-        scenario,
-        compare,
-        streams: None,
-        viewers: None,
-        rate: 30.0,
-        secs: None,
-        sockets: 2000,
-        threads: default_threads(),
-        sources: 4,
-        drain_secs: 10.0,
-        window: 0,
-        server_cmd: None,
-        peer: None,
-        peer_cmd: None,
-        env: Vec::new(),
-        rounds: 1,
-        json: None,
-    };
+    let (scenario, compare) = scenario_of(&first, &mut args)?;
+    let mut options = Options::defaults(scenario, compare);
     while let Some(arg) = args.next() {
         if arg == "--help" || arg == "-h" {
             return Ok(Parsed::Help(usage()));
@@ -193,52 +164,109 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                 (body.to_owned(), value)
             }
         };
+        options.set(&name, value)?;
+    }
+    options.check()?;
+    Ok(Parsed::Run(Box::new(options)))
+}
+
+/// The scenario the first word names, and whether it is a comparison (for
+/// `compare`, the scenario is the next word if it names one).
+fn scenario_of(
+    first: &str,
+    args: &mut Peekable<impl Iterator<Item = String>>,
+) -> Result<(Scenario, bool), String> {
+    if first == "compare" {
+        return Ok(match args.peek().and_then(|w| Scenario::parse(w)) {
+            Some(scenario) => {
+                args.next();
+                (scenario, true)
+            }
+            None => (Scenario::Fanout, true),
+        });
+    }
+    let scenario =
+        Scenario::parse(first).ok_or_else(|| format!("unknown scenario {first:?}; see --help"))?;
+    Ok((scenario, false))
+}
+
+impl Options {
+    /// Every option at its default.
+    fn defaults(scenario: Scenario, compare: bool) -> Options {
+        Options {
+            scenario,
+            compare,
+            streams: None,
+            viewers: None,
+            rate: 30.0,
+            secs: None,
+            sockets: 2000,
+            threads: default_threads(),
+            sources: 4,
+            drain_secs: 10.0,
+            window: 0,
+            server_cmd: None,
+            peer: None,
+            peer_cmd: None,
+            env: Vec::new(),
+            rounds: 1,
+            json: None,
+        }
+    }
+
+    /// Sets the option `--name` to `value`.
+    fn set(&mut self, name: &str, value: String) -> Result<(), String> {
         let flag = format!("--{name}");
-        match name.as_str() {
-            "streams" => options.streams = Some(count(&flag, &value, 1_000_000)?),
-            "viewers" => options.viewers = Some(count(&flag, &value, 1_000_000)?),
-            "rate" => options.rate = number(&flag, &value, MAX_RATE)?,
-            "secs" => options.secs = Some(number(&flag, &value, MAX_SECS)?),
-            "sockets" => options.sockets = count(&flag, &value, 1_000_000)?,
-            "threads" => options.threads = count(&flag, &value, MAX_THREADS)?,
-            "sources" => options.sources = count(&flag, &value, MAX_SOURCES)?,
-            "drain-secs" => options.drain_secs = number(&flag, &value, MAX_SECS)?,
+        match name {
+            "streams" => self.streams = Some(count(&flag, &value, 1_000_000)?),
+            "viewers" => self.viewers = Some(count(&flag, &value, 1_000_000)?),
+            "rate" => self.rate = number(&flag, &value, MAX_RATE)?,
+            "secs" => self.secs = Some(number(&flag, &value, MAX_SECS)?),
+            "sockets" => self.sockets = count(&flag, &value, 1_000_000)?,
+            "threads" => self.threads = count(&flag, &value, MAX_THREADS)?,
+            "sources" => self.sources = count(&flag, &value, MAX_SOURCES)?,
+            "drain-secs" => self.drain_secs = number(&flag, &value, MAX_SECS)?,
             "window" => {
-                options.window = match value.trim() {
+                self.window = match value.trim() {
                     "0" => 0,
                     _ => count(&flag, &value, 1_000_000)? as u64,
                 }
             }
-            "server-cmd" => options.server_cmd = Some(value),
-            "peer" => options.peer = Some(PathBuf::from(value)),
-            "peer-cmd" => options.peer_cmd = Some(value),
+            "server-cmd" => self.server_cmd = Some(value),
+            "peer" => self.peer = Some(PathBuf::from(value)),
+            "peer-cmd" => self.peer_cmd = Some(value),
             "env" => {
                 let (k, v) = value
                     .split_once('=')
                     .ok_or_else(|| format!("--env expects NAME=VALUE, got {value:?}"))?;
-                options.env.push((k.to_owned(), v.to_owned()));
+                self.env.push((k.to_owned(), v.to_owned()));
             }
-            "rounds" => options.rounds = count(&flag, &value, MAX_ROUNDS)?,
-            "json" => options.json = Some(PathBuf::from(value)),
+            "rounds" => self.rounds = count(&flag, &value, MAX_ROUNDS)?,
+            "json" => self.json = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option {flag}; see --help")),
         }
+        Ok(())
     }
-    if options.compare && options.peer.is_none() && options.peer_cmd.is_none() {
-        return Err(
-            "compare needs the peer: --peer DIR (after `npm ci` there) or --peer-cmd CMD"
-                .to_owned(),
-        );
+
+    /// Refuses options that do not go together.
+    fn check(&self) -> Result<(), String> {
+        if self.compare && self.peer.is_none() && self.peer_cmd.is_none() {
+            return Err(
+                "compare needs the peer: --peer DIR (after `npm ci` there) or --peer-cmd CMD"
+                    .to_owned(),
+            );
+        }
+        if !self.compare
+            && self.server_cmd.is_some()
+            && (self.peer.is_some() || self.peer_cmd.is_some())
+        {
+            return Err(
+                "give either --server-cmd or --peer/--peer-cmd for a single run, or use compare"
+                    .to_owned(),
+            );
+        }
+        Ok(())
     }
-    if !options.compare
-        && options.server_cmd.is_some()
-        && (options.peer.is_some() || options.peer_cmd.is_some())
-    {
-        return Err(
-            "give either --server-cmd or --peer/--peer-cmd for a single run, or use compare"
-                .to_owned(),
-        );
-    }
-    Ok(Parsed::Run(Box::new(options)))
 }
 
 fn count(flag: &str, value: &str, max: usize) -> Result<usize, String> {

@@ -14,7 +14,8 @@
 //! # Layout
 //!
 //! - `cli`: the command line and its defaults.
-//! - `scenario`: `fanout`, `saturate`, `idle` and `compare`: what each does and measures.
+//! - `scenario`: one file per scenario (`fanout`, `saturate`, `idle`, and `compare`
+//!   for two servers), the load fanout and saturate share, and what all share.
 //! - `target`: the server under test as a child process, signed into through the
 //!   testkit's fake WCA; the HTTP calls.
 //! - `load`: sender and viewer sockets on a few client threads, and their counters.

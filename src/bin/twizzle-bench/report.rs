@@ -58,6 +58,11 @@ impl Figures {
         });
     }
 
+    /// Adds a figure that counts something: no unit, no decimals.
+    pub fn add_count(&mut self, key: &'static str, label: &'static str, n: u64) {
+        self.add(key, label, Some(n as f64), "", 0);
+    }
+
     /// The value of the figure `key`, if present and measured.
     pub fn get(&self, key: &str) -> Option<f64> {
         self.rows
