@@ -2,6 +2,7 @@
 //! awc's HTTP and WebSocket client.
 
 mod deploy;
+mod disk;
 mod helpers;
 mod http;
 mod limits;
