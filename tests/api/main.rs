@@ -6,6 +6,7 @@ mod disk;
 mod helpers;
 mod http;
 mod limits;
+mod logs;
 mod restart;
 mod sign_in;
 mod sockets;

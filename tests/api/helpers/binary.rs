@@ -82,6 +82,23 @@ fn forward_lines(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {
     });
 }
 
+/// Every line left in `logs` once the process that writes them has exited
+/// (its output is closed), within the wait bound.
+pub fn rest_of(logs: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match logs.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return lines,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the binary's output was not closed within {WAIT:?}")
+            }
+        }
+    }
+}
+
 /// Fails the test if `token` appears in full in a log line; the message
 /// names neither the token nor the line.
 pub fn assert_no_token_in(logs: &[String], token: &str) {
