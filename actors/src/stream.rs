@@ -442,10 +442,12 @@ impl Handler<Publish> for StreamActor {
         if !from_sender || !self.replay.accept(&msg.event) {
             return;
         }
-        self.fan_out(msg.socket, &msg.event.text, ctx);
-        // A failed append has been logged by the recording; the event is
-        // relayed and in the replay all the same.
+        // Recorded before it is relayed: an event any socket saw is in the
+        // kernel, so a viewer's replay after a `kill -9` is never older
+        // than what it was shown. A failed append has been logged by the
+        // recording; the event is relayed and in the replay all the same.
         let _ = self.recording.append(&msg.event.text);
+        self.fan_out(msg.socket, &msg.event.text, ctx);
     }
 }
 

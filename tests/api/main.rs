@@ -2,9 +2,11 @@
 //! awc's HTTP and WebSocket client.
 
 mod deploy;
+mod disk;
 mod helpers;
 mod http;
 mod limits;
+mod logs;
 mod restart;
 mod sign_in;
 mod sockets;

@@ -9,6 +9,10 @@
 //! and then; a restored stream reads it and only the lines after it, not
 //! the whole recording. A torn last line (from a crash in the middle of a
 //! write) is cut when the recording is opened.
+//!
+//! A full or read-only disk does not cost a restored stream its replay: the
+//! recording is read all the same, and appends fail (the stream goes on
+//! unrecorded) until the disk takes writes again.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
@@ -39,8 +43,12 @@ pub struct LocalRecording {
     path: PathBuf,
     /// `{id}.snapshot`.
     snapshot_path: PathBuf,
-    /// Open for appending once [`RecordingStore::open`] ran.
+    /// Open for appending once [`RecordingStore::open`] ran, unless the
+    /// disk was read-only then.
     file: Option<File>,
+    /// [`RecordingStore::open`] ran: while `file` is `None`, each append
+    /// tries to open the file.
+    opened: bool,
     /// The length of the recording's whole lines: where the next line goes,
     /// and what a failed write is cut back to.
     len: u64,
@@ -56,6 +64,7 @@ impl LocalRecording {
             path: dir.join(format!("{id}.log")),
             snapshot_path: dir.join(format!("{id}.snapshot")),
             file: None,
+            opened: false,
             len: 0,
             failing: false,
         }
@@ -80,11 +89,22 @@ impl LocalRecording {
     /// lines after it, or (a recording kept before snapshots existed) from
     /// every line once, after which a snapshot is written.
     fn restore(&mut self) -> io::Result<Replay> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
+        let (mut file, writable) = match open_for_append(&self.path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => {
+                log::warn!(
+                    "stream {}: recording read-only until the disk takes writes",
+                    self.id
+                );
+                self.opened = true;
+                match File::open(&self.path) {
+                    Ok(file) => (file, false),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replay::default()),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let end = file.seek(SeekFrom::End(0))?;
         let checkpoint = self.read_checkpoint().filter(|c| c.bytes <= end);
         let had_checkpoint = checkpoint.is_some();
@@ -93,17 +113,24 @@ impl LocalRecording {
             None => (Replay::default(), 0),
         };
         let whole = scan(&mut file, from, &mut replay)?;
-        if whole < end {
+        if whole < end && writable {
             log::warn!(
                 "stream {}: cutting a torn last line off its recording",
                 self.id
             );
             file.set_len(whole)?;
         }
-        self.file = Some(file);
+        // On a read-only disk a torn last line stays until the first
+        // append, which cuts the file back to `len` when it opens it.
+        self.file = writable.then_some(file);
+        self.opened = true;
         self.len = whole;
         if !had_checkpoint && whole > 0 {
-            self.write_checkpoint(&replay.snapshot())?;
+            if let Err(e) = self.write_checkpoint(&replay.snapshot()) {
+                // The replay is whole without it; the next start reads
+                // the whole recording again.
+                log::warn!("stream {}: cannot write its snapshot: {e}", self.id);
+            }
         }
         Ok(replay)
     }
@@ -121,6 +148,15 @@ impl LocalRecording {
         }
         written
     }
+}
+
+/// Opens (or creates) the recording at `path` for reading and appending.
+fn open_for_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
 }
 
 /// Applies every whole line of `file` from byte `from` to `replay`; returns
@@ -152,6 +188,21 @@ impl RecordingStore for LocalRecording {
     }
 
     fn append(&mut self, text: &str) -> Result<(), StoreError> {
+        if self.file.is_none() && self.opened {
+            // Opened on a read-only disk: it may take writes by now.
+            match open_for_append(&self.path).and_then(|file| {
+                file.set_len(self.len)?;
+                Ok(file)
+            }) {
+                Ok(file) => self.file = Some(file),
+                Err(e) => {
+                    if !std::mem::replace(&mut self.failing, true) {
+                        log::error!("stream {}: recording failed: {e}", self.id);
+                    }
+                    return Err(StoreError::from(e));
+                }
+            }
+        }
         let Some(file) = self.file.as_mut() else {
             return Err(StoreError::Failed("the recording is not open".to_owned()));
         };

@@ -124,10 +124,21 @@ impl TestApp {
 
     /// The claim token from the sign-in redirect for `code`.
     pub async fn callback(&self, code: &str) -> String {
+        match self.try_callback(code).await {
+            Ok(claim) => claim,
+            Err(answer) => panic!("callback answered {} {}", answer.status, answer.body),
+        }
+    }
+
+    /// The claim token from the sign-in redirect for `code`, or the answer
+    /// if it was not a redirect.
+    pub async fn try_callback(&self, code: &str) -> Result<String, Answer> {
         let answer = self
             .get(&format!("/v0/auth/wca/oauth_callback?code={code}"))
             .await;
-        assert_eq!(answer.status, 302, "callback answered {}", answer.body);
+        if answer.status != 302 {
+            return Err(answer);
+        }
         let location = answer
             .headers
             .get("location")
@@ -139,7 +150,21 @@ impl TestApp {
             .split("claimToken=")
             .nth(1)
             .expect("claimToken in the redirect");
-        claim.split(['&', '#']).next().unwrap().to_owned()
+        Ok(claim.split(['&', '#']).next().unwrap().to_owned())
+    }
+
+    /// Redeems `claim`: the access token and user info, or the answer if it
+    /// was not a 200.
+    pub async fn try_claim(&self, claim: &str) -> Result<(String, Value), Answer> {
+        let answer = self.post(&format!("/v0/claim?claimToken={claim}")).await;
+        if answer.status != 200 {
+            return Err(answer);
+        }
+        let token = answer.body["twizzleAccessToken"]
+            .as_str()
+            .expect("an access token")
+            .to_owned();
+        Ok((token, answer.body["userInfo"].clone()))
     }
 
     /// Signs in as a user with this WCA account number; returns the access token and user info.
@@ -155,13 +180,10 @@ impl TestApp {
             name: name.to_owned(),
         });
         let claim = self.callback(&code).await;
-        let answer = self.post(&format!("/v0/claim?claimToken={claim}")).await;
-        assert_eq!(answer.status, 200, "claim answered {}", answer.body);
-        let token = answer.body["twizzleAccessToken"]
-            .as_str()
-            .expect("an access token")
-            .to_owned();
-        (token, answer.body["userInfo"].clone())
+        match self.try_claim(&claim).await {
+            Ok(claimed) => claimed,
+            Err(answer) => panic!("claim answered {} {}", answer.status, answer.body),
+        }
     }
 
     /// Creates a stream; returns its ID.

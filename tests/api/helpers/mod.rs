@@ -3,18 +3,21 @@
 //! test talks to it with.
 //!
 //! - `app.rs`: the settings, starting the server, its HTTP calls, sign-in.
+//! - `binary.rs`: the real binary as a child process, and its log lines.
 //! - `ws.rs`: awc's WebSocket client, with a bounded wait for each frame.
 //! - `raw.rs`: sockets on plain TCP that misbehave on purpose.
 //! - `events.rs`: the events a test sends.
 
 mod app;
+mod binary;
 mod events;
 mod raw;
 mod ws;
 
 use std::time::Duration;
 
-pub use app::{spawn_app, spawn_app_in, spawn_app_with, TestApp};
+pub use app::{spawn_app, spawn_app_in, spawn_app_with, Answer, TestApp};
+pub use binary::{assert_no_token_in, rest_of, start_binary, start_binary_with, KillOnDrop};
 pub use events::{move_event, orientation_event, reset_event};
 pub use raw::{raw_upgrade, RawSocket};
 pub use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
