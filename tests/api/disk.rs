@@ -9,12 +9,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use twizzle_api_server::testkit::Tmpfs;
 
 use crate::helpers::*;
 
@@ -26,70 +27,12 @@ const CHUNK: usize = 60 * 1024;
 /// before one needs a page of its own.
 const SLACK_WRITES: usize = 80;
 
-/// A 2 MiB tmpfs mounted on a fresh temporary directory, unmounted on drop.
-struct Tmpfs {
-    dir: Arc<TempDir>,
-}
+/// The size of the tmpfs the tests run the server's data directory on.
+const DISK_SIZE: &str = "2m";
 
-impl Tmpfs {
-    /// The mounted tmpfs, or `None` (after saying why) where mounting is not
-    /// allowed; on CI a failed mount fails the test.
-    fn mount() -> Option<Tmpfs> {
-        let dir = Arc::new(TempDir::new("disk"));
-        let why = match Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-            .arg(dir.path())
-            .output()
-        {
-            Ok(out) if out.status.success() => return Some(Tmpfs { dir }),
-            Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
-            Err(e) => e.to_string(),
-        };
-        if std::env::var_os("CI").is_some() {
-            panic!("cannot mount a tmpfs: {why}");
-        }
-        eprintln!("skipping: cannot mount a tmpfs: {why}");
-        None
-    }
-
-    /// The server's data directory on it.
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// Remounts it `ro` or `rw`; `ro` needs every file on it closed for writing.
-    fn remount(&self, mode: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "remount,{mode}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let umount = |lazy: bool| {
-            let mut command = Command::new("umount");
-            if lazy {
-                // Still busy (a process that outlived its test): detach it
-                // now, the kernel frees it once the last file is closed.
-                command.arg("-l");
-            }
-            command
-                .arg(self.dir.path())
-                .output()
-                .is_ok_and(|out| out.status.success())
-        };
-        if !umount(false) && !umount(true) {
-            eprintln!("cannot unmount {}", self.dir.path().display());
-        }
-    }
+/// The server's data directory on the tmpfs.
+fn data_dir(disk: &Tmpfs) -> PathBuf {
+    disk.path().join("data")
 }
 
 /// A file that takes up the disk's free space, and gives it back.
@@ -103,7 +46,7 @@ struct Filler {
 impl Filler {
     fn new(disk: &Tmpfs) -> Filler {
         Filler {
-            path: disk.dir.path().join("filler"),
+            path: disk.path().join("filler"),
             file: None,
             full: false,
         }
@@ -148,12 +91,13 @@ impl Filler {
 /// The binary on the tmpfs, attached; as many streams per user as the
 /// tests create.
 fn start(disk: &Tmpfs, wca: FakeWca) -> (KillOnDrop, TestApp, mpsc::Receiver<String>) {
-    let (child, port, logs) = start_binary_with(&disk.data_dir(), wca.origin(), |command| {
+    let (child, port, logs) = start_binary_with(&data_dir(disk), wca.origin(), |command| {
         command.env("TWIZZLE_MAX_STREAMS_PER_USER", "1000");
     });
     (
         child,
-        TestApp::attach(Arc::clone(&disk.dir), wca, port),
+        // The data directory is the tmpfs's; this one only has to outlive the app.
+        TestApp::attach(Arc::new(TempDir::new("disk-app")), wca, port),
         logs,
     )
 }
@@ -197,7 +141,7 @@ fn assert_storage(answer: &Answer, message: &str) {
 /// Every line of the journal `name` in the data directory is whole JSON:
 /// nothing torn, nothing glued to another line. Returns how many there are.
 fn assert_whole_lines(disk: &Tmpfs, name: &str) -> usize {
-    let text = std::fs::read_to_string(disk.data_dir().join(name)).unwrap();
+    let text = std::fs::read_to_string(data_dir(disk).join(name)).unwrap();
     assert!(
         text.is_empty() || text.ends_with('\n'),
         "{name} ends in a torn line"
@@ -299,7 +243,9 @@ async fn check_reads_work(
 /// works, and every line of the users' journal is whole.
 #[actix_web::test]
 async fn a_disk_filling_up_during_sign_ins_loses_no_token() {
-    let Some(disk) = Tmpfs::mount() else { return };
+    let Some(disk) = Tmpfs::mount("disk", DISK_SIZE) else {
+        return;
+    };
     let mut filler = Filler::new(&disk);
     let (mut child, app, first_logs) = start(&disk, FakeWca::start());
 
@@ -378,7 +324,9 @@ async fn a_disk_filling_up_during_sign_ins_loses_no_token() {
 /// `storage full` until the disk has room, then work without a restart.
 #[actix_web::test]
 async fn a_start_on_a_full_disk_serves_and_recovers() {
-    let Some(disk) = Tmpfs::mount() else { return };
+    let Some(disk) = Tmpfs::mount("disk", DISK_SIZE) else {
+        return;
+    };
     let mut filler = Filler::new(&disk);
     let (mut child, app, _logs) = start(&disk, FakeWca::start());
     let (token, info) = app.sign_in(1, Some("2001FULL01"), "Full Disk").await;
@@ -449,7 +397,9 @@ async fn a_start_on_a_full_disk_serves_and_recovers() {
 /// and survive the next one.
 #[actix_web::test]
 async fn a_start_on_a_read_only_disk_serves_and_recovers() {
-    let Some(disk) = Tmpfs::mount() else { return };
+    let Some(disk) = Tmpfs::mount("disk", DISK_SIZE) else {
+        return;
+    };
     let (mut child, app, _logs) = start(&disk, FakeWca::start());
     let (token, info) = app.sign_in(1, Some("2001READ01"), "Read Only").await;
     let (other, _) = app.sign_in(2, None, "Other").await;

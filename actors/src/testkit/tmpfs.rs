@@ -93,14 +93,20 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        match Command::new("umount").arg(self.path()).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "umount {}: {}",
-                self.path().display(),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("umount {}: {e}", self.path().display()),
+        let umount = |lazy: bool| {
+            let mut command = Command::new("umount");
+            if lazy {
+                // Still busy (a process that outlived its test): detach it
+                // now; the kernel frees it once the last file is closed.
+                command.arg("-l");
+            }
+            command
+                .arg(self.path())
+                .output()
+                .is_ok_and(|out| out.status.success())
+        };
+        if !umount(false) && !umount(true) {
+            eprintln!("cannot unmount {}", self.path().display());
         }
     }
 }
