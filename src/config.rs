@@ -56,9 +56,10 @@ pub struct WcaSettings {
 pub struct Limits {
     /// Largest WebSocket frame accepted; a larger one closes the socket with 1009.
     pub max_frame_bytes: usize,
-    /// Events per second one sender socket may keep up.
+    /// Events per second one sender may keep up on one stream, over all
+    /// its sockets there.
     pub sender_events_per_sec: f64,
-    /// Events one sender socket may send in a burst.
+    /// Events one sender may send in a burst on one stream.
     pub sender_event_burst: f64,
     /// Unsent events queued for one socket before it is dropped.
     pub max_queued_events: usize,
@@ -66,6 +67,13 @@ pub struct Limits {
     pub max_streams_per_user: usize,
     /// Open sockets over the whole server.
     pub max_sockets: usize,
+    /// Sender sockets one stream takes at once.
+    pub max_sender_sockets_per_stream: usize,
+    /// Bytes one stream's recording may grow to; past it the stream goes on
+    /// unrecorded (its replay is still kept).
+    pub max_recording_bytes: u64,
+    /// How long the recordings of ended streams are kept; zero keeps none.
+    pub recording_retention: Duration,
 }
 
 impl Limits {
@@ -246,8 +254,8 @@ pub const HEARTBEAT_SECS: Setting = Setting {
 pub const MAX_FRAME_BYTES: Setting = Setting {
     flag: "max-frame-bytes",
     var: "TWIZZLE_MAX_FRAME_BYTES",
-    dev: "65536",
-    prod: "65536",
+    dev: "8192",
+    prod: "8192",
     help: "largest WebSocket frame (close 1009 above)",
 };
 
@@ -257,7 +265,7 @@ pub const SENDER_EVENTS_PER_SEC: Setting = Setting {
     var: "TWIZZLE_SENDER_EVENTS_PER_SEC",
     dev: "200",
     prod: "200",
-    help: "events per second a sender socket may keep up",
+    help: "events per second one sender may keep up on one stream, over all its sockets",
 };
 
 /// The events a sender socket may send in a burst.
@@ -266,7 +274,7 @@ pub const SENDER_EVENT_BURST: Setting = Setting {
     var: "TWIZZLE_SENDER_EVENT_BURST",
     dev: "400",
     prod: "400",
-    help: "events a sender socket may send in a burst",
+    help: "events one sender may send in a burst on one stream",
 };
 
 /// The unsent events queued for one socket before it is dropped.
@@ -296,6 +304,33 @@ pub const MAX_SOCKETS: Setting = Setting {
     help: "open sockets in all (503 above)",
 };
 
+/// Sender sockets one stream takes at once.
+pub const MAX_SENDER_SOCKETS_PER_STREAM: Setting = Setting {
+    flag: "max-sender-sockets-per-stream",
+    var: "TWIZZLE_MAX_SENDER_SOCKETS_PER_STREAM",
+    dev: "4",
+    prod: "4",
+    help: "sender sockets one stream takes at once (429 above)",
+};
+
+/// Bytes one stream's recording may grow to.
+pub const MAX_RECORDING_BYTES: Setting = Setting {
+    flag: "max-recording-bytes",
+    var: "TWIZZLE_MAX_RECORDING_BYTES",
+    dev: "67108864",
+    prod: "67108864",
+    help: "bytes recorded for one stream; past it the stream goes on unrecorded",
+};
+
+/// How long the recordings of ended streams are kept.
+pub const RECORDING_RETENTION_DAYS: Setting = Setting {
+    flag: "recording-retention-days",
+    var: "TWIZZLE_RECORDING_RETENTION_DAYS",
+    dev: "30",
+    prod: "30",
+    help: "days the recordings of ended streams are kept (0: none past the end)",
+};
+
 /// Every setting, in the order `--help` lists them; the flags a command line may use.
 pub const ALL: &[&Setting] = &[
     &BIND,
@@ -315,6 +350,9 @@ pub const ALL: &[&Setting] = &[
     &MAX_QUEUED_EVENTS,
     &MAX_STREAMS_PER_USER,
     &MAX_SOCKETS,
+    &MAX_SENDER_SOCKETS_PER_STREAM,
+    &MAX_RECORDING_BYTES,
+    &RECORDING_RETENTION_DAYS,
 ];
 
 /// The `--help` text.
@@ -469,6 +507,11 @@ impl Settings {
                 max_queued_events: get(&MAX_QUEUED_EVENTS).count()?,
                 max_streams_per_user: get(&MAX_STREAMS_PER_USER).count()?,
                 max_sockets: get(&MAX_SOCKETS).count()?,
+                max_sender_sockets_per_stream: get(&MAX_SENDER_SOCKETS_PER_STREAM).count()?,
+                max_recording_bytes: get(&MAX_RECORDING_BYTES).count()? as u64,
+                recording_retention: Duration::from_secs(
+                    (get(&RECORDING_RETENTION_DAYS).whole()? as u64).saturating_mul(86_400),
+                ),
             },
         })
     }
@@ -497,6 +540,15 @@ impl Value {
         Duration::try_from_secs_f64(secs).map_err(|_| {
             ConfigError(format!(
                 "--{}: {:?} is too long",
+                self.setting.flag, self.text
+            ))
+        })
+    }
+
+    fn whole(&self) -> Result<usize, ConfigError> {
+        self.text.trim().parse::<usize>().map_err(|_| {
+            ConfigError(format!(
+                "--{}: expected a whole number, got {:?}",
                 self.setting.flag, self.text
             ))
         })

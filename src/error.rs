@@ -25,6 +25,11 @@ pub enum ApiError {
         /// The limit in force.
         limit: usize,
     },
+    /// The stream has the most sender sockets allowed.
+    TooManySenderSockets {
+        /// The limit in force.
+        limit: usize,
+    },
     /// The server holds the most open sockets allowed.
     TooManySockets {
         /// The limit in force.
@@ -64,6 +69,9 @@ impl ApiError {
             ApiError::NotAnUpgrade => "this endpoint expects a WebSocket upgrade".to_owned(),
             ApiError::TooManyStreams { limit } => {
                 format!("too many open streams (at most {limit} per user)")
+            }
+            ApiError::TooManySenderSockets { limit } => {
+                format!("too many sender sockets on this stream (at most {limit})")
             }
             ApiError::TooManySockets { limit } => {
                 format!("too many open sockets (at most {limit})")
@@ -110,7 +118,9 @@ impl ResponseError for ApiError {
             | ApiError::MissingCode
             | ApiError::MissingClaimToken
             | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
-            ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyStreams { .. } | ApiError::TooManySenderSockets { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::TooManySockets { .. }
             | ApiError::SignInNotConfigured
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -145,6 +155,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::UnknownStream => ApiError::UnknownStream,
             RegistryError::TooManyStreams { limit } => ApiError::TooManyStreams { limit },
             RegistryError::TooManySockets { limit } => ApiError::TooManySockets { limit },
+            RegistryError::TooManySenderSockets { limit } => {
+                ApiError::TooManySenderSockets { limit }
+            }
             RegistryError::ShuttingDown => ApiError::ShuttingDown,
             RegistryError::Storage(e) => ApiError::Storage(e),
         }

@@ -221,9 +221,9 @@ async fn socket(
     answer
 }
 
-/// Admits the socket (the registry is asked once), then finds its user,
-/// then upgrades. A refusal after admission drops the ticket, which frees
-/// the slot again.
+/// Finds the socket's user, admits the socket (the registry is asked
+/// once), then upgrades. A refusal after admission drops the ticket, which
+/// frees the slot again.
 async fn open_socket(
     req: &HttpRequest,
     payload: web::Payload,
@@ -231,21 +231,21 @@ async fn open_socket(
     query: &TokenQuery,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let admission = state.registry.send(OpenSocket { stream_id }).await??;
     let user_id = match access_token(req, query) {
         Some(token) => Some(authenticate(state, token).await?.id),
         None => None,
     };
+    let admission = state
+        .registry
+        .send(OpenSocket { stream_id, user_id })
+        .await??;
     ws::handshake(req).map_err(|_| ApiError::NotAnUpgrade)?;
     let limits = &state.settings.limits;
     let inflow = Inflow::new(limits.max_frame_bytes);
     let session = WsSession::new(SessionSetup {
         admission,
-        user_id,
         heartbeat: state.settings.heartbeat,
         mailbox_capacity: limits.mailbox_capacity(),
-        events_per_sec: limits.sender_events_per_sec,
-        event_burst: limits.sender_event_burst,
         cutoff: req
             .conn_data::<ConnectionFd>()
             .map(|fd| Arc::new(Cutoff::new(fd.0))),

@@ -17,9 +17,8 @@ use actix_http::ws::Item;
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use twizzle_actors::admission::Admission;
 use twizzle_actors::close::{self, Close};
-use twizzle_actors::event::parse_event;
+use twizzle_actors::event::{error_frame, parse_event};
 use twizzle_actors::ids::UserId;
-use twizzle_actors::rate::TokenBucket;
 use twizzle_actors::stream::{Disconnect, Joined, Outbound, Publish};
 
 use crate::connection::Cutoff;
@@ -32,17 +31,11 @@ pub const SILENT_INTERVALS: u32 = 3;
 pub struct SessionSetup {
     /// The socket's ticket: its stream, its slot, its number there.
     pub admission: Admission,
-    /// The signed-in user, if the socket came with an access token.
-    pub user_id: Option<UserId>,
     /// How often to ping.
     pub heartbeat: Duration,
     /// Mailbox capacity: unsent events queued before the stream drops the
     /// socket (see `Limits::mailbox_capacity`).
     pub mailbox_capacity: usize,
-    /// Sustained events per second a sender may send.
-    pub events_per_sec: f64,
-    /// Events a sender may send in a burst.
-    pub event_burst: f64,
     /// Cuts the connection if the client stops reading; `None` if unknown.
     pub cutoff: Option<Arc<Cutoff>>,
     /// Told of every frame processed, so the connection reads on.
@@ -54,8 +47,6 @@ pub struct WsSession {
     /// The socket's ticket; dropped with the session, which frees the slot
     /// and takes the socket out of its stream.
     admission: Admission,
-    /// The signed-in user, if any.
-    user_id: Option<UserId>,
     /// Set once the stream has taken the socket in.
     joined: Option<Joined>,
     /// When the client was last heard from (any frame, pongs included).
@@ -64,8 +55,6 @@ pub struct WsSession {
     heartbeat: Duration,
     /// Unsent events queued before the stream drops the socket.
     mailbox_capacity: usize,
-    /// Limits a sender's events.
-    rate: TokenBucket,
     /// Lets the stream cut the connection; forgotten when the session goes.
     cutoff: Option<Arc<Cutoff>>,
     /// Told of every frame processed, so the connection reads on.
@@ -77,12 +66,10 @@ impl WsSession {
     pub fn new(setup: SessionSetup) -> WsSession {
         WsSession {
             admission: setup.admission,
-            user_id: setup.user_id,
             joined: None,
             last_heard: Instant::now(),
             heartbeat: setup.heartbeat,
             mailbox_capacity: setup.mailbox_capacity,
-            rate: TokenBucket::new(setup.events_per_sec, setup.event_burst, Instant::now()),
             cutoff: setup.cutoff,
             inflow: setup.inflow,
         }
@@ -127,14 +114,12 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
 
 impl WsSession {
     /// A data frame arrived: a viewer may not send; a sender's frame is
-    /// checked (rate, then shape) and published.
+    /// checked and published (its stream holds the sender to its rate,
+    /// over all of the sender's sockets there).
     fn on_data(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: Result<&str, &'static str>) {
         let Some(joined) = self.joined else { return };
         if !joined.sender {
             return close_with(ctx, close::NOT_PERMITTED);
-        }
-        if !self.rate.take(Instant::now()) {
-            return send_error(ctx, "rate limit exceeded");
         }
         let text = match text {
             Ok(text) => text,
@@ -189,8 +174,7 @@ fn close_with(ctx: &mut ws::WebsocketContext<WsSession>, close: Close) {
 
 /// Answers a sender's refused frame with an error frame; the socket stays open.
 fn send_error(ctx: &mut ws::WebsocketContext<WsSession>, message: &str) {
-    let frame = serde_json::json!({"event": "error", "data": {"message": message}});
-    ctx.text(frame.to_string());
+    ctx.text(error_frame(message));
 }
 
 impl WsSession {
@@ -224,9 +208,7 @@ impl WsSession {
             .cutoff
             .clone()
             .map(|cutoff| cutoff as Arc<dyn Disconnect>);
-        let join = self
-            .admission
-            .join(ctx.address().recipient(), self.user_id.clone(), disconnect);
+        let join = self.admission.join(ctx.address().recipient(), disconnect);
         let joining = self.admission.stream().send(join);
         ctx.wait(joining.into_actor(self).map(|answer, session, ctx| {
             match answer {
@@ -236,7 +218,10 @@ impl WsSession {
                         "stream {}: {} connected ({})",
                         session.admission.stream_id(),
                         session.role(),
-                        session.user_id.as_ref().map_or("anonymous", UserId::as_str)
+                        session
+                            .admission
+                            .user_id()
+                            .map_or("anonymous", UserId::as_str)
                     );
                 }
                 Ok(Err(refused)) => close_with(ctx, refused.close),

@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use twizzle_actors::ids;
 use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
 use twizzle_actors::store::Stores;
+use twizzle_actors::stream::StreamLimits;
 use twizzle_actors::tokens::TokenActor;
 
 use crate::config::Settings;
@@ -109,6 +110,12 @@ impl Actors {
                 idle_timeout: settings.stream_idle_timeout,
                 max_streams_per_user: settings.limits.max_streams_per_user,
                 max_sockets: settings.limits.max_sockets,
+                max_sender_sockets_per_stream: settings.limits.max_sender_sockets_per_stream,
+                stream_limits: StreamLimits {
+                    events_per_sec: settings.limits.sender_events_per_sec,
+                    event_burst: settings.limits.sender_event_burst,
+                    max_recording_bytes: settings.limits.max_recording_bytes,
+                },
             },
             streams,
             stream_arbiters.iter().map(Arbiter::handle).collect(),

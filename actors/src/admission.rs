@@ -17,7 +17,12 @@ use crate::stream::{Disconnect, Join, Leave, Outbound, SocketId, StreamActor};
 /// A socket admitted by the registry has gone; its slot is free.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SocketClosed;
+pub struct SocketClosed {
+    /// The stream it was admitted to.
+    pub stream_id: StreamId,
+    /// Whether it was admitted as a sender (and so held a sender slot).
+    pub sender: bool,
+}
 
 /// One admitted socket: its stream and its number there. Not `Clone`: one
 /// ticket, one slot.
@@ -28,6 +33,10 @@ pub struct Admission {
     stream_id: StreamId,
     /// The socket's number, which the stream knows it by.
     socket: SocketId,
+    /// The socket's signed-in user, if any.
+    user_id: Option<UserId>,
+    /// Whether it holds one of the stream's sender slots.
+    sender: bool,
     /// Told when the ticket is dropped.
     registry: Recipient<SocketClosed>,
 }
@@ -38,12 +47,16 @@ impl Admission {
         stream: Addr<StreamActor>,
         stream_id: StreamId,
         socket: SocketId,
+        user_id: Option<UserId>,
+        sender: bool,
         registry: Recipient<SocketClosed>,
     ) -> Admission {
         Admission {
             stream,
             stream_id,
             socket,
+            user_id,
+            sender,
             registry,
         }
     }
@@ -63,17 +76,26 @@ impl Admission {
         self.socket
     }
 
+    /// The socket's signed-in user, if any.
+    pub fn user_id(&self) -> Option<&UserId> {
+        self.user_id.as_ref()
+    }
+
+    /// Whether the socket was admitted as one of the stream's senders.
+    pub fn sender(&self) -> bool {
+        self.sender
+    }
+
     /// The `Join` that takes this socket into its stream.
     pub fn join(
         &self,
         outbox: Recipient<Outbound>,
-        user_id: Option<UserId>,
         disconnect: Option<Arc<dyn Disconnect>>,
     ) -> Join {
         Join {
             socket: self.socket,
             outbox,
-            user_id,
+            user_id: self.user_id.clone(),
             disconnect,
         }
     }
@@ -87,6 +109,9 @@ impl Drop for Admission {
         self.stream.do_send(Leave {
             socket: self.socket,
         });
-        self.registry.do_send(SocketClosed);
+        self.registry.do_send(SocketClosed {
+            stream_id: self.stream_id.clone(),
+            sender: self.sender,
+        });
     }
 }

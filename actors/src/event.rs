@@ -34,6 +34,13 @@ pub struct Event {
 /// Why a frame was refused: the message of the error frame the sender gets.
 pub type Refusal = String;
 
+/// The error frame a sender gets for a refused frame:
+/// `{"event":"error","data":{"message":…}}`.
+pub fn error_frame(message: &str) -> ByteString {
+    let frame = serde_json::json!({"event": "error", "data": {"message": message}});
+    ByteString::from(frame.to_string())
+}
+
 /// Parses and checks one text frame from a sender.
 pub fn parse_event(frame: &str) -> Result<Event, Refusal> {
     let value: Value =

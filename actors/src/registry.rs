@@ -17,7 +17,7 @@ use crate::close;
 use crate::ids::{StreamId, UserId};
 use crate::store::journal::epoch_ms;
 use crate::store::{StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore};
-use crate::stream::{EndStream, SocketId, StreamActor, StreamNotice, StreamSetup};
+use crate::stream::{EndStream, SocketId, StreamActor, StreamLimits, StreamNotice, StreamSetup};
 
 /// How the registry runs its streams.
 #[derive(Debug, Clone)]
@@ -28,6 +28,10 @@ pub struct RegistrySettings {
     pub max_streams_per_user: usize,
     /// Open sockets over all streams.
     pub max_sockets: usize,
+    /// Sender sockets one stream takes at once.
+    pub max_sender_sockets_per_stream: usize,
+    /// What each stream holds its senders and recording to.
+    pub stream_limits: StreamLimits,
 }
 
 /// A stream as listed: its ID and permitted senders.
@@ -46,6 +50,11 @@ pub enum RegistryError {
     UnknownStream,
     /// The user already has this many open streams.
     TooManyStreams {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The stream has this many sender sockets already.
+    TooManySenderSockets {
         /// The limit in force.
         limit: usize,
     },
@@ -88,6 +97,9 @@ pub struct FindStream {
 pub struct OpenSocket {
     /// The stream the socket is for.
     pub stream_id: StreamId,
+    /// The signed-in user of the socket, if any: a sender if the stream
+    /// lets them send.
+    pub user_id: Option<UserId>,
 }
 
 /// How many sockets hold a ticket now.
@@ -110,6 +122,8 @@ struct Entry {
     senders: Vec<UserId>,
     /// Creation order, for a stable listing.
     seq: u64,
+    /// Sender sockets admitted and not yet closed.
+    sender_sockets: usize,
 }
 
 /// Creates, lists and finds streams; admits sockets.
@@ -183,6 +197,7 @@ impl Registry {
             senders: senders.clone(),
             idle_timeout: self.settings.idle_timeout,
             recording: self.store.recording(&id),
+            limits: self.settings.stream_limits,
             registry: Some(ctx.address().recipient()),
             idle_since: Some(UNIX_EPOCH + Duration::from_millis(idle_since_ms)),
         };
@@ -197,6 +212,7 @@ impl Registry {
             addr,
             senders,
             seq: self.next_seq,
+            sender_sockets: 0,
         };
         self.next_seq += 1;
         let summary = Self::summary(&id, &entry);
@@ -355,11 +371,22 @@ impl Handler<OpenSocket> for Registry {
         }
         let entry = self
             .streams
-            .get(&msg.stream_id)
+            .get_mut(&msg.stream_id)
             .ok_or(RegistryError::UnknownStream)?;
         let limit = self.settings.max_sockets;
         if self.sockets >= limit {
             return Err(RegistryError::TooManySockets { limit });
+        }
+        let sender = msg
+            .user_id
+            .as_ref()
+            .is_some_and(|user| entry.senders.contains(user));
+        if sender {
+            let limit = self.settings.max_sender_sockets_per_stream;
+            if entry.sender_sockets >= limit {
+                return Err(RegistryError::TooManySenderSockets { limit });
+            }
+            entry.sender_sockets += 1;
         }
         self.sockets += 1;
         let socket = self.next_socket;
@@ -368,6 +395,8 @@ impl Handler<OpenSocket> for Registry {
             entry.addr.clone(),
             msg.stream_id,
             socket,
+            msg.user_id,
+            sender,
             ctx.address().recipient(),
         ))
     }
@@ -384,8 +413,13 @@ impl Handler<CountSockets> for Registry {
 impl Handler<SocketClosed> for Registry {
     type Result = ();
 
-    fn handle(&mut self, _: SocketClosed, _: &mut Self::Context) {
+    fn handle(&mut self, msg: SocketClosed, _: &mut Self::Context) {
         self.sockets = self.sockets.saturating_sub(1);
+        if msg.sender {
+            if let Some(entry) = self.streams.get_mut(&msg.stream_id) {
+                entry.sender_sockets = entry.sender_sockets.saturating_sub(1);
+            }
+        }
     }
 }
 

@@ -9,14 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::close::{self, Close};
-use crate::event::Event;
+use crate::event::{error_frame, Event};
 use crate::ids::{StreamId, UserId};
+use crate::rate::TokenBucket;
 use crate::replay::Replay;
 use crate::store::RecordingStore;
 
@@ -25,6 +26,31 @@ pub const MAILBOX_CAPACITY: usize = 1024;
 /// How often a stream that accepted events keeps a snapshot of its replay,
 /// so that a restart reads at most this much of its recording.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a stream holds its senders and its recording to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamLimits {
+    /// Events per second one sender may keep up, over all its sockets on
+    /// the stream; the excess is dropped and answered `rate limit exceeded`.
+    pub events_per_sec: f64,
+    /// Events one sender may send in a burst.
+    pub event_burst: f64,
+    /// Bytes the recording may grow to; past it, events are relayed and
+    /// kept in the replay but no longer recorded.
+    pub max_recording_bytes: u64,
+}
+
+impl StreamLimits {
+    /// No rate limit and no recording quota: for tests of other things.
+    pub const NONE: StreamLimits = StreamLimits {
+        events_per_sec: f64::INFINITY,
+        event_burst: f64::INFINITY,
+        max_recording_bytes: u64::MAX,
+    };
+}
+
+/// The message of the error frame for an event over the sender's rate.
+pub const RATE_LIMITED: &str = "rate limit exceeded";
 
 /// Identifies a socket within the server; the registry hands them out.
 pub type SocketId = u64;
@@ -163,6 +189,8 @@ pub struct StreamSetup {
     pub idle_timeout: Duration,
     /// Where accepted events are kept, and the replay comes back from.
     pub recording: Box<dyn RecordingStore + Send>,
+    /// The senders' rate and the recording's quota.
+    pub limits: StreamLimits,
     /// Told when the stream goes idle or live, expires, and stops. Without
     /// one, the stream ends itself when its countdown runs out.
     pub registry: Option<Recipient<StreamNotice>>,
@@ -176,8 +204,8 @@ pub struct StreamSetup {
 struct Member {
     /// Where its events go.
     outbox: Recipient<Outbound>,
-    /// Whether it may send.
-    sender: bool,
+    /// The sender it belongs to; `None` for a viewer.
+    sender: Option<UserId>,
     /// Cuts its connection if it stops reading.
     disconnect: Option<Arc<dyn Disconnect>>,
 }
@@ -202,6 +230,16 @@ pub struct StreamActor {
     countdown: Option<SpawnHandle>,
     /// Where accepted events are kept.
     recording: Box<dyn RecordingStore + Send>,
+    /// The senders' rate and the recording's quota.
+    limits: StreamLimits,
+    /// Each sender's rate budget, shared by all its sockets here.
+    budgets: HashMap<UserId, TokenBucket>,
+    /// The error frame for an event over the rate, encoded once.
+    rate_limited: ByteString,
+    /// Set once the recording reached its quota: events are no longer
+    /// recorded, and the snapshot is kept after each one instead, so that
+    /// the replay still survives a crash.
+    recording_full: bool,
     /// Told when the stream goes idle or live, expires, and stops.
     registry: Option<Recipient<StreamNotice>>,
     /// Set once the stream is ending, to how its sockets are closed: it
@@ -224,6 +262,10 @@ impl StreamActor {
             idle_timeout: setup.idle_timeout,
             countdown: None,
             recording: setup.recording,
+            limits: setup.limits,
+            budgets: HashMap::new(),
+            rate_limited: error_frame(RATE_LIMITED),
+            recording_full: false,
             registry: setup.registry,
             ending: None,
             idle_since: setup.idle_since,
@@ -279,7 +321,7 @@ impl StreamActor {
 
     fn remove(&mut self, socket: SocketId, ctx: &mut Context<Self>) -> Option<Member> {
         let member = self.members.remove(&socket)?;
-        if member.sender {
+        if member.sender.is_some() {
             self.connected_senders -= 1;
             if self.connected_senders == 0 && self.ending.is_none() {
                 let now = SystemTime::now();
@@ -389,11 +431,8 @@ impl Handler<Join> for StreamActor {
                 close: close::SERVER_RESTARTING,
             });
         }
-        let sender = msg
-            .user_id
-            .as_ref()
-            .is_some_and(|user| self.senders.contains(user));
-        if sender {
+        let sender = msg.user_id.filter(|user| self.senders.contains(user));
+        if sender.is_some() {
             self.connected_senders += 1;
             if let Some(countdown) = self.countdown.take() {
                 ctx.cancel_future(countdown);
@@ -418,7 +457,7 @@ impl Handler<Join> for StreamActor {
         );
         Ok(Joined {
             socket: msg.socket,
-            sender,
+            sender: self.members[&msg.socket].sender.is_some(),
         })
     }
 }
@@ -435,19 +474,52 @@ impl Handler<Publish> for StreamActor {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        let from_sender = self
-            .members
-            .get(&msg.socket)
-            .is_some_and(|member| member.sender);
-        if !from_sender || !self.replay.accept(&msg.event) {
+        let Some(member) = self.members.get(&msg.socket) else {
+            return;
+        };
+        let Some(user) = &member.sender else { return };
+        let limits = self.limits;
+        let budget = self.budgets.entry(user.clone()).or_insert_with(|| {
+            TokenBucket::new(limits.events_per_sec, limits.event_burst, Instant::now())
+        });
+        if !budget.take(Instant::now()) {
+            // One error frame per dropped event; a sender not reading its
+            // own socket loses them rather than growing its mailbox.
+            let _ = member
+                .outbox
+                .try_send(Outbound::Event(self.rate_limited.clone()));
+            return;
+        }
+        if !self.replay.accept(&msg.event) {
             return;
         }
         // Recorded before it is relayed: an event any socket saw is in the
         // kernel, so a viewer's replay after a `kill -9` is never older
-        // than what it was shown. A failed append has been logged by the
-        // recording; the event is relayed and in the replay all the same.
-        let _ = self.recording.append(&msg.event.text);
+        // than what it was shown.
+        self.record(&msg.event.text, ctx);
         self.fan_out(msg.socket, &msg.event.text, ctx);
+    }
+}
+
+impl StreamActor {
+    /// Hands an accepted event to the recording, within its quota. A failed
+    /// append has been logged by the recording; the event is relayed and in
+    /// the replay all the same.
+    fn record(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if !self.recording_full {
+            let line = text.len() as u64 + 1;
+            if self.recording.recorded_bytes().saturating_add(line) <= self.limits.max_recording_bytes {
+                let _ = self.recording.append(text);
+                return;
+            }
+            self.recording_full = true;
+            log::warn!(
+                "stream {}: recording stopped at its quota of {} bytes",
+                self.id,
+                self.limits.max_recording_bytes
+            );
+        }
+        self.checkpoint(ctx);
     }
 }
 

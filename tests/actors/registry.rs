@@ -13,7 +13,7 @@ use twizzle_actors::registry::{
 };
 use twizzle_actors::store::local::RECORDINGS_DIR;
 use twizzle_actors::store::{memory::MemoryStreams, Stores, StreamStore};
-use twizzle_actors::stream::StreamActor;
+use twizzle_actors::stream::{StreamActor, StreamLimits};
 
 use crate::support::*;
 
@@ -26,6 +26,8 @@ fn settings() -> RegistrySettings {
         idle_timeout: NEVER,
         max_streams_per_user: 10,
         max_sockets: 100,
+        max_sender_sockets_per_stream: 4,
+        stream_limits: StreamLimits::NONE,
     }
 }
 
@@ -77,6 +79,7 @@ async fn open_socket(
 ) -> Result<Admission, RegistryError> {
     let open = registry.send(OpenSocket {
         stream_id: stream_id.clone(),
+        user_id: None,
     });
     within("OpenSocket", open)
         .await

@@ -8,7 +8,7 @@ use actix::{Actor, Addr};
 use twizzle_actors::close;
 use twizzle_actors::store::recording::LocalRecording;
 use twizzle_actors::stream::{
-    Leave, Outbound, StreamActor, StreamNotice, StreamSetup, StreamStatus,
+    Leave, Outbound, StreamActor, StreamLimits, StreamNotice, StreamSetup, StreamStatus,
 };
 
 use crate::support::*;
@@ -620,4 +620,49 @@ async fn restart_rebuilds_the_replay_from_the_recording() {
         serde_json::from_str::<serde_json::Value>(line).expect("a whole JSON line");
     }
     assert_eq!(lines.last().unwrap(), &*mv(8).text);
+}
+
+/// Past its quota a recording stops growing, whole lines only; viewers
+/// still get every event, and the replay still comes back on a restart
+/// without an end (a `kill -9`), from the snapshot kept after each event.
+#[actix::test]
+async fn a_recording_stops_at_its_quota_and_the_replay_survives() {
+    let dir = TempDir::new("recording-quota");
+    let (mut config, path) = recorded_in(dir.path());
+    config.limits = StreamLimits {
+        max_recording_bytes: 1000,
+        ..StreamLimits::NONE
+    };
+    let id = config.id.clone();
+    let stream = StreamActor::new(config).start();
+    let sender = Peer::join(&stream, Some(OWNER)).await;
+    let mut viewer = Peer::join(&stream, None).await;
+    let events: Vec<_> = (1..=30).map(mv).collect();
+    for event in &events {
+        sender.publish(&stream, event).await;
+    }
+    let all: Vec<_> = events.iter().collect();
+    viewer
+        .expect_all(&all, "every event, recorded or not")
+        .await;
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.len() <= 1000, "{} bytes recorded", text.len());
+    assert!(text.ends_with('\n'));
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        events[..text.lines().count()]
+            .iter()
+            .map(|e| &*e.text)
+            .collect::<Vec<_>>()
+    );
+
+    let again = StreamActor::new(StreamSetup {
+        id: id.clone(),
+        recording: Box::new(LocalRecording::new(dir.path(), &id)),
+        ..setup()
+    })
+    .start();
+    let mut late = Peer::join(&again, None).await;
+    late.expect(&mv(30), "the last move, past the quota").await;
 }

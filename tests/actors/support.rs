@@ -13,8 +13,8 @@ use twizzle_actors::event::{parse_event, Event};
 use twizzle_actors::ids::{StreamId, UserId};
 use twizzle_actors::store::memory::NoRecording;
 use twizzle_actors::stream::{
-    EndStream, GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamSetup,
-    StreamStatus,
+    EndStream, GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamLimits,
+    StreamSetup, StreamStatus,
 };
 pub use twizzle_api_server::testkit::TempDir;
 
@@ -343,6 +343,7 @@ pub fn setup() -> StreamSetup {
         senders: vec![user(OWNER)],
         idle_timeout: NEVER,
         recording: Box::new(NoRecording),
+        limits: StreamLimits::NONE,
         registry: None,
         idle_since: None,
     }

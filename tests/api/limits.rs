@@ -407,3 +407,96 @@ async fn a_huge_request_body_is_not_read() {
     honest.still_fine(20).await;
     assert_eq!(app.get("/").await.status, 200);
 }
+
+/// A stream takes at most `max_sender_sockets_per_stream` sender sockets at
+/// once: one more is refused with 429 naming the limit, viewers do not
+/// count, and a sender socket that closes frees its slot.
+#[actix_web::test]
+async fn sender_sockets_per_stream_are_limited() {
+    let app = spawn_app_with(|s| s.limits.max_sender_sockets_per_stream = 3).await;
+    let mut honest = Honest::start(&app).await;
+    let (token, _) = app.sign_in(7, None, "Many").await;
+    let id = app.create_stream(&token).await;
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        senders.push(app.connect(&id, Some(&token)).await);
+    }
+    let mut viewers = Vec::new();
+    for _ in 0..5 {
+        viewers.push(app.connect(&id, None).await);
+    }
+    let path = format!("/v0/streams/{id}/socket?twizzleAccessToken={token}");
+    let (status, body) = raw_upgrade(app.port, &path);
+    assert_eq!(status, 429);
+    let body: Value = serde_json::from_str(&body).expect("a JSON error");
+    assert_eq!(
+        body["error"],
+        "too many sender sockets on this stream (at most 3)"
+    );
+
+    let mut leaving = senders.pop().expect("a sender");
+    leaving.send(Message::Close(None)).await;
+    drop(leaving);
+    // The slot is freed once the server has let go of the socket.
+    let again = actix::clock::timeout(WAIT, async {
+        loop {
+            if let Ok(socket) = app.try_connect(&id, Some(&token)).await {
+                return socket;
+            }
+            actix::clock::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a sender slot freed within the wait bound");
+    senders.push(again);
+    for (n, sender) in senders.iter_mut().enumerate() {
+        sender.send_json(&move_event(n as u64)).await;
+        for viewer in &mut viewers {
+            assert_eq!(viewer.next_json().await, move_event(n as u64));
+        }
+    }
+    honest.still_fine(20).await;
+}
+
+/// All of a sender's sockets on one stream share one rate budget: a second
+/// socket does not double what the sender may send.
+#[actix_web::test]
+async fn a_senders_sockets_share_one_budget() {
+    let app = spawn_app_with(|s| {
+        s.limits.sender_events_per_sec = 0.001;
+        s.limits.sender_event_burst = 20.0;
+    })
+    .await;
+    let (token, _) = app.sign_in(8, None, "Twice").await;
+    let id = app.create_stream(&token).await;
+    let mut first = app.connect(&id, Some(&token)).await;
+    let mut second = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    for n in 0..15 {
+        first.send_json(&move_event(n)).await;
+        second.send_json(&move_event(100 + n)).await;
+    }
+    let mut refused = 0;
+    for socket in [&mut first, &mut second] {
+        // Each socket hears of its own refused events, and gets the other's
+        // accepted ones relayed.
+        loop {
+            match actix::clock::timeout(Duration::from_millis(300), socket.next()).await {
+                Ok(Seen::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["event"] == "move" {
+                        continue;
+                    }
+                    assert_eq!(frame["data"]["message"], "rate limit exceeded");
+                    refused += 1;
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(refused, 10, "30 sent against one budget of 20");
+    for _ in 0..20 {
+        assert_eq!(viewer.next_json().await["event"], "move");
+    }
+}

@@ -53,6 +53,10 @@ impl RecordingStore for NoRecording {
         done(Ok(Replay::default()))
     }
 
+    fn recorded_bytes(&self) -> u64 {
+        0
+    }
+
     fn append(&mut self, _: &str) -> Result<(), StoreError> {
         Ok(())
     }

@@ -199,6 +199,9 @@ pub trait RecordingStore {
     /// Opens the recording; resolves to the replay as of its last event.
     fn open(&mut self) -> StoreFuture<Replay>;
 
+    /// Bytes recorded so far, for the per-stream quota.
+    fn recorded_bytes(&self) -> u64;
+
     /// Appends one accepted event's frame text. It need not be durable yet
     /// (see [`RecordingStore::sync`]), so this is cheap enough for every event.
     fn append(&mut self, text: &str) -> Result<(), StoreError>;

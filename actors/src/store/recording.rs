@@ -187,6 +187,10 @@ impl RecordingStore for LocalRecording {
         }))
     }
 
+    fn recorded_bytes(&self) -> u64 {
+        self.len
+    }
+
     fn append(&mut self, text: &str) -> Result<(), StoreError> {
         if self.file.is_none() && self.opened {
             // Opened on a read-only disk: it may take writes by now.
