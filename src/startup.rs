@@ -116,6 +116,7 @@ impl Actors {
                     event_burst: settings.limits.sender_event_burst,
                     max_recording_bytes: settings.limits.max_recording_bytes,
                 },
+                recording_retention: settings.limits.recording_retention,
             },
             streams,
             stream_arbiters.iter().map(Arbiter::handle).collect(),

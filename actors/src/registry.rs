@@ -32,7 +32,14 @@ pub struct RegistrySettings {
     pub max_sender_sockets_per_stream: usize,
     /// What each stream holds its senders and recording to.
     pub stream_limits: StreamLimits,
+    /// How long the recordings of ended streams are kept; zero keeps none
+    /// past the stream's end.
+    pub recording_retention: Duration,
 }
+
+/// How often the recordings of ended streams are swept for ones past their
+/// retention (and once at start-up).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A stream as listed: its ID and permitted senders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +256,20 @@ impl Registry {
         }
     }
 
+    /// Deletes the recordings of ended streams past their retention; the
+    /// store logs what it deletes and what fails.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let swept = self
+            .store
+            .sweep_recordings(self.settings.recording_retention);
+        ctx.spawn(
+            async move {
+                let _ = swept.await;
+            }
+            .into_actor(self),
+        );
+    }
+
     /// Records a change that the next start can do without if it is lost;
     /// the store logs a failure.
     fn keep(&mut self, change: StreamChange, ctx: &mut Context<Self>) {
@@ -286,14 +307,14 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         // `wait`: no request is answered before the kept streams are back.
         let loaded: StoreFuture<Vec<StreamRecord>> = self.store.load();
-        ctx.wait(
-            loaded
-                .into_actor(self)
-                .map(|loaded, registry, ctx| match loaded {
-                    Ok(records) => registry.restore(records, ctx),
-                    Err(e) => log::error!("cannot read the open streams back: {e}"),
-                }),
-        );
+        ctx.wait(loaded.into_actor(self).map(|loaded, registry, ctx| {
+            match loaded {
+                Ok(records) => registry.restore(records, ctx),
+                Err(e) => log::error!("cannot read the open streams back: {e}"),
+            }
+            registry.sweep(ctx);
+        }));
+        ctx.run_interval(SWEEP_INTERVAL, Self::sweep);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -477,6 +498,12 @@ impl Handler<StreamNotice> for Registry {
             }
             StreamNotice::Stopped { id } => {
                 self.forget(id, ctx);
+                // A recording kept for no time past its stream's end goes
+                // now, not at the next sweep; one suspended by a shutdown
+                // is not ended.
+                if self.settings.recording_retention.is_zero() && !self.shutting_down {
+                    self.sweep(ctx);
+                }
             }
         }
     }

@@ -508,7 +508,9 @@ impl StreamActor {
     fn record(&mut self, text: &str, ctx: &mut Context<Self>) {
         if !self.recording_full {
             let line = text.len() as u64 + 1;
-            if self.recording.recorded_bytes().saturating_add(line) <= self.limits.max_recording_bytes {
+            if self.recording.recorded_bytes().saturating_add(line)
+                <= self.limits.max_recording_bytes
+            {
                 let _ = self.recording.append(text);
                 return;
             }

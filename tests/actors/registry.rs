@@ -28,6 +28,7 @@ fn settings() -> RegistrySettings {
         max_sockets: 100,
         max_sender_sockets_per_stream: 4,
         stream_limits: StreamLimits::NONE,
+        recording_retention: Duration::from_secs(30 * 86_400),
     }
 }
 
@@ -452,4 +453,100 @@ async fn shutdown_closes_sockets_but_keeps_streams() {
 
     let after = start_in(&dir, with_timeout(NEVER));
     assert_eq!(list(&after).await, vec![first, second]);
+}
+
+/// Waits, within the bound, until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    within(what, async {
+        while !done() {
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// With a retention of zero, an ended stream's recording is deleted when the
+/// stream ends; a stream still open keeps its own.
+#[actix::test]
+async fn a_zero_retention_deletes_a_recording_at_its_streams_end() {
+    let dir = TempDir::new("registry-retention-zero");
+    let registry = start_in(
+        &dir,
+        RegistrySettings {
+            idle_timeout: Duration::from_millis(300),
+            recording_retention: Duration::ZERO,
+            ..settings()
+        },
+    );
+    let ending = create(&registry, OWNER).await.unwrap();
+    let open = create(&registry, STRANGER).await.unwrap();
+    let recording = |id: &StreamId| dir.path().join(RECORDINGS_DIR).join(format!("{id}.log"));
+    let ticket = open_socket(&registry, &open.id).await.unwrap();
+    let sender = Peer::join(ticket.stream(), Some(STRANGER)).await;
+    sender.publish(ticket.stream(), &mv(1)).await;
+    let ending_stream = find(&registry, &ending.id).await.unwrap();
+    let mut viewer = Peer::join(&ending_stream, None).await;
+    let owner = Peer::join(&ending_stream, Some(OWNER)).await;
+    owner.publish(&ending_stream, &mv(2)).await;
+    viewer.expect(&mv(2), "the viewer").await;
+    assert!(recording(&ending.id).is_file());
+    // The sender leaves: the countdown starts.
+    within(
+        "a leave",
+        ending_stream.send(twizzle_actors::stream::Leave { socket: owner.id }),
+    )
+    .await
+    .unwrap();
+    viewer
+        .expect_close(CLOSE_NORMAL, STREAM_ENDED.reason, "the stream ends")
+        .await;
+    eventually("the ended stream's recording to go", || {
+        !recording(&ending.id).exists()
+    })
+    .await;
+    assert!(
+        recording(&open.id).is_file(),
+        "an open stream keeps its recording"
+    );
+}
+
+/// At start-up the recordings of streams that are no longer open and were
+/// last written longer ago than the retention go, with their snapshots;
+/// newer ones and those of open streams stay.
+#[actix::test]
+async fn the_sweep_deletes_only_old_recordings_of_ended_streams() {
+    let dir = TempDir::new("registry-retention-sweep");
+    let folder = dir.path().join(RECORDINGS_DIR);
+    std::fs::create_dir_all(&folder).unwrap();
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
+    let write = |id: &str, old: bool| {
+        let path = folder.join(format!("{id}.log"));
+        std::fs::write(&path, format!("{}\n", mv(1).text)).unwrap();
+        std::fs::write(path.with_extension("snapshot"), "{}").unwrap();
+        if old {
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(long_ago).unwrap();
+        }
+        path
+    };
+    let old_ended = write("twizzle_stream_00000000000000b1", true);
+    let new_ended = write("twizzle_stream_00000000000000b2", false);
+    let open_id = "twizzle_stream_00000000000000b3";
+    let old_open = write(open_id, true);
+    let journal = serde_json::json!({"t": "stream", "id": open_id, "senders": [OWNER], "created_ms": now_ms()});
+    std::fs::write(dir.path().join("streams.jsonl"), format!("{journal}\n")).unwrap();
+
+    let registry = start_in(
+        &dir,
+        RegistrySettings {
+            recording_retention: Duration::from_secs(86_400),
+            ..settings()
+        },
+    );
+    // The sweep runs once the restored streams are back, before this answers.
+    assert_eq!(list(&registry).await.len(), 1);
+    eventually("the old recording to go", || !old_ended.exists()).await;
+    assert!(!old_ended.with_extension("snapshot").exists());
+    assert!(new_ended.is_file(), "a recent recording stays");
+    assert!(old_open.is_file(), "an open stream's recording stays");
 }

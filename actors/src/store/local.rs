@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -385,7 +385,48 @@ impl StreamStore for LocalStreams {
         )
     }
 
+    fn sweep_recordings(&mut self, keep: Duration) -> StoreFuture<usize> {
+        done(sweep(&self.recordings, keep, &self.live.open).map_err(|e| {
+            log::warn!("{}: sweep failed: {e}", self.recordings.display());
+            StoreError::from(e)
+        }))
+    }
+
     fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send> {
         Box::new(LocalRecording::new(&self.recordings, id))
     }
+}
+
+/// Deletes from `dir` each recording (and its snapshot) of a stream not in
+/// `open` whose file was last written more than `keep` ago. A recording's
+/// last write is its stream's end, or near it (the end syncs it).
+fn sweep(dir: &Path, keep: Duration, open: &HashMap<StreamId, StreamRecord>) -> io::Result<usize> {
+    let now = SystemTime::now();
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".log"))
+            .and_then(StreamId::parse)
+        else {
+            continue;
+        };
+        if open.contains_key(&id) {
+            continue;
+        }
+        let written = std::fs::metadata(&path)?.modified()?;
+        if now.duration_since(written).unwrap_or_default() < keep {
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        match std::fs::remove_file(path.with_extension("snapshot")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        log::info!("stream {id}: recording deleted after the retention period");
+        deleted += 1;
+    }
+    Ok(deleted)
 }

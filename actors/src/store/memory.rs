@@ -39,6 +39,10 @@ impl StreamStore for MemoryStreams {
         done(Ok(()))
     }
 
+    fn sweep_recordings(&mut self, _: std::time::Duration) -> StoreFuture<usize> {
+        done(Ok(0))
+    }
+
     fn recording(&mut self, _: &StreamId) -> Box<dyn RecordingStore + Send> {
         Box::new(NoRecording)
     }

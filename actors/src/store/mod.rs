@@ -188,6 +188,10 @@ pub trait StreamStore {
     /// Resolves once every change recorded so far is durable.
     fn sync(&mut self) -> StoreFuture<()>;
 
+    /// Deletes the recordings of streams that are no longer open and were
+    /// last written more than `keep` ago; resolves to how many went.
+    fn sweep_recordings(&mut self, keep: std::time::Duration) -> StoreFuture<usize>;
+
     /// The recording of stream `id`, not yet opened. `Send`, since the
     /// stream it is for runs on another thread.
     fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send>;
