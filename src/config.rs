@@ -4,6 +4,7 @@
 //! variable, else its default; `--prod` switches to the production defaults.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -74,6 +75,16 @@ pub struct Limits {
     pub max_recording_bytes: u64,
     /// How long the recordings of ended streams are kept; zero keeps none.
     pub recording_retention: Duration,
+    /// Open sockets from one client address.
+    pub max_sockets_per_client: usize,
+    /// WebSocket handshakes per second from one client address.
+    pub handshakes_per_client_per_sec: f64,
+    /// WebSocket handshakes one client address may make in a burst.
+    pub handshake_burst: f64,
+    /// HTTP requests per second (sockets aside) from one client address.
+    pub requests_per_client_per_sec: f64,
+    /// HTTP requests one client address may make in a burst.
+    pub request_burst: f64,
 }
 
 impl Limits {
@@ -110,6 +121,8 @@ pub struct Settings {
     pub prod: bool,
     /// Per-client and server-wide limits.
     pub limits: Limits,
+    /// Peers whose last `X-Forwarded-For` hop is taken as the client address.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// What the command line asked for.
@@ -331,6 +344,60 @@ pub const RECORDING_RETENTION_DAYS: Setting = Setting {
     help: "days the recordings of ended streams are kept (0: none past the end)",
 };
 
+/// Sockets one client address may hold open at once.
+pub const MAX_SOCKETS_PER_CLIENT: Setting = Setting {
+    flag: "max-sockets-per-client",
+    var: "TWIZZLE_MAX_SOCKETS_PER_CLIENT",
+    dev: "256",
+    prod: "256",
+    help: "open sockets from one client address (429 above)",
+};
+
+/// WebSocket handshakes per second one client address may keep up.
+pub const HANDSHAKES_PER_CLIENT_PER_SEC: Setting = Setting {
+    flag: "handshakes-per-client-per-sec",
+    var: "TWIZZLE_HANDSHAKES_PER_CLIENT_PER_SEC",
+    dev: "20",
+    prod: "20",
+    help: "WebSocket handshakes per second from one client address (429 above)",
+};
+
+/// WebSocket handshakes one client address may make in a burst.
+pub const HANDSHAKE_BURST: Setting = Setting {
+    flag: "handshake-burst",
+    var: "TWIZZLE_HANDSHAKE_BURST",
+    dev: "100",
+    prod: "100",
+    help: "WebSocket handshakes one client address may make in a burst",
+};
+
+/// HTTP API requests per second one client address may keep up.
+pub const REQUESTS_PER_CLIENT_PER_SEC: Setting = Setting {
+    flag: "requests-per-client-per-sec",
+    var: "TWIZZLE_REQUESTS_PER_CLIENT_PER_SEC",
+    dev: "50",
+    prod: "50",
+    help: "HTTP requests per second from one client address, sockets aside (429 above)",
+};
+
+/// HTTP API requests one client address may make in a burst.
+pub const REQUEST_BURST: Setting = Setting {
+    flag: "request-burst",
+    var: "TWIZZLE_REQUEST_BURST",
+    dev: "200",
+    prod: "200",
+    help: "HTTP requests one client address may make in a burst",
+};
+
+/// The proxies whose `X-Forwarded-For` names the client.
+pub const TRUSTED_PROXIES: Setting = Setting {
+    flag: "trusted-proxies",
+    var: "TWIZZLE_TRUSTED_PROXIES",
+    dev: "127.0.0.1,::1",
+    prod: "127.0.0.1,::1",
+    help: "comma-separated proxy addresses whose last X-Forwarded-For hop is the client",
+};
+
 /// Every setting, in the order `--help` lists them; the flags a command line may use.
 pub const ALL: &[&Setting] = &[
     &BIND,
@@ -353,6 +420,12 @@ pub const ALL: &[&Setting] = &[
     &MAX_SENDER_SOCKETS_PER_STREAM,
     &MAX_RECORDING_BYTES,
     &RECORDING_RETENTION_DAYS,
+    &MAX_SOCKETS_PER_CLIENT,
+    &HANDSHAKES_PER_CLIENT_PER_SEC,
+    &HANDSHAKE_BURST,
+    &REQUESTS_PER_CLIENT_PER_SEC,
+    &REQUEST_BURST,
+    &TRUSTED_PROXIES,
 ];
 
 /// The `--help` text.
@@ -512,7 +585,13 @@ impl Settings {
                 recording_retention: Duration::from_secs(
                     (get(&RECORDING_RETENTION_DAYS).whole()? as u64).saturating_mul(86_400),
                 ),
+                max_sockets_per_client: get(&MAX_SOCKETS_PER_CLIENT).count()?,
+                handshakes_per_client_per_sec: get(&HANDSHAKES_PER_CLIENT_PER_SEC).positive()?,
+                handshake_burst: get(&HANDSHAKE_BURST).positive()?.max(1.0),
+                requests_per_client_per_sec: get(&REQUESTS_PER_CLIENT_PER_SEC).positive()?,
+                request_burst: get(&REQUEST_BURST).positive()?.max(1.0),
             },
+            trusted_proxies: get(&TRUSTED_PROXIES).addresses()?,
         })
     }
 }
@@ -543,6 +622,22 @@ impl Value {
                 self.setting.flag, self.text
             ))
         })
+    }
+
+    fn addresses(&self) -> Result<Vec<IpAddr>, ConfigError> {
+        self.text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "--{}: {part:?} is not an IP address",
+                        self.setting.flag
+                    ))
+                })
+            })
+            .collect()
     }
 
     fn whole(&self) -> Result<usize, ConfigError> {

@@ -30,6 +30,18 @@ pub enum ApiError {
         /// The limit in force.
         limit: usize,
     },
+    /// The client address holds the most open sockets allowed.
+    TooManyClientSockets {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The client address is over a rate; it may come back after `retry_after`.
+    TooFast {
+        /// Which limit: `handshakes per client` or `requests per client`.
+        limit: &'static str,
+        /// When a request would pass again.
+        retry_after: std::time::Duration,
+    },
     /// The server holds the most open sockets allowed.
     TooManySockets {
         /// The limit in force.
@@ -73,6 +85,10 @@ impl ApiError {
             ApiError::TooManySenderSockets { limit } => {
                 format!("too many sender sockets on this stream (at most {limit})")
             }
+            ApiError::TooManyClientSockets { limit } => {
+                format!("too many open sockets from this address (at most {limit})")
+            }
+            ApiError::TooFast { limit, .. } => format!("rate limit exceeded: {limit}"),
             ApiError::TooManySockets { limit } => {
                 format!("too many open sockets (at most {limit})")
             }
@@ -118,9 +134,10 @@ impl ResponseError for ApiError {
             | ApiError::MissingCode
             | ApiError::MissingClaimToken
             | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
-            ApiError::TooManyStreams { .. } | ApiError::TooManySenderSockets { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManyStreams { .. }
+            | ApiError::TooManySenderSockets { .. }
+            | ApiError::TooManyClientSockets { .. }
+            | ApiError::TooFast { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooManySockets { .. }
             | ApiError::SignInNotConfigured
             | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -133,7 +150,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::TooFast { retry_after, .. } = self {
+            // Whole seconds, rounded up, and at least one.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.insert_header(("Retry-After", secs.clamp(1, 86_400).to_string()));
+        }
+        response.json(ErrorBody {
             error: self.message(),
         })
     }
@@ -155,6 +178,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::UnknownStream => ApiError::UnknownStream,
             RegistryError::TooManyStreams { limit } => ApiError::TooManyStreams { limit },
             RegistryError::TooManySockets { limit } => ApiError::TooManySockets { limit },
+            RegistryError::TooManyClientSockets { limit } => {
+                ApiError::TooManyClientSockets { limit }
+            }
             RegistryError::TooManySenderSockets { limit } => {
                 ApiError::TooManySenderSockets { limit }
             }

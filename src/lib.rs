@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //!
+//! - [`client`]: the client address of a request, behind trusted proxies.
 //! - [`config`]: the settings, from flags and `TWIZZLE_…` variables.
 //! - [`startup`]: [`startup::Application`] starts the actors, binds, serves.
 //! - [`routes`]: the HTTP handlers; they only pass messages to actors.
@@ -23,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod error;

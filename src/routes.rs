@@ -1,12 +1,13 @@
 //! The HTTP handlers. Each takes the actors' addresses from `web::Data`,
 //! sends them a message or two, and turns the answers into a response.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::Addr;
 use actix_web::http::{header, Method};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -16,6 +17,7 @@ use twizzle_actors::tokens::{
     Authenticate, AuthenticatedUser, LookupUsers, RedeemClaim, SignIn, TokenActor,
 };
 
+use crate::client::ClientAddr;
 use crate::config::Settings;
 use crate::connection::{ConnectionFd, Cutoff};
 use crate::error::ApiError;
@@ -235,9 +237,20 @@ async fn open_socket(
         Some(token) => Some(authenticate(state, token).await?.id),
         None => None,
     };
+    // The gate, which every request passes first, found the client address.
+    let client = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|client| client.0)
+        .or_else(|| req.peer_addr().map(|peer| peer.ip()))
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let admission = state
         .registry
-        .send(OpenSocket { stream_id, user_id })
+        .send(OpenSocket {
+            stream_id,
+            user_id,
+            client,
+        })
         .await??;
     ws::handshake(req).map_err(|_| ApiError::NotAnUpgrade)?;
     let limits = &state.settings.limits;

@@ -2,7 +2,8 @@
 //! the listener and returns a server ready to run.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -10,12 +11,14 @@ use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::middleware::{DefaultHeaders, Logger};
 use actix_web::{web, App, HttpServer};
+use twizzle_actors::gate::{Gate, GateSettings, Knock, Pass, Rate};
 use twizzle_actors::ids;
 use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
 use twizzle_actors::store::Stores;
 use twizzle_actors::stream::StreamLimits;
 use twizzle_actors::tokens::TokenActor;
 
+use crate::client;
 use crate::config::Settings;
 use crate::connection;
 use crate::error::ApiError;
@@ -83,6 +86,8 @@ pub struct Actors {
     pub tokens: Addr<TokenActor>,
     /// The directory of streams.
     pub registry: Addr<Registry>,
+    /// Each client address's handshake and request budgets.
+    pub gate: Addr<Gate>,
     /// The threads they run on.
     arbiters: Arbiters,
 }
@@ -98,6 +103,7 @@ impl Actors {
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let token_arbiter = Arbiter::new();
         let registry_arbiter = Arbiter::new();
+        let gate_arbiter = Arbiter::new();
         let stream_arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
 
         let mut token_actor = TokenActor::new(users, settings.claim_token_ttl);
@@ -111,6 +117,7 @@ impl Actors {
                 max_streams_per_user: settings.limits.max_streams_per_user,
                 max_sockets: settings.limits.max_sockets,
                 max_sender_sockets_per_stream: settings.limits.max_sender_sockets_per_stream,
+                max_sockets_per_client: settings.limits.max_sockets_per_client,
                 stream_limits: StreamLimits {
                     events_per_sec: settings.limits.sender_events_per_sec,
                     event_burst: settings.limits.sender_event_burst,
@@ -124,11 +131,26 @@ impl Actors {
         // The registry syncs its journal when a stream is created; on its own
         // thread that stalls nothing else.
         let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| registry);
+        let limits = &settings.limits;
+        let gate = Gate::new(GateSettings {
+            handshakes: Rate {
+                per_sec: limits.handshakes_per_client_per_sec,
+                burst: limits.handshake_burst,
+            },
+            requests: Rate {
+                per_sec: limits.requests_per_client_per_sec,
+                burst: limits.request_burst,
+            },
+        });
+        // Every request asks the gate first: a thread of its own keeps that
+        // one hop off the threads that do the work.
+        let gate = Gate::start_in_arbiter(&gate_arbiter.handle(), move |_| gate);
         Ok(Actors {
             tokens,
             registry,
+            gate,
             arbiters: Arbiters(
-                [token_arbiter, registry_arbiter]
+                [token_arbiter, registry_arbiter, gate_arbiter]
                     .into_iter()
                     .chain(stream_arbiters)
                     .collect(),
@@ -176,8 +198,10 @@ impl Application {
         let Actors {
             tokens,
             registry,
+            gate,
             arbiters,
         } = actors;
+        let trusted = Arc::new(settings.trusted_proxies.clone());
         let state = web::Data::new(AppState {
             registry: registry.clone(),
             tokens,
@@ -193,8 +217,33 @@ impl Application {
                     web::QueryConfig::default()
                         .error_handler(|e, _| ApiError::BadQuery(e.to_string()).into()),
                 )
+                .wrap_fn({
+                    let (gate, trusted) = (gate.clone(), Arc::clone(&trusted));
+                    move |req, srv| {
+                        use actix_web::dev::Service;
+                        let client = client::of_request(&req, &trusted);
+                        let knock = if is_socket_path(req.path()) {
+                            Knock::Handshake
+                        } else {
+                            Knock::Request
+                        };
+                        let pass = gate.send(Pass { client, knock });
+                        let call = srv.call(req);
+                        async move {
+                            match pass.await {
+                                Ok(Ok(())) => call.await,
+                                Ok(Err(refused)) => Err(ApiError::TooFast {
+                                    limit: refused.limit,
+                                    retry_after: refused.retry_after,
+                                }
+                                .into()),
+                                Err(e) => Err(ApiError::from(e).into()),
+                            }
+                        }
+                    }
+                })
                 .wrap(DefaultHeaders::new().add(("Access-Control-Allow-Origin", "*")))
-                .wrap(request_log())
+                .wrap(request_log(Arc::clone(&trusted)))
                 .wrap_fn(|req, srv| {
                     use actix_web::dev::Service;
                     let too_long = req.query_string().len() > MAX_QUERY_BYTES;
@@ -264,8 +313,11 @@ impl Application {
 }
 
 /// One line per request, with secret query values cut to their tail.
-fn request_log() -> Logger {
-    Logger::new("%{request}xi %s %b %Dms")
+fn request_log(trusted: Arc<Vec<IpAddr>>) -> Logger {
+    Logger::new("%{client}xi %{request}xi %s %b %Dms")
+        .custom_request_replace("client", move |req| {
+            client::of_request(req, &trusted).to_string()
+        })
         .custom_request_replace("request", |req| {
             format!(
                 "{} {}",
@@ -277,6 +329,13 @@ fn request_log() -> Logger {
         // its log state held all the while; the socket handler and the
         // session log sockets instead.
         .exclude_regex(SOCKET_PATH)
+}
+
+/// Whether `path` is a stream's socket endpoint (what [`SOCKET_PATH`] matches).
+fn is_socket_path(path: &str) -> bool {
+    path.strip_prefix("/v0/streams/")
+        .and_then(|rest| rest.strip_suffix("/socket"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Waits for SIGTERM or SIGINT; `None` if signals cannot be listened to.

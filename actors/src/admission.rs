@@ -7,6 +7,7 @@
 //! `Join` was still on its way. So no slot leaks, and no phantom sender
 //! keeps a stream from ever timing out.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -22,6 +23,8 @@ pub struct SocketClosed {
     pub stream_id: StreamId,
     /// Whether it was admitted as a sender (and so held a sender slot).
     pub sender: bool,
+    /// The client address it was counted under.
+    pub client: IpAddr,
 }
 
 /// One admitted socket: its stream and its number there. Not `Clone`: one
@@ -37,6 +40,8 @@ pub struct Admission {
     user_id: Option<UserId>,
     /// Whether it holds one of the stream's sender slots.
     sender: bool,
+    /// The client address it is counted under.
+    client: IpAddr,
     /// Told when the ticket is dropped.
     registry: Recipient<SocketClosed>,
 }
@@ -49,6 +54,7 @@ impl Admission {
         socket: SocketId,
         user_id: Option<UserId>,
         sender: bool,
+        client: IpAddr,
         registry: Recipient<SocketClosed>,
     ) -> Admission {
         Admission {
@@ -57,6 +63,7 @@ impl Admission {
             socket,
             user_id,
             sender,
+            client,
             registry,
         }
     }
@@ -112,6 +119,7 @@ impl Drop for Admission {
         self.registry.do_send(SocketClosed {
             stream_id: self.stream_id.clone(),
             sender: self.sender,
+            client: self.client,
         });
     }
 }

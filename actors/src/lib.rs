@@ -16,6 +16,8 @@
 //!   when a stream goes live, idle, or ends.
 //! - [`tokens`]: the [`tokens::TokenActor`] owns users, access tokens and
 //!   claim tokens.
+//! - [`gate`]: the [`gate::Gate`] keeps each client address's handshake and
+//!   request budgets.
 //!
 //! The values they are made of:
 //!
@@ -45,6 +47,7 @@
 pub mod admission;
 pub mod close;
 pub mod event;
+pub mod gate;
 pub mod ids;
 pub mod rate;
 pub mod registry;

@@ -60,6 +60,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket is full at `now`: it is then no different from a
+    /// new one, and may be forgotten.
+    pub fn full(&self, now: Instant) -> bool {
+        self.available(now) >= self.burst
+    }
+
     /// The tokens there would be at `now`. A `now` before the last refill
     /// earns nothing rather than panicking: `Instant`s from different
     /// threads or callers need not arrive in order.
@@ -85,6 +91,16 @@ mod tests {
             assert!(taken <= 1_000_000, "the bucket never ran dry");
         }
         taken
+    }
+
+    #[test]
+    fn is_full_again_once_refilled() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 2.0, t0);
+        assert!(bucket.full(t0));
+        assert!(bucket.take(t0));
+        assert!(!bucket.full(t0));
+        assert!(bucket.full(t0 + ms(100)));
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! stream: none outlives it.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 
 use crate::admission::{Admission, SocketClosed};
 use crate::close;
+use crate::gate::client_key;
 use crate::ids::{StreamId, UserId};
 use crate::store::journal::epoch_ms;
 use crate::store::{StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore};
@@ -30,6 +32,8 @@ pub struct RegistrySettings {
     pub max_sockets: usize,
     /// Sender sockets one stream takes at once.
     pub max_sender_sockets_per_stream: usize,
+    /// Open sockets from one client address.
+    pub max_sockets_per_client: usize,
     /// What each stream holds its senders and recording to.
     pub stream_limits: StreamLimits,
     /// How long the recordings of ended streams are kept; zero keeps none
@@ -62,6 +66,11 @@ pub enum RegistryError {
     },
     /// The stream has this many sender sockets already.
     TooManySenderSockets {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The client address has this many sockets open already.
+    TooManyClientSockets {
         /// The limit in force.
         limit: usize,
     },
@@ -107,6 +116,8 @@ pub struct OpenSocket {
     /// The signed-in user of the socket, if any: a sender if the stream
     /// lets them send.
     pub user_id: Option<UserId>,
+    /// The client address the socket comes from.
+    pub client: IpAddr,
 }
 
 /// How many sockets hold a ticket now.
@@ -141,6 +152,9 @@ pub struct Registry {
     streams_per_user: HashMap<UserId, usize>,
     /// Tickets handed out and not yet dropped.
     sockets: usize,
+    /// Tickets handed out and not yet dropped, by client address (see
+    /// [`client_key`]); an address with none is not kept.
+    sockets_per_client: HashMap<IpAddr, usize>,
     /// The number the next socket gets.
     next_socket: SocketId,
     /// The next stream's creation number.
@@ -171,6 +185,7 @@ impl Registry {
             streams: HashMap::new(),
             streams_per_user: HashMap::new(),
             sockets: 0,
+            sockets_per_client: HashMap::new(),
             next_socket: 0,
             next_seq: 0,
             settings,
@@ -398,6 +413,12 @@ impl Handler<OpenSocket> for Registry {
         if self.sockets >= limit {
             return Err(RegistryError::TooManySockets { limit });
         }
+        let client = client_key(msg.client);
+        let from_client = self.sockets_per_client.get(&client).copied().unwrap_or(0);
+        let limit = self.settings.max_sockets_per_client;
+        if from_client >= limit {
+            return Err(RegistryError::TooManyClientSockets { limit });
+        }
         let sender = msg
             .user_id
             .as_ref()
@@ -410,6 +431,7 @@ impl Handler<OpenSocket> for Registry {
             entry.sender_sockets += 1;
         }
         self.sockets += 1;
+        *self.sockets_per_client.entry(client).or_default() += 1;
         let socket = self.next_socket;
         self.next_socket += 1;
         Ok(Admission::new(
@@ -418,6 +440,7 @@ impl Handler<OpenSocket> for Registry {
             socket,
             msg.user_id,
             sender,
+            client,
             ctx.address().recipient(),
         ))
     }
@@ -436,6 +459,12 @@ impl Handler<SocketClosed> for Registry {
 
     fn handle(&mut self, msg: SocketClosed, _: &mut Self::Context) {
         self.sockets = self.sockets.saturating_sub(1);
+        if let Some(open) = self.sockets_per_client.get_mut(&msg.client) {
+            *open -= 1;
+            if *open == 0 {
+                self.sockets_per_client.remove(&msg.client);
+            }
+        }
         if msg.sender {
             if let Some(entry) = self.streams.get_mut(&msg.stream_id) {
                 entry.sender_sockets = entry.sender_sockets.saturating_sub(1);

@@ -27,6 +27,7 @@ fn settings() -> RegistrySettings {
         max_streams_per_user: 10,
         max_sockets: 100,
         max_sender_sockets_per_stream: 4,
+        max_sockets_per_client: 1000,
         stream_limits: StreamLimits::NONE,
         recording_retention: Duration::from_secs(30 * 86_400),
     }
@@ -81,6 +82,7 @@ async fn open_socket(
     let open = registry.send(OpenSocket {
         stream_id: stream_id.clone(),
         user_id: None,
+        client: std::net::IpAddr::from([127, 0, 0, 1]),
     });
     within("OpenSocket", open)
         .await

@@ -186,7 +186,14 @@ impl RunningServer {
             .env("TWIZZLE_DATA_DIR", &data)
             .env("TWIZZLE_WCA_ORIGIN", wca.origin())
             .env("TWIZZLE_WCA_APPLICATION_CLIENT_SECRET", CLIENT_SECRET)
-            .env("TWIZZLE_MAX_SOCKETS", "1000000");
+            .env("TWIZZLE_MAX_SOCKETS", "1000000")
+            // The generator is a handful of client addresses: lift the
+            // per-client limits, as the rate limit is lifted for saturate.
+            .env("TWIZZLE_MAX_SOCKETS_PER_CLIENT", "1000000")
+            .env("TWIZZLE_HANDSHAKES_PER_CLIENT_PER_SEC", "1000000000")
+            .env("TWIZZLE_HANDSHAKE_BURST", "1000000000")
+            .env("TWIZZLE_REQUESTS_PER_CLIENT_PER_SEC", "1000000000")
+            .env("TWIZZLE_REQUEST_BURST", "1000000000");
         for (name, value) in extra_env {
             command.env(name, value);
         }

@@ -20,6 +20,13 @@ pub fn test_settings(data_dir: &Path, wca_origin: &str) -> Settings {
     settings.wca.origin = wca_origin.to_owned();
     settings.wca.client_secret = Some(Secret::new("test-client-secret"));
     settings.client_app_url = "http://localhost:1234/stream/".to_owned();
+    // Every test client is 127.0.0.1: the per-client limits are lifted, as
+    // for any test suite, except where a test sets them to try them.
+    settings.limits.max_sockets_per_client = 1_000_000;
+    settings.limits.handshakes_per_client_per_sec = 1e9;
+    settings.limits.handshake_burst = 1e9;
+    settings.limits.requests_per_client_per_sec = 1e9;
+    settings.limits.request_burst = 1e9;
     settings
 }
 

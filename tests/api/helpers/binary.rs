@@ -38,6 +38,12 @@ pub fn start_binary_with(
         .env("RUST_LOG", "debug")
         .env("TWIZZLE_SENDER_EVENTS_PER_SEC", "100000")
         .env("TWIZZLE_SENDER_EVENT_BURST", "100000")
+        // Every test client is 127.0.0.1: the per-client limits are lifted.
+        .env("TWIZZLE_MAX_SOCKETS_PER_CLIENT", "1000000")
+        .env("TWIZZLE_HANDSHAKES_PER_CLIENT_PER_SEC", "1000000000")
+        .env("TWIZZLE_HANDSHAKE_BURST", "1000000000")
+        .env("TWIZZLE_REQUESTS_PER_CLIENT_PER_SEC", "1000000000")
+        .env("TWIZZLE_REQUEST_BURST", "1000000000")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -30,6 +30,11 @@ pub enum Seen {
 }
 
 impl WsClient {
+    /// A client on a socket opened elsewhere (with headers of a test's own).
+    pub fn from_framed(framed: Framed<BoxedSocket, Codec>) -> WsClient {
+        WsClient { framed }
+    }
+
     /// Opens a socket to `url` (`ws://…`); the refusal if the upgrade was refused.
     pub async fn connect(url: String) -> Result<WsClient, awc::error::WsClientError> {
         let (_, framed) = awc::Client::new()
