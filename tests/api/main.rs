@@ -5,6 +5,7 @@ mod deploy;
 mod helpers;
 mod http;
 mod limits;
+mod races;
 mod restart;
 mod sign_in;
 mod sockets;

@@ -1,9 +1,6 @@
 //! What survives a restart: users, access tokens, unexpired claim tokens,
 //! and open streams with their latest events.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -230,101 +227,4 @@ fn recording_lines(dir: &TempDir, id: &str) -> Vec<Result<serde_json::Value, ser
     text.split_inclusive('\n')
         .map(serde_json::from_str)
         .collect()
-}
-
-fn assert_no_token_in(logs: &[String], token: &str) {
-    assert!(
-        logs.iter().all(|line| !line.contains(token)),
-        "an access token appeared in full in the log"
-    );
-}
-
-/// Starts the binary on port 0; returns it, its port, and its log lines as they come.
-fn start_binary(dir: &TempDir, wca_origin: &str) -> (KillOnDrop, u16, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_twizzle-api-server"))
-        .args(["--bind", "127.0.0.1:0", "--wca-origin", wca_origin])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env(
-            "TWIZZLE_WCA_APPLICATION_CLIENT_SECRET",
-            "test-client-secret",
-        )
-        .env("TWIZZLE_CLIENT_APP_URL", "http://localhost:1234/stream/")
-        .env("RUST_LOG", "debug")
-        .env("TWIZZLE_SENDER_EVENTS_PER_SEC", "100000")
-        .env("TWIZZLE_SENDER_EVENT_BURST", "100000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut child = KillOnDrop(child);
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.0.kill();
-                panic!("the binary did not say where it listens within {WAIT:?}");
-            }
-        };
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            let port = rest.split_whitespace().next().unwrap().parse().unwrap();
-            return (child, port, rx);
-        }
-    }
-}
-
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl KillOnDrop {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-
-    /// Sends a signal by name (`TERM`, `INT`) with the system's `kill`.
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// The exit status, if the process exits within `bound`.
-    fn wait_within(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10)); // polling a child's exit
-        }
-    }
-
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -5,9 +5,11 @@
 //! - `app.rs`: the settings, starting the server, its HTTP calls, sign-in.
 //! - `ws.rs`: awc's WebSocket client, with a bounded wait for each frame.
 //! - `raw.rs`: sockets on plain TCP that misbehave on purpose.
+//! - `binary.rs`: the real binary as a child process, and its signals.
 //! - `events.rs`: the events a test sends.
 
 mod app;
+mod binary;
 mod events;
 mod raw;
 mod ws;
@@ -15,8 +17,9 @@ mod ws;
 use std::time::Duration;
 
 pub use app::{spawn_app, spawn_app_in, spawn_app_with, TestApp};
+pub use binary::{assert_no_token_in, start_binary};
 pub use events::{move_event, orientation_event, reset_event};
-pub use raw::{raw_upgrade, RawSocket};
+pub use raw::{raw_upgrade, read_head, reset, status_of, upgrade_request, RawSocket};
 pub use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
 pub use ws::{Seen, WsClient};
 
