@@ -150,6 +150,66 @@ impl RawSocket {
     }
 }
 
+impl RawSocket {
+    /// Wraps a connection whose upgrade was just answered 101 (its head read
+    /// with [`read_head`]).
+    pub fn upgraded(stream: TcpStream) -> RawSocket {
+        RawSocket { stream }
+    }
+
+    /// Reads frames, skipping any but a close, until a close frame: its code
+    /// and reason. `Ok(None)` if the connection ends first, cleanly or by a
+    /// reset; an error if it stays silent for `quiet`.
+    pub fn next_close(&mut self, quiet: std::time::Duration) -> io::Result<Option<(u16, String)>> {
+        self.stream.set_read_timeout(Some(quiet))?;
+        loop {
+            let mut header = [0u8; 2];
+            match self.stream.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if ended(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let len = match header[1] & 0x7f {
+                126 => {
+                    let mut n = [0u8; 2];
+                    self.stream.read_exact(&mut n)?;
+                    usize::from(u16::from_be_bytes(n))
+                }
+                127 => {
+                    let mut n = [0u8; 8];
+                    self.stream.read_exact(&mut n)?;
+                    u64::from_be_bytes(n) as usize
+                }
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            match self.stream.read_exact(&mut payload) {
+                Ok(()) => {}
+                Err(e) if ended(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            if header[0] & 0x0f == 0x8 {
+                let code = match payload.get(..2) {
+                    Some(code) => u16::from_be_bytes([code[0], code[1]]),
+                    None => 1005, // no status code in the frame (RFC 6455 §7.4.1)
+                };
+                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                return Ok(Some((code, reason.into_owned())));
+            }
+        }
+    }
+}
+
+/// Whether a read failed because the peer closed or reset the connection.
+fn ended(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
 /// The opcodes of the server-to-client (unmasked) frames in `bytes`.
 fn opcodes(bytes: &[u8]) -> Vec<u8> {
     let mut seen = Vec::new();
