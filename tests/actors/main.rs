@@ -5,13 +5,15 @@
 //! # Layout
 //!
 //! - `support.rs`: the bounded wait, the test channel, stand-in sockets,
-//!   event builders, stream helpers and temporary directories.
+//!   event builders, stream and registry helpers, temporary directories.
 //! - `stream.rs`: the stream actor.
 //! - `registry.rs`: the registry.
+//! - `admission.rs`: socket tickets, their slots and their pending joins.
 //! - `tokens.rs`: the token actor.
 
 mod support;
 
+mod admission;
 mod registry;
 mod stream;
 mod tokens;

@@ -4,12 +4,10 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use twizzle_actors::admission::Admission;
 use twizzle_actors::close::{SERVER_RESTARTING, STREAM_ENDED};
 use twizzle_actors::ids::StreamId;
 use twizzle_actors::registry::{
-    CreateStream, FindStream, ListStreams, OpenSocket, Registry, RegistryError, RegistrySettings,
-    StreamSummary,
+    FindStream, ListStreams, Registry, RegistryError, RegistrySettings, StreamSummary,
 };
 use twizzle_actors::store::local::RECORDINGS_DIR;
 use twizzle_actors::store::{memory::MemoryStreams, Stores, StreamStore};
@@ -55,13 +53,6 @@ fn stream_id(id: &str) -> StreamId {
     StreamId::parse(id).unwrap_or_else(|| panic!("{id} is not a stream ID"))
 }
 
-async fn create(registry: &Addr<Registry>, owner: &str) -> Result<StreamSummary, RegistryError> {
-    let create = registry.send(CreateStream { owner: user(owner) });
-    within("CreateStream", create)
-        .await
-        .expect("the registry is running")
-}
-
 async fn list(registry: &Addr<Registry>) -> Vec<StreamSummary> {
     within("ListStreams", registry.send(ListStreams))
         .await
@@ -71,20 +62,6 @@ async fn list(registry: &Addr<Registry>) -> Vec<StreamSummary> {
 async fn find(registry: &Addr<Registry>, id: &StreamId) -> Option<Addr<StreamActor>> {
     let find = registry.send(FindStream { id: id.clone() });
     within("FindStream", find)
-        .await
-        .expect("the registry is running")
-}
-
-async fn open_socket(
-    registry: &Addr<Registry>,
-    stream_id: &StreamId,
-) -> Result<Admission, RegistryError> {
-    let open = registry.send(OpenSocket {
-        stream_id: stream_id.clone(),
-        user_id: None,
-        client: std::net::IpAddr::from([127, 0, 0, 1]),
-    });
-    within("OpenSocket", open)
         .await
         .expect("the registry is running")
 }

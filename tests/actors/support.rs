@@ -1,5 +1,6 @@
 //! What the actor tests share: a bounded wait, an inbox a test can await,
-//! stand-in sockets, event builders, stream helpers and temporary directories.
+//! stand-in sockets, event builders, stream and registry helpers and
+//! temporary directories.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -8,9 +9,13 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use actix::prelude::*;
+use twizzle_actors::admission::Admission;
 use twizzle_actors::close::Close;
 use twizzle_actors::event::{parse_event, Event};
 use twizzle_actors::ids::{StreamId, UserId};
+use twizzle_actors::registry::{
+    CountSockets, CreateStream, OpenSocket, Registry, RegistryError, StreamSummary,
+};
 use twizzle_actors::store::memory::NoRecording;
 use twizzle_actors::stream::{
     EndStream, GetStatus, Join, Joined, Outbound, Publish, SocketId, StreamActor, StreamLimits,
@@ -333,6 +338,49 @@ pub async fn stopped(stream: &Addr<StreamActor>) {
         while stream.send(GetStatus).await.is_ok() {}
     })
     .await;
+}
+
+/// Creates a stream owned by `owner`, within [`WAIT`].
+pub async fn create(
+    registry: &Addr<Registry>,
+    owner: &str,
+) -> Result<StreamSummary, RegistryError> {
+    let create = registry.send(CreateStream { owner: user(owner) });
+    within("CreateStream", create)
+        .await
+        .expect("the registry is running")
+}
+
+/// Asks `registry` for a ticket to `stream_id`, as an anonymous socket.
+pub async fn open_socket(
+    registry: &Addr<Registry>,
+    stream_id: &StreamId,
+) -> Result<Admission, RegistryError> {
+    open_socket_as(registry, stream_id, None).await
+}
+
+/// Asks `registry` for a ticket to `stream_id` for a socket of `user`.
+pub async fn open_socket_as(
+    registry: &Addr<Registry>,
+    stream_id: &StreamId,
+    user: Option<&str>,
+) -> Result<Admission, RegistryError> {
+    let open = registry.send(OpenSocket {
+        stream_id: stream_id.clone(),
+        user_id: user.map(self::user),
+        client: std::net::IpAddr::from([127, 0, 0, 1]),
+    });
+    within("OpenSocket", open)
+        .await
+        .expect("the registry is running")
+}
+
+/// How many tickets the registry has out; a round trip through its
+/// mailbox, so it counts every ticket dropped before the call.
+pub async fn count_sockets(registry: &Addr<Registry>) -> usize {
+    within("CountSockets", registry.send(CountSockets))
+        .await
+        .expect("the registry is running")
 }
 
 /// A stream setup with a fresh ID, [`OWNER`] as its sender, no countdown in

@@ -8,6 +8,7 @@ mod helpers;
 mod http;
 mod limits;
 mod logs;
+mod races;
 mod restart;
 mod sign_in;
 mod sockets;

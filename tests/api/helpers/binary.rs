@@ -123,14 +123,19 @@ impl KillOnDrop {
         self.0.kill()
     }
 
-    /// Sends a signal by name (`TERM`, `INT`) with the system's `kill`.
+    /// Sends a signal by name (`TERM`, `INT`), at once: a race test needs
+    /// it to land when it says, not after a `kill` process has started.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
+        let signal = match name {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            other => panic!("no such signal here: {other}"),
+        };
+        let pid = libc::pid_t::try_from(self.0.id()).expect("a pid");
+        // SAFETY: sends a signal to our own child, which has not been reaped
+        // (`KillOnDrop` waits for it only when dropped), so `pid` is still it.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill -{name}: {}", std::io::Error::last_os_error());
     }
 
     /// The exit status, if the process exits within `bound`.

@@ -19,7 +19,9 @@ use std::time::Duration;
 pub use app::{spawn_app, spawn_app_in, spawn_app_with, Answer, TestApp};
 pub use binary::{assert_no_token_in, rest_of, start_binary, start_binary_with, KillOnDrop};
 pub use events::{move_event, orientation_event, reset_event};
-pub use raw::{raw_upgrade, RawSocket};
+pub use raw::{
+    content_length, raw_upgrade, read_head, reset, status_of, upgrade_request, RawSocket,
+};
 pub use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
 pub use ws::{Seen, WsClient};
 

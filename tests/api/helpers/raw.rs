@@ -1,7 +1,62 @@
 //! Sockets on plain blocking TCP, for what awc will not do: a client that
-//! stops reading or answering, and the body of a refused upgrade.
+//! stops reading or answering, one that resets its connection in the middle
+//! of the handshake, and the body of a refused upgrade.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 
 use super::WAIT;
+
+/// The WebSocket upgrade request for `path` (which may carry a query).
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Reads an answer's head, up to and including the blank line, byte by byte
+/// so that nothing after it is consumed. An end of the connection before
+/// the blank line is an `UnexpectedEof` error.
+pub fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    Ok(head)
+}
+
+/// The status code of an answer's head, if it has one.
+pub fn status_of(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let code = line.split(|&b| b == b' ').nth(1)?;
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// Closes `stream` with a reset (RST) rather than an orderly FIN, as a
+/// client that crashes or loses its network does: a linger of zero makes
+/// the close drop whatever is unsent and abort the connection.
+pub fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` that outlives the call.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "setsockopt SO_LINGER");
+    drop(stream);
+}
 
 /// A WebSocket client on a plain blocking socket that does nothing by itself:
 /// it answers no ping and reads only when told, to play a client that stops
@@ -14,9 +69,7 @@ impl RawSocket {
     /// Opens a socket to `stream_id` as a viewer, with a receive buffer of
     /// `receive_buffer` bytes, and completes the handshake.
     pub fn open(port: u16, stream_id: &str, receive_buffer: i32) -> RawSocket {
-        use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         // SAFETY: a valid socket and a c_int that outlives the call.
         let set = unsafe {
             libc::setsockopt(
@@ -28,19 +81,10 @@ impl RawSocket {
             )
         };
         assert_eq!(set, 0, "setsockopt SO_RCVBUF");
-        write!(
-            stream,
-            "GET /v0/streams/{stream_id}/socket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
+        let request = upgrade_request(&format!("/v0/streams/{stream_id}/socket"));
+        stream.write_all(request.as_bytes()).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).expect("the handshake answer");
-            head.push(byte[0]);
-        }
+        let head = read_head(&mut stream).expect("the handshake answer");
         assert!(
             head.starts_with(b"HTTP/1.1 101"),
             "{}",
@@ -53,7 +97,6 @@ impl RawSocket {
     /// more than `quiet` between reads; the frames' opcodes seen, in order.
     /// Panics if the connection is still open but silent for `quiet`.
     pub fn drain_until_closed(&mut self, quiet: std::time::Duration) -> Vec<u8> {
-        use std::io::Read;
         self.stream.set_read_timeout(Some(quiet)).unwrap();
         let mut all = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -75,7 +118,6 @@ impl RawSocket {
 impl RawSocket {
     /// Reads the next `count` text frames (answering nothing), each within the wait bound.
     pub fn read_texts(&mut self, count: usize) -> Vec<String> {
-        use std::io::Read;
         self.stream.set_read_timeout(Some(WAIT)).unwrap();
         let mut texts = Vec::with_capacity(count);
         let mut header = [0u8; 2];
@@ -108,6 +150,66 @@ impl RawSocket {
     }
 }
 
+impl RawSocket {
+    /// Wraps a connection whose upgrade was just answered 101 (its head read
+    /// with [`read_head`]).
+    pub fn upgraded(stream: TcpStream) -> RawSocket {
+        RawSocket { stream }
+    }
+
+    /// Reads frames, skipping any but a close, until a close frame: its code
+    /// and reason. `Ok(None)` if the connection ends first, cleanly or by a
+    /// reset; an error if it stays silent for `quiet`.
+    pub fn next_close(&mut self, quiet: std::time::Duration) -> io::Result<Option<(u16, String)>> {
+        self.stream.set_read_timeout(Some(quiet))?;
+        loop {
+            let mut header = [0u8; 2];
+            match self.stream.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if ended(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let len = match header[1] & 0x7f {
+                126 => {
+                    let mut n = [0u8; 2];
+                    self.stream.read_exact(&mut n)?;
+                    usize::from(u16::from_be_bytes(n))
+                }
+                127 => {
+                    let mut n = [0u8; 8];
+                    self.stream.read_exact(&mut n)?;
+                    u64::from_be_bytes(n) as usize
+                }
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            match self.stream.read_exact(&mut payload) {
+                Ok(()) => {}
+                Err(e) if ended(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            if header[0] & 0x0f == 0x8 {
+                let code = match payload.get(..2) {
+                    Some(code) => u16::from_be_bytes([code[0], code[1]]),
+                    None => 1005, // no status code in the frame (RFC 6455 §7.4.1)
+                };
+                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                return Ok(Some((code, reason.into_owned())));
+            }
+        }
+    }
+}
+
+/// Whether a read failed because the peer closed or reset the connection.
+fn ended(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
 /// The opcodes of the server-to-client (unmasked) frames in `bytes`.
 fn opcodes(bytes: &[u8]) -> Vec<u8> {
     let mut seen = Vec::new();
@@ -136,37 +238,27 @@ fn opcodes(bytes: &[u8]) -> Vec<u8> {
 /// Sends a WebSocket upgrade request on a plain socket; the status and the
 /// body of a refusal (awc hides the body of a refused upgrade).
 pub fn raw_upgrade(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .expect("an answer within the wait bound");
-        answer.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if body.len() >= length || n == 0 {
-                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-                return (status, body[..length.min(body.len())].to_owned());
-            }
-        }
-        assert!(n > 0, "the connection closed mid-answer");
-    }
+    stream.write_all(upgrade_request(path).as_bytes()).unwrap();
+    let head = read_head(&mut stream).expect("an answer within the wait bound");
+    let status = status_of(&head).expect("a status line");
+    let mut body = vec![0u8; content_length(&head)];
+    stream
+        .read_exact(&mut body)
+        .expect("the whole body within the wait bound");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The `Content-Length` of an answer's head; 0 if it has none.
+pub fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().expect("a numeric Content-Length"))
+        })
+        .unwrap_or(0)
 }
