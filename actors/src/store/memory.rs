@@ -20,6 +20,10 @@ impl UserStore for MemoryUsers {
     fn apply(&mut self, _: Vec<UserChange>) -> StoreFuture<()> {
         done(Ok(()))
     }
+
+    fn check_writable(&mut self) -> StoreFuture<()> {
+        done(Ok(()))
+    }
 }
 
 /// Streams in memory only: none come back after a restart, none are recorded.
@@ -36,6 +40,10 @@ impl StreamStore for MemoryStreams {
     }
 
     fn sync(&mut self) -> StoreFuture<()> {
+        done(Ok(()))
+    }
+
+    fn check_writable(&mut self) -> StoreFuture<()> {
         done(Ok(()))
     }
 

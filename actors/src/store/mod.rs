@@ -142,6 +142,11 @@ pub trait UserStore {
 
     /// Makes `changes` durable, all or none, before the future resolves.
     fn apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<()>;
+
+    /// Whether a change made now would be kept: `Ok`, or what would refuse
+    /// it (`Full`, `ReadOnly`, `Unavailable`). For the readiness check, so
+    /// cheap enough to run every few seconds, and it keeps nothing.
+    fn check_writable(&mut self) -> StoreFuture<()>;
 }
 
 /// An open stream as the registry keeps it.
@@ -187,6 +192,10 @@ pub trait StreamStore {
 
     /// Resolves once every change recorded so far is durable.
     fn sync(&mut self) -> StoreFuture<()>;
+
+    /// Whether a change recorded now would be kept, as
+    /// [`UserStore::check_writable`].
+    fn check_writable(&mut self) -> StoreFuture<()>;
 
     /// The recording of stream `id`, not yet opened. `Send`, since the
     /// stream it is for runs on another thread.
