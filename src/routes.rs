@@ -11,10 +11,8 @@ use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId};
-use twizzle_actors::registry::{CreateStream, ListStreams, OpenSocket, Registry, StreamSummary};
-use twizzle_actors::tokens::{
-    Authenticate, AuthenticatedUser, LookupUsers, RedeemClaim, SignIn, TokenActor,
-};
+use twizzle_actors::registry::{CreateStream, OpenSocket, Registry, StreamListBody};
+use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
 
 use crate::config::Settings;
 use crate::connection::{ConnectionFd, Cutoff};
@@ -123,24 +121,10 @@ struct StreamInfo {
 }
 
 async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let summaries: Vec<StreamSummary> = state.registry.send(ListStreams).await?;
-    let user_ids = summaries
-        .iter()
-        .flat_map(|s| s.senders.iter().cloned())
-        .collect();
-    let mut infos = state
-        .tokens
-        .send(LookupUsers { user_ids })
-        .await?
-        .into_iter();
-    let streams: Vec<StreamInfo> = summaries
-        .into_iter()
-        .map(|summary| StreamInfo {
-            senders: infos.by_ref().take(summary.senders.len()).collect(),
-            stream_id: summary.id,
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "streams": streams })))
+    let body = state.registry.send(StreamListBody).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
 }
 
 #[derive(Deserialize)]
@@ -182,10 +166,8 @@ async fn create_stream(
 ) -> Result<HttpResponse, ApiError> {
     let token = access_token(&req, &query).ok_or(ApiError::MissingAccessToken)?;
     let user = authenticate(&state, token).await?;
-    let summary = state
-        .registry
-        .send(CreateStream { owner: user.id })
-        .await??;
+    let owner = user.info.clone();
+    let summary = state.registry.send(CreateStream { owner }).await??;
     let stream = StreamInfo {
         stream_id: summary.id,
         senders: vec![user.info],
