@@ -1,10 +1,13 @@
 //! The HTTP handlers. Each takes the actors' addresses from `web::Data`,
 //! sends them a message or two, and turns the answers into a response.
+//! Every message goes through [`AppState::ask`], which gives the actor a
+//! deadline to answer by.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix::Addr;
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message};
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
@@ -22,6 +25,13 @@ use crate::session::{SessionSetup, WsSession};
 use crate::time::js_date_string;
 use crate::wca::WcaClient;
 
+/// How long a handler waits for an actor's answer; past it the request is
+/// answered 503 `server busy`, so that a stuck actor (a disk that hangs a
+/// write, a flood of requests) costs a client seconds, not a hung request.
+/// The message stays in the actor's mailbox and may still take effect,
+/// as when a client gives up waiting.
+pub const ACTOR_DEADLINE: Duration = Duration::from_secs(5);
+
 /// What every handler may use: the actors and the settings. No state of its own.
 pub struct AppState {
     /// Creates, lists and finds streams.
@@ -32,6 +42,38 @@ pub struct AppState {
     pub settings: Settings,
     /// When the server started, for the liveness check.
     pub started: SystemTime,
+    /// How long a handler waits for an actor: [`ACTOR_DEADLINE`], shorter
+    /// only in tests.
+    pub deadline: Duration,
+}
+
+impl AppState {
+    /// Sends `msg` to `actor` and waits for the answer, at most
+    /// [`AppState::deadline`]: past it, [`ApiError::Busy`].
+    async fn ask<A, M>(&self, actor: &Addr<A>, msg: M) -> Result<M::Result, ApiError>
+    where
+        A: Actor + Handler<M>,
+        A::Context: ToEnvelope<A, M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        ask_within(actor, msg, self.deadline).await
+    }
+}
+
+/// Sends `msg` to `actor` and waits for the answer at most `deadline`.
+async fn ask_within<A, M>(
+    actor: &Addr<A>,
+    msg: M,
+    deadline: Duration,
+) -> Result<M::Result, ApiError>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    Ok(actor.send(msg).timeout(deadline).await?)
 }
 
 /// Registers every endpoint on `cfg`.
@@ -121,7 +163,7 @@ struct StreamInfo {
 }
 
 async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let body = state.registry.send(StreamListBody).await?;
+    let body = state.ask(&state.registry, StreamListBody).await?;
     Ok(HttpResponse::Ok()
         .insert_header(header::ContentType::json())
         .body(body))
@@ -156,7 +198,9 @@ async fn authenticate(
     token: Result<AccessToken, ApiError>,
 ) -> Result<AuthenticatedUser, ApiError> {
     let access_token = token?;
-    Ok(state.tokens.send(Authenticate { access_token }).await??)
+    Ok(state
+        .ask(&state.tokens, Authenticate { access_token })
+        .await??)
 }
 
 async fn create_stream(
@@ -167,7 +211,7 @@ async fn create_stream(
     let token = access_token(&req, &query).ok_or(ApiError::MissingAccessToken)?;
     let user = authenticate(&state, token).await?;
     let owner = user.info.clone();
-    let summary = state.registry.send(CreateStream { owner }).await??;
+    let summary = state.ask(&state.registry, CreateStream { owner }).await??;
     let stream = StreamInfo {
         stream_id: summary.id,
         senders: vec![user.info],
@@ -213,7 +257,9 @@ async fn open_socket(
     query: &TokenQuery,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let admission = state.registry.send(OpenSocket { stream_id }).await??;
+    let admission = state
+        .ask(&state.registry, OpenSocket { stream_id })
+        .await??;
     let user_id = match access_token(req, query) {
         Some(token) => Some(authenticate(state, token).await?.id),
         None => None,
@@ -261,7 +307,7 @@ async fn oauth_callback(
         log::warn!("WCA sign-in failed: {e}");
         ApiError::WcaFailed
     })?;
-    let claim_token = state.tokens.send(SignIn { profile }).await??;
+    let claim_token = state.ask(&state.tokens, SignIn { profile }).await??;
     let target = with_query_param(
         &state.settings.client_app_url,
         "claimToken",
@@ -310,7 +356,9 @@ async fn claim(
         .filter(|c| !c.is_empty())
         .ok_or(ApiError::MissingClaimToken)?;
     let claim_token = ClaimToken::parse(&text).ok_or(ApiError::InvalidClaimToken)?;
-    let claimed = state.tokens.send(RedeemClaim { claim_token }).await??;
+    let claimed = state
+        .ask(&state.tokens, RedeemClaim { claim_token })
+        .await??;
     Ok(HttpResponse::Ok().json(json!({
         "twizzleAccessToken": claimed.access_token.expose(),
         "userInfo": claimed.user,

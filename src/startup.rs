@@ -18,7 +18,7 @@ use twizzle_actors::tokens::TokenActor;
 use crate::config::Settings;
 use crate::connection;
 use crate::error::ApiError;
-use crate::routes::{self, AppState};
+use crate::routes::{self, AppState, ACTOR_DEADLINE};
 use crate::wca::WcaClient;
 
 /// How long a stopping server waits for connections to finish after every
@@ -93,7 +93,15 @@ impl Actors {
     /// Fails only if what is kept cannot be read; a full or read-only disk
     /// still starts, and what needs a write answers 503 until it is fixed.
     pub fn start(settings: &Settings) -> io::Result<Actors> {
-        let Stores { users, streams } = Stores::local(&settings.data_dir)?;
+        Ok(Actors::start_with(
+            settings,
+            Stores::local(&settings.data_dir)?,
+        ))
+    }
+
+    /// Starts the actors on `stores` rather than the data directory's.
+    pub fn start_with(settings: &Settings, stores: Stores) -> Actors {
+        let Stores { users, streams } = stores;
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let token_arbiter = Arbiter::new();
         let registry_arbiter = Arbiter::new();
@@ -117,7 +125,7 @@ impl Actors {
         // The registry syncs its journal when a stream is created; on its own
         // thread that stalls nothing else.
         let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| registry);
-        Ok(Actors {
+        Actors {
             tokens,
             registry,
             arbiters: Arbiters(
@@ -126,7 +134,7 @@ impl Actors {
                     .chain(stream_arbiters)
                     .collect(),
             ),
-        })
+        }
     }
 }
 
@@ -136,7 +144,21 @@ impl Application {
     ///
     /// Must run inside an actix system (`#[actix_web::main]` or `#[actix_web::test]`).
     pub async fn build(settings: Settings) -> io::Result<Application> {
-        let actors = Actors::start(&settings)?;
+        let stores = Stores::local(&settings.data_dir)?;
+        Application::build_with(settings, stores, ACTOR_DEADLINE).await
+    }
+
+    /// [`Application::build`] on `stores` rather than the data directory's,
+    /// with handlers that wait `deadline` for an actor rather than
+    /// [`ACTOR_DEADLINE`]. For tests: a store of their own makes an actor
+    /// slow, and a short deadline shows it without waiting seconds. No
+    /// setting leads here.
+    pub async fn build_with(
+        settings: Settings,
+        stores: Stores,
+        deadline: Duration,
+    ) -> io::Result<Application> {
+        let actors = Actors::start_with(&settings, stores);
         if settings.wca.client_secret.is_none() {
             log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
         }
@@ -155,7 +177,7 @@ impl Application {
             listener.local_addr()?,
             settings.data_dir.display()
         );
-        Self::serve(listener, port, settings, actors)
+        Self::serve(listener, port, settings, actors, deadline)
     }
 
     /// The HTTP server on `listener`, handing requests to `actors`.
@@ -164,6 +186,7 @@ impl Application {
         port: u16,
         settings: Settings,
         actors: Actors,
+        deadline: Duration,
     ) -> io::Result<Application> {
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let Actors {
@@ -176,6 +199,7 @@ impl Application {
             tokens,
             settings: settings.clone(),
             started: SystemTime::now(),
+            deadline,
         });
         let wca_settings = settings.wca.clone();
         let server = HttpServer::new(move || {
