@@ -11,10 +11,13 @@ use actix::{Actor, Addr, Handler, Message};
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
+use futures_util::future::{join3, join_all};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use twizzle_actors::health::{CheckWritable, Ping, Pulse};
 use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId};
 use twizzle_actors::registry::{CreateStream, OpenSocket, Registry, StreamListBody};
+use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
 
 use crate::config::Settings;
@@ -32,12 +35,17 @@ use crate::wca::WcaClient;
 /// as when a client gives up waiting.
 pub const ACTOR_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long the readiness check waits for each actor's answer.
+pub const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+
 /// What every handler may use: the actors and the settings. No state of its own.
 pub struct AppState {
     /// Creates, lists and finds streams.
     pub registry: Addr<Registry>,
     /// Users, access tokens and claim tokens.
     pub tokens: Addr<TokenActor>,
+    /// One per stream thread, for the readiness check.
+    pub pulses: Vec<Addr<Pulse>>,
     /// The server's settings.
     pub settings: Settings,
     /// When the server started, for the liveness check.
@@ -82,6 +90,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource(
             "/v0/infra/liveness_check",
             web::get().to(liveness_check),
+        ))
+        .service(resource(
+            "/v0/infra/readiness_check",
+            web::get().to(readiness_check),
         ))
         .service(
             web::resource("/v0/streams")
@@ -160,6 +172,56 @@ struct StreamInfo {
     #[serde(rename = "streamID")]
     stream_id: StreamId,
     senders: Vec<PublicUserInfo>,
+}
+
+/// Ready: every actor answers within [`READINESS_DEADLINE`] and every store
+/// takes writes. Its 503 is shaped like its 200, `{"ready": false,
+/// "reason"}`, not as an error: it is the check's answer, not a failure.
+async fn readiness_check(state: web::Data<AppState>) -> HttpResponse {
+    match not_ready(&state).await {
+        None => HttpResponse::Ok().json(json!({ "ready": true })),
+        Some(reason) => {
+            log::debug!("not ready: {reason}");
+            HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": reason }))
+        }
+    }
+}
+
+/// Why the server is not ready, if it is not: the first actor that did not
+/// answer in time, else the first store that cannot be written. The actors
+/// are asked at once, so the check takes one deadline at most.
+async fn not_ready(state: &AppState) -> Option<&'static str> {
+    let (tokens, registry, pulses) = join3(
+        ask_within(&state.tokens, CheckWritable, READINESS_DEADLINE),
+        ask_within(&state.registry, CheckWritable, READINESS_DEADLINE),
+        join_all(
+            state
+                .pulses
+                .iter()
+                .map(|pulse| ask_within(pulse, Ping, READINESS_DEADLINE)),
+        ),
+    )
+    .await;
+    let unanswered = |e: ApiError, busy, stopped| match e {
+        ApiError::Busy => Some(busy),
+        _ => Some(stopped),
+    };
+    let tokens = match tokens {
+        Ok(writable) => writable,
+        Err(e) => return unanswered(e, "token actor busy", "token actor stopped"),
+    };
+    let registry = match registry {
+        Ok(writable) => writable,
+        Err(e) => return unanswered(e, "registry busy", "registry stopped"),
+    };
+    if let Some(e) = pulses.into_iter().find_map(Result::err) {
+        return unanswered(e, "stream thread busy", "stream thread stopped");
+    }
+    match tokens.and(registry) {
+        Ok(()) => None,
+        Err(StoreError::Failed(_)) => Some("storage failed"),
+        Err(e) => Some(e.public_message()),
+    }
 }
 
 async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

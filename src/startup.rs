@@ -10,6 +10,7 @@ use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::middleware::{DefaultHeaders, Logger};
 use actix_web::{web, App, HttpServer};
+use twizzle_actors::health::Pulse;
 use twizzle_actors::ids;
 use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
 use twizzle_actors::store::Stores;
@@ -82,6 +83,8 @@ pub struct Actors {
     pub tokens: Addr<TokenActor>,
     /// The directory of streams.
     pub registry: Addr<Registry>,
+    /// One per stream thread: answers for it in the readiness check.
+    pub pulses: Vec<Addr<Pulse>>,
     /// The threads they run on.
     arbiters: Arbiters,
 }
@@ -125,9 +128,14 @@ impl Actors {
         // The registry syncs its journal when a stream is created; on its own
         // thread that stalls nothing else.
         let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| registry);
+        let pulses = stream_arbiters
+            .iter()
+            .map(|arbiter| Pulse::start_in_arbiter(&arbiter.handle(), |_| Pulse))
+            .collect();
         Actors {
             tokens,
             registry,
+            pulses,
             arbiters: Arbiters(
                 [token_arbiter, registry_arbiter]
                     .into_iter()
@@ -192,11 +200,13 @@ impl Application {
         let Actors {
             tokens,
             registry,
+            pulses,
             arbiters,
         } = actors;
         let state = web::Data::new(AppState {
             registry: registry.clone(),
             tokens,
+            pulses,
             settings: settings.clone(),
             started: SystemTime::now(),
             deadline,

@@ -16,6 +16,8 @@
 //!   when a stream goes live, idle, or ends.
 //! - [`tokens`]: the [`tokens::TokenActor`] owns users, access tokens and
 //!   claim tokens.
+//! - [`health`]: what the readiness check asks them, and the
+//!   [`health::Pulse`] that answers for a stream thread.
 //!
 //! The values they are made of:
 //!
@@ -45,6 +47,7 @@
 pub mod admission;
 pub mod close;
 pub mod event;
+pub mod health;
 pub mod ids;
 pub mod rate;
 pub mod registry;

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::admission::{Admission, SocketClosed};
 use crate::close;
+use crate::health::CheckWritable;
 use crate::ids::{PublicUserInfo, StreamId, UserId};
 use crate::store::journal::epoch_ms;
 use crate::store::{StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore};
@@ -510,6 +511,14 @@ impl Handler<UserUpdated> for Registry {
         // authenticated with until the next change: a sign-in racing a
         // creation, rare and harmless.
         self.update_senders(vec![msg.info]);
+    }
+}
+
+impl Handler<CheckWritable> for Registry {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: CheckWritable, _: &mut Self::Context) -> Self::Result {
+        self.store.check_writable()
     }
 }
 

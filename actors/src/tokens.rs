@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
+use crate::health::CheckWritable;
 use crate::ids::{AccessToken, ClaimToken, PublicUserInfo, UserId};
 use crate::secrets::{SealingKey, TokenHash};
 use crate::store::journal::epoch_ms;
@@ -396,5 +397,13 @@ impl Handler<WatchUsers> for TokenActor {
 
     fn handle(&mut self, msg: WatchUsers, _: &mut Self::Context) {
         self.watchers.push(msg.watcher);
+    }
+}
+
+impl Handler<CheckWritable> for TokenActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: CheckWritable, _: &mut Self::Context) -> Self::Result {
+        self.store.check_writable()
     }
 }

@@ -204,6 +204,32 @@ async fn the_list_keeps_its_bytes_and_shows_a_new_name() {
     );
 }
 
+/// The readiness check answers 200 `{"ready": true}` when every actor
+/// answers and the data directory takes writes, and leaves nothing in it.
+#[actix_web::test]
+async fn readiness_check_is_ready() {
+    let app = spawn_app().await;
+    let answer = app.get("/v0/infra/readiness_check").await;
+    assert_eq!(
+        (answer.status, &answer.body),
+        (200, &serde_json::json!({"ready": true}))
+    );
+    assert_eq!(
+        answer.headers.get("content-type").unwrap(),
+        "application/json"
+    );
+    assert_eq!(
+        answer.headers.get("access-control-allow-origin").unwrap(),
+        "*"
+    );
+    let probes: Vec<_> = std::fs::read_dir(app.dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().ends_with(".probe"))
+        .collect();
+    assert!(probes.is_empty(), "{probes:?}");
+}
+
 /// A user may hold only so many open streams; the next one is a 429 saying so.
 #[actix_web::test]
 async fn streams_per_user_are_limited() {
