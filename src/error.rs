@@ -65,6 +65,9 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The server is restarting; try again in a moment.
     ShuttingDown,
+    /// An actor did not answer within the deadline
+    /// ([`ACTOR_DEADLINE`](crate::routes::ACTOR_DEADLINE)).
+    Busy,
     /// What the request needs could not be kept (a full or read-only disk,
     /// an unreachable store); what is kept already still works.
     Storage(StoreError),
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::NoSuchEndpoint(path) => format!("no such endpoint: {path}"),
             ApiError::MethodNotAllowed => "method not allowed here".to_owned(),
             ApiError::ShuttingDown => "server restarting: try again in a moment".to_owned(),
+            ApiError::Busy => "server busy".to_owned(),
             ApiError::Storage(e) => e.public_message().to_owned(),
             ApiError::Internal => "internal error".to_owned(),
         }
@@ -140,7 +144,8 @@ impl ResponseError for ApiError {
             | ApiError::TooFast { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooManySockets { .. }
             | ApiError::SignInNotConfigured
-            | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::ShuttingDown
+            | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::WcaFailed => StatusCode::FORBIDDEN,
             ApiError::Storage(StoreError::Failed(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -192,7 +197,15 @@ impl From<RegistryError> for ApiError {
 
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> ApiError {
-        log::error!("an actor did not answer: {e}");
-        ApiError::Internal
+        match e {
+            actix::MailboxError::Timeout => {
+                log::warn!("an actor did not answer within the deadline: server busy");
+                ApiError::Busy
+            }
+            actix::MailboxError::Closed => {
+                log::error!("an actor did not answer: {e}");
+                ApiError::Internal
+            }
+        }
     }
 }

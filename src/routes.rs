@@ -1,21 +1,25 @@
 //! The HTTP handlers. Each takes the actors' addresses from `web::Data`,
 //! sends them a message or two, and turns the answers into a response.
+//! Every message goes through [`AppState::ask`], which gives the actor a
+//! deadline to answer by.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix::Addr;
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message};
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
+use futures_util::future::{join3, join_all};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use twizzle_actors::health::{CheckWritable, Ping, Pulse};
 use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId};
-use twizzle_actors::registry::{CreateStream, ListStreams, OpenSocket, Registry, StreamSummary};
-use twizzle_actors::tokens::{
-    Authenticate, AuthenticatedUser, LookupUsers, RedeemClaim, SignIn, TokenActor,
-};
+use twizzle_actors::registry::{CreateStream, OpenSocket, Registry, StreamListBody};
+use twizzle_actors::store::StoreError;
+use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
 
 use crate::client::ClientAddr;
 use crate::config::Settings;
@@ -26,16 +30,60 @@ use crate::session::{SessionSetup, WsSession};
 use crate::time::js_date_string;
 use crate::wca::WcaClient;
 
+/// How long a handler waits for an actor's answer; past it the request is
+/// answered 503 `server busy`, so that a stuck actor (a disk that hangs a
+/// write, a flood of requests) costs a client seconds, not a hung request.
+/// The message stays in the actor's mailbox and may still take effect,
+/// as when a client gives up waiting.
+pub const ACTOR_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long the readiness check waits for each actor's answer.
+pub const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+
 /// What every handler may use: the actors and the settings. No state of its own.
 pub struct AppState {
     /// Creates, lists and finds streams.
     pub registry: Addr<Registry>,
     /// Users, access tokens and claim tokens.
     pub tokens: Addr<TokenActor>,
+    /// One per stream thread, for the readiness check.
+    pub pulses: Vec<Addr<Pulse>>,
     /// The server's settings.
     pub settings: Settings,
     /// When the server started, for the liveness check.
     pub started: SystemTime,
+    /// How long a handler waits for an actor: [`ACTOR_DEADLINE`], shorter
+    /// only in tests.
+    pub deadline: Duration,
+}
+
+impl AppState {
+    /// Sends `msg` to `actor` and waits for the answer, at most
+    /// [`AppState::deadline`]: past it, [`ApiError::Busy`].
+    async fn ask<A, M>(&self, actor: &Addr<A>, msg: M) -> Result<M::Result, ApiError>
+    where
+        A: Actor + Handler<M>,
+        A::Context: ToEnvelope<A, M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        ask_within(actor, msg, self.deadline).await
+    }
+}
+
+/// Sends `msg` to `actor` and waits for the answer at most `deadline`.
+async fn ask_within<A, M>(
+    actor: &Addr<A>,
+    msg: M,
+    deadline: Duration,
+) -> Result<M::Result, ApiError>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    Ok(actor.send(msg).timeout(deadline).await?)
 }
 
 /// Registers every endpoint on `cfg`.
@@ -44,6 +92,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource(
             "/v0/infra/liveness_check",
             web::get().to(liveness_check),
+        ))
+        .service(resource(
+            "/v0/infra/readiness_check",
+            web::get().to(readiness_check),
         ))
         .service(
             web::resource("/v0/streams")
@@ -124,25 +176,61 @@ struct StreamInfo {
     senders: Vec<PublicUserInfo>,
 }
 
+/// Ready: every actor answers within [`READINESS_DEADLINE`] and every store
+/// takes writes. Its 503 is shaped like its 200, `{"ready": false,
+/// "reason"}`, not as an error: it is the check's answer, not a failure.
+async fn readiness_check(state: web::Data<AppState>) -> HttpResponse {
+    match not_ready(&state).await {
+        None => HttpResponse::Ok().json(json!({ "ready": true })),
+        Some(reason) => {
+            log::debug!("not ready: {reason}");
+            HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": reason }))
+        }
+    }
+}
+
+/// Why the server is not ready, if it is not: the first actor that did not
+/// answer in time, else the first store that cannot be written. The actors
+/// are asked at once, so the check takes one deadline at most.
+async fn not_ready(state: &AppState) -> Option<&'static str> {
+    let (tokens, registry, pulses) = join3(
+        ask_within(&state.tokens, CheckWritable, READINESS_DEADLINE),
+        ask_within(&state.registry, CheckWritable, READINESS_DEADLINE),
+        join_all(
+            state
+                .pulses
+                .iter()
+                .map(|pulse| ask_within(pulse, Ping, READINESS_DEADLINE)),
+        ),
+    )
+    .await;
+    let unanswered = |e: ApiError, busy, stopped| match e {
+        ApiError::Busy => Some(busy),
+        _ => Some(stopped),
+    };
+    let tokens = match tokens {
+        Ok(writable) => writable,
+        Err(e) => return unanswered(e, "token actor busy", "token actor stopped"),
+    };
+    let registry = match registry {
+        Ok(writable) => writable,
+        Err(e) => return unanswered(e, "registry busy", "registry stopped"),
+    };
+    if let Some(e) = pulses.into_iter().find_map(Result::err) {
+        return unanswered(e, "stream thread busy", "stream thread stopped");
+    }
+    match tokens.and(registry) {
+        Ok(()) => None,
+        Err(StoreError::Failed(_)) => Some("storage failed"),
+        Err(e) => Some(e.public_message()),
+    }
+}
+
 async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let summaries: Vec<StreamSummary> = state.registry.send(ListStreams).await?;
-    let user_ids = summaries
-        .iter()
-        .flat_map(|s| s.senders.iter().cloned())
-        .collect();
-    let mut infos = state
-        .tokens
-        .send(LookupUsers { user_ids })
-        .await?
-        .into_iter();
-    let streams: Vec<StreamInfo> = summaries
-        .into_iter()
-        .map(|summary| StreamInfo {
-            senders: infos.by_ref().take(summary.senders.len()).collect(),
-            stream_id: summary.id,
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "streams": streams })))
+    let body = state.ask(&state.registry, StreamListBody).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
 }
 
 #[derive(Deserialize)]
@@ -174,7 +262,9 @@ async fn authenticate(
     token: Result<AccessToken, ApiError>,
 ) -> Result<AuthenticatedUser, ApiError> {
     let access_token = token?;
-    Ok(state.tokens.send(Authenticate { access_token }).await??)
+    Ok(state
+        .ask(&state.tokens, Authenticate { access_token })
+        .await??)
 }
 
 async fn create_stream(
@@ -184,10 +274,8 @@ async fn create_stream(
 ) -> Result<HttpResponse, ApiError> {
     let token = access_token(&req, &query).ok_or(ApiError::MissingAccessToken)?;
     let user = authenticate(&state, token).await?;
-    let summary = state
-        .registry
-        .send(CreateStream { owner: user.id })
-        .await??;
+    let owner = user.info.clone();
+    let summary = state.ask(&state.registry, CreateStream { owner }).await??;
     let stream = StreamInfo {
         stream_id: summary.id,
         senders: vec![user.info],
@@ -245,12 +333,14 @@ async fn open_socket(
         .or_else(|| req.peer_addr().map(|peer| peer.ip()))
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let admission = state
-        .registry
-        .send(OpenSocket {
-            stream_id,
-            user_id,
-            client,
-        })
+        .ask(
+            &state.registry,
+            OpenSocket {
+                stream_id,
+                user_id,
+                client,
+            },
+        )
         .await??;
     ws::handshake(req).map_err(|_| ApiError::NotAnUpgrade)?;
     let limits = &state.settings.limits;
@@ -292,7 +382,7 @@ async fn oauth_callback(
         log::warn!("WCA sign-in failed: {e}");
         ApiError::WcaFailed
     })?;
-    let claim_token = state.tokens.send(SignIn { profile }).await??;
+    let claim_token = state.ask(&state.tokens, SignIn { profile }).await??;
     let target = with_query_param(
         &state.settings.client_app_url,
         "claimToken",
@@ -341,7 +431,9 @@ async fn claim(
         .filter(|c| !c.is_empty())
         .ok_or(ApiError::MissingClaimToken)?;
     let claim_token = ClaimToken::parse(&text).ok_or(ApiError::InvalidClaimToken)?;
-    let claimed = state.tokens.send(RedeemClaim { claim_token }).await??;
+    let claimed = state
+        .ask(&state.tokens, RedeemClaim { claim_token })
+        .await??;
     Ok(HttpResponse::Ok().json(json!({
         "twizzleAccessToken": claimed.access_token.expose(),
         "userInfo": claimed.user,

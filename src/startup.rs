@@ -12,6 +12,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::{DefaultHeaders, Logger};
 use actix_web::{web, App, HttpServer};
 use twizzle_actors::gate::{Gate, GateSettings, Knock, Pass, Rate};
+use twizzle_actors::health::Pulse;
 use twizzle_actors::ids;
 use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
 use twizzle_actors::store::Stores;
@@ -22,7 +23,7 @@ use crate::client;
 use crate::config::Settings;
 use crate::connection;
 use crate::error::ApiError;
-use crate::routes::{self, AppState};
+use crate::routes::{self, AppState, ACTOR_DEADLINE};
 use crate::wca::WcaClient;
 
 /// How long a stopping server waits for connections to finish after every
@@ -88,6 +89,8 @@ pub struct Actors {
     pub registry: Addr<Registry>,
     /// Each client address's handshake and request budgets.
     pub gate: Addr<Gate>,
+    /// One per stream thread: answers for it in the readiness check.
+    pub pulses: Vec<Addr<Pulse>>,
     /// The threads they run on.
     arbiters: Arbiters,
 }
@@ -99,7 +102,15 @@ impl Actors {
     /// Fails only if what is kept cannot be read; a full or read-only disk
     /// still starts, and what needs a write answers 503 until it is fixed.
     pub fn start(settings: &Settings) -> io::Result<Actors> {
-        let Stores { users, streams } = Stores::local(&settings.data_dir)?;
+        Ok(Actors::start_with(
+            settings,
+            Stores::local(&settings.data_dir)?,
+        ))
+    }
+
+    /// Starts the actors on `stores` rather than the data directory's.
+    pub fn start_with(settings: &Settings, stores: Stores) -> Actors {
+        let Stores { users, streams } = stores;
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let token_arbiter = Arbiter::new();
         let registry_arbiter = Arbiter::new();
@@ -127,7 +138,8 @@ impl Actors {
             },
             streams,
             stream_arbiters.iter().map(Arbiter::handle).collect(),
-        );
+        )
+        .with_users(tokens.clone());
         // The registry syncs its journal when a stream is created; on its own
         // thread that stalls nothing else.
         let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| registry);
@@ -145,17 +157,22 @@ impl Actors {
         // Every request asks the gate first: a thread of its own keeps that
         // one hop off the threads that do the work.
         let gate = Gate::start_in_arbiter(&gate_arbiter.handle(), move |_| gate);
-        Ok(Actors {
+        let pulses = stream_arbiters
+            .iter()
+            .map(|arbiter| Pulse::start_in_arbiter(&arbiter.handle(), |_| Pulse))
+            .collect();
+        Actors {
             tokens,
             registry,
             gate,
+            pulses,
             arbiters: Arbiters(
                 [token_arbiter, registry_arbiter, gate_arbiter]
                     .into_iter()
                     .chain(stream_arbiters)
                     .collect(),
             ),
-        })
+        }
     }
 }
 
@@ -165,7 +182,21 @@ impl Application {
     ///
     /// Must run inside an actix system (`#[actix_web::main]` or `#[actix_web::test]`).
     pub async fn build(settings: Settings) -> io::Result<Application> {
-        let actors = Actors::start(&settings)?;
+        let stores = Stores::local(&settings.data_dir)?;
+        Application::build_with(settings, stores, ACTOR_DEADLINE).await
+    }
+
+    /// [`Application::build`] on `stores` rather than the data directory's,
+    /// with handlers that wait `deadline` for an actor rather than
+    /// [`ACTOR_DEADLINE`]. For tests: a store of their own makes an actor
+    /// slow, and a short deadline shows it without waiting seconds. No
+    /// setting leads here.
+    pub async fn build_with(
+        settings: Settings,
+        stores: Stores,
+        deadline: Duration,
+    ) -> io::Result<Application> {
+        let actors = Actors::start_with(&settings, stores);
         if settings.wca.client_secret.is_none() {
             log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
         }
@@ -184,7 +215,7 @@ impl Application {
             listener.local_addr()?,
             settings.data_dir.display()
         );
-        Self::serve(listener, port, settings, actors)
+        Self::serve(listener, port, settings, actors, deadline)
     }
 
     /// The HTTP server on `listener`, handing requests to `actors`.
@@ -193,20 +224,24 @@ impl Application {
         port: u16,
         settings: Settings,
         actors: Actors,
+        deadline: Duration,
     ) -> io::Result<Application> {
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let Actors {
             tokens,
             registry,
             gate,
+            pulses,
             arbiters,
         } = actors;
         let trusted = Arc::new(settings.trusted_proxies.clone());
         let state = web::Data::new(AppState {
             registry: registry.clone(),
             tokens,
+            pulses,
             settings: settings.clone(),
             started: SystemTime::now(),
+            deadline,
         });
         let wca_settings = settings.wca.clone();
         let server = HttpServer::new(move || {

@@ -202,6 +202,11 @@ impl PublicUserInfo {
             name: format!("{wca_name} ({})", wca_id.unwrap_or("unverified")),
         }
     }
+
+    /// What is shown of a user ID nobody has: an `unknown user`.
+    pub fn unknown(twizzle_user_id: &UserId) -> Self {
+        PublicUserInfo::new(twizzle_user_id, None, "unknown user")
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //!   claim tokens.
 //! - [`gate`]: the [`gate::Gate`] keeps each client address's handshake and
 //!   request budgets.
+//! - [`health`]: what the readiness check asks them, and the
+//!   [`health::Pulse`] that answers for a stream thread.
 //!
 //! The values they are made of:
 //!
@@ -48,6 +50,7 @@ pub mod admission;
 pub mod close;
 pub mod event;
 pub mod gate;
+pub mod health;
 pub mod ids;
 pub mod rate;
 pub mod registry;

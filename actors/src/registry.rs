@@ -6,20 +6,36 @@
 //! its [`StreamStore`], so the streams come back after a restart with their
 //! countdowns where they were. When the registry stops, it ends every
 //! stream: none outlives it.
+//!
+//! The list of open streams is asked for far more often than it changes,
+//! so the registry keeps it encoded, as `GET /v0/streams` answers it, and
+//! encodes it again only after it changed (a stream created or ended, a
+//! sender's public info changed), when it is next asked for: many changes
+//! at once (every stream stopping at shutdown) cost one encoding, not one
+//! each. For that it keeps each sender's public
+//! info with the stream: a new stream's creator comes with
+//! [`CreateStream`]; the senders of streams restored at start are looked
+//! up once from the token actor, which also tells the registry of every
+//! later change to a user's info (see [`Registry::with_users`]). The store
+//! keeps only user IDs, so that no name goes stale on disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
+use bytestring::ByteString;
+use serde::Serialize;
 
 use crate::admission::{Admission, SocketClosed};
 use crate::close;
 use crate::gate::client_key;
-use crate::ids::{StreamId, UserId};
+use crate::health::CheckWritable;
+use crate::ids::{PublicUserInfo, StreamId, UserId};
 use crate::store::journal::epoch_ms;
 use crate::store::{StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore};
 use crate::stream::{EndStream, SocketId, StreamActor, StreamLimits, StreamNotice, StreamSetup};
+use crate::tokens::{LookupUsers, TokenActor, UserUpdated, WatchUsers};
 
 /// How the registry runs its streams.
 #[derive(Debug, Clone)]
@@ -89,14 +105,21 @@ pub enum RegistryError {
 #[derive(Message)]
 #[rtype(result = "Result<StreamSummary, RegistryError>")]
 pub struct CreateStream {
-    /// The creator.
-    pub owner: UserId,
+    /// The creator, as the list of streams shows them.
+    pub owner: PublicUserInfo,
 }
 
 /// Lists the open streams, oldest first.
 #[derive(Message)]
 #[rtype(result = "Vec<StreamSummary>")]
 pub struct ListStreams;
+
+/// The open streams, oldest first, as the body of `GET /v0/streams`:
+/// `{"streams":[{"streamID":…,"senders":[public user info,…]},…]}`.
+/// Encoded once after each change; answering it copies nothing.
+#[derive(Message)]
+#[rtype(result = "ByteString")]
+pub struct StreamListBody;
 
 /// Finds an open stream.
 #[derive(Message)]
@@ -136,18 +159,42 @@ pub struct Shutdown;
 struct Entry {
     /// Its actor.
     addr: Addr<StreamActor>,
-    /// Users allowed to send; the creator first.
-    senders: Vec<UserId>,
+    /// Users allowed to send, as the list shows them; the creator first.
+    senders: Vec<PublicUserInfo>,
     /// Creation order, for a stable listing.
     seq: u64,
     /// Sender sockets admitted and not yet closed.
     sender_sockets: usize,
 }
 
+impl Entry {
+    fn sender_ids(&self) -> Vec<UserId> {
+        self.senders
+            .iter()
+            .map(|sender| sender.twizzle_user_id.clone())
+            .collect()
+    }
+}
+
+/// One stream of the encoded list; the same fields the list always had.
+#[derive(Serialize)]
+struct Listed<'a> {
+    #[serde(rename = "streamID")]
+    stream_id: &'a StreamId,
+    senders: &'a [PublicUserInfo],
+}
+
 /// Creates, lists and finds streams; admits sockets.
 pub struct Registry {
     /// Open streams by ID.
     streams: HashMap<StreamId, Entry>,
+    /// Open streams' IDs by creation number: the order they are listed in.
+    order: BTreeMap<u64, StreamId>,
+    /// [`StreamListBody`]'s answer; `None` from a change until it is next
+    /// asked for.
+    listing: Option<ByteString>,
+    /// Users' public info for restored streams, and news of its changes.
+    users: Option<Addr<TokenActor>>,
     /// Open streams by creator, for the per-user limit.
     streams_per_user: HashMap<UserId, usize>,
     /// Tickets handed out and not yet dropped.
@@ -183,6 +230,9 @@ impl Registry {
     ) -> Registry {
         Registry {
             streams: HashMap::new(),
+            order: BTreeMap::new(),
+            listing: None,
+            users: None,
             streams_per_user: HashMap::new(),
             sockets: 0,
             sockets_per_client: HashMap::new(),
@@ -196,27 +246,97 @@ impl Registry {
         }
     }
 
+    /// Shows the senders of streams restored at start as `users` knows
+    /// them (once, when the registry starts), and keeps every stream's
+    /// senders current as `users` tells of changes. Without it, restored
+    /// streams show their senders as unknown users.
+    pub fn with_users(mut self, users: Addr<TokenActor>) -> Registry {
+        self.users = Some(users);
+        self
+    }
+
     fn summary(id: &StreamId, entry: &Entry) -> StreamSummary {
         StreamSummary {
             id: id.clone(),
-            senders: entry.senders.clone(),
+            senders: entry.sender_ids(),
         }
+    }
+
+    /// The encoded list, encoded now if it changed since it was last asked for.
+    fn listing(&mut self) -> ByteString {
+        let (order, streams) = (&self.order, &self.streams);
+        self.listing
+            .get_or_insert_with(|| encode_listing(order, streams))
+            .clone()
+    }
+
+    /// Replaces each sender's public info by the one in `infos` for the
+    /// same user; re-encodes the list if that changed anything.
+    fn update_senders(&mut self, infos: Vec<PublicUserInfo>) {
+        let infos: HashMap<UserId, PublicUserInfo> = infos
+            .into_iter()
+            .map(|info| (info.twizzle_user_id.clone(), info))
+            .collect();
+        let mut changed = false;
+        for sender in self.streams.values_mut().flat_map(|e| e.senders.iter_mut()) {
+            if let Some(info) = infos.get(&sender.twizzle_user_id) {
+                if sender != info {
+                    *sender = info.clone();
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.listing = None;
+        }
+    }
+
+    /// Looks the senders of every open stream up from the token actor, if
+    /// there is one, and shows them as it answers.
+    fn look_up_senders(&mut self) -> ResponseActFuture<Self, ()> {
+        let mut user_ids: Vec<UserId> = self.streams.values().flat_map(Entry::sender_ids).collect();
+        user_ids.sort_unstable();
+        user_ids.dedup();
+        let lookup = match &self.users {
+            Some(users) if !user_ids.is_empty() => Some(users.send(LookupUsers { user_ids })),
+            _ => None,
+        };
+        Box::pin(
+            async move {
+                match lookup {
+                    Some(lookup) => lookup.await.map(Some),
+                    None => Ok(None),
+                }
+            }
+            .into_actor(self)
+            .map(|looked_up, registry, _| match looked_up {
+                Ok(Some(infos)) => registry.update_senders(infos),
+                Ok(None) => {}
+                Err(e) => log::error!("cannot look up the senders of the open streams: {e}"),
+            }),
+        )
     }
 
     /// Starts a stream actor, idle since `idle_since_ms`, and adds it to the open streams.
     fn launch(
         &mut self,
         id: StreamId,
-        senders: Vec<UserId>,
+        senders: Vec<PublicUserInfo>,
         idle_since_ms: u64,
         ctx: &mut Context<Self>,
     ) -> StreamSummary {
         if let Some(owner) = senders.first() {
-            *self.streams_per_user.entry(owner.clone()).or_default() += 1;
+            *self
+                .streams_per_user
+                .entry(owner.twizzle_user_id.clone())
+                .or_default() += 1;
         }
         let setup = StreamSetup {
             id: id.clone(),
-            senders: senders.clone(),
+            senders: senders
+                .iter()
+                .map(|sender| sender.twizzle_user_id.clone())
+                .collect(),
             idle_timeout: self.settings.idle_timeout,
             recording: self.store.recording(&id),
             limits: self.settings.stream_limits,
@@ -238,13 +358,16 @@ impl Registry {
         };
         self.next_seq += 1;
         let summary = Self::summary(&id, &entry);
+        self.order.insert(entry.seq, id.clone());
         self.streams.insert(id, entry);
+        self.listing = None;
         summary
     }
 
     /// Brings back the streams the store kept, oldest first. One that had a
     /// sender when the server stopped counts as idle from now (its sender
     /// was cut off by the restart); one whose countdown ran out meanwhile ends.
+    /// Their senders are unknown users until [`Registry::look_up_senders`].
     fn restore(&mut self, records: Vec<StreamRecord>, ctx: &mut Context<Self>) {
         let now = epoch_ms(SystemTime::now());
         let timeout_ms = u64::try_from(self.settings.idle_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -263,7 +386,8 @@ impl Registry {
                 };
                 self.keep(change, ctx);
             }
-            self.launch(record.id, record.senders, idle_since_ms, ctx);
+            let senders = record.senders.iter().map(PublicUserInfo::unknown).collect();
+            self.launch(record.id, senders, idle_since_ms, ctx);
             restored += 1;
         }
         if restored > 0 {
@@ -301,7 +425,10 @@ impl Registry {
     /// shutting down (then it comes back on the next start), records its end.
     fn forget(&mut self, id: StreamId, ctx: &mut Context<Self>) -> Option<Entry> {
         let entry = self.streams.remove(&id)?;
+        self.order.remove(&entry.seq);
+        self.listing = None;
         if let Some(owner) = entry.senders.first() {
+            let owner = &owner.twizzle_user_id;
             if let Some(open) = self.streams_per_user.get_mut(owner) {
                 *open -= 1;
                 if *open == 0 {
@@ -316,18 +443,47 @@ impl Registry {
     }
 }
 
+/// The body of `GET /v0/streams` for the streams in `order`. Through a
+/// `serde_json::Value`, as the list was always encoded, so that its bytes
+/// (the order of keys included) stay what clients got before.
+fn encode_listing(
+    order: &BTreeMap<u64, StreamId>,
+    streams: &HashMap<StreamId, Entry>,
+) -> ByteString {
+    let listed: Vec<Listed<'_>> = order
+        .values()
+        .filter_map(|id| {
+            let entry = streams.get(id)?;
+            Some(Listed {
+                stream_id: id,
+                senders: &entry.senders,
+            })
+        })
+        .collect();
+    ByteString::from(serde_json::json!({ "streams": listed }).to_string())
+}
+
 impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // `wait`: no request is answered before the kept streams are back.
+        if let Some(users) = &self.users {
+            // Before the lookup below, which the token actor answers after
+            // this: no change to a user after the lookup goes untold.
+            users.do_send(WatchUsers {
+                watcher: ctx.address().recipient(),
+            });
+        }
+        // `wait`: no request is answered before the kept streams are back
+        // and their senders looked up.
         let loaded: StoreFuture<Vec<StreamRecord>> = self.store.load();
-        ctx.wait(loaded.into_actor(self).map(|loaded, registry, ctx| {
+        ctx.wait(loaded.into_actor(self).then(|loaded, registry, ctx| {
             match loaded {
                 Ok(records) => registry.restore(records, ctx),
                 Err(e) => log::error!("cannot read the open streams back: {e}"),
             }
             registry.sweep(ctx);
+            registry.look_up_senders()
         }));
         ctx.run_interval(SWEEP_INTERVAL, Self::sweep);
     }
@@ -350,13 +506,19 @@ impl Handler<CreateStream> for Registry {
             return refused(RegistryError::ShuttingDown);
         }
         let limit = self.settings.max_streams_per_user;
-        if self.streams_per_user.get(&msg.owner).copied().unwrap_or(0) >= limit {
+        if self
+            .streams_per_user
+            .get(&msg.owner.twizzle_user_id)
+            .copied()
+            .unwrap_or(0)
+            >= limit
+        {
             return refused(RegistryError::TooManyStreams { limit });
         }
         let created_ms = epoch_ms(SystemTime::now());
         let record = StreamRecord {
             id: StreamId::random(),
-            senders: vec![msg.owner],
+            senders: vec![msg.owner.twizzle_user_id.clone()],
             created_ms,
             idle_since_ms: Some(created_ms),
         };
@@ -365,7 +527,7 @@ impl Handler<CreateStream> for Registry {
         AtomicResponse::new(Box::pin(kept.into_actor(self).map(
             move |kept, registry, ctx| {
                 kept.map_err(RegistryError::Storage)?;
-                let summary = registry.launch(record.id, record.senders, record.created_ms, ctx);
+                let summary = registry.launch(record.id, vec![msg.owner], record.created_ms, ctx);
                 log::info!("stream {} created by {}", summary.id, summary.senders[0]);
                 Ok(summary)
             },
@@ -377,14 +539,40 @@ impl Handler<ListStreams> for Registry {
     type Result = MessageResult<ListStreams>;
 
     fn handle(&mut self, _: ListStreams, _: &mut Self::Context) -> Self::Result {
-        let mut entries: Vec<_> = self.streams.iter().collect();
-        entries.sort_by_key(|(_, entry)| entry.seq);
         MessageResult(
-            entries
-                .into_iter()
-                .map(|(id, entry)| Self::summary(id, entry))
+            self.order
+                .values()
+                .filter_map(|id| Some(Self::summary(id, self.streams.get(id)?)))
                 .collect(),
         )
+    }
+}
+
+impl Handler<StreamListBody> for Registry {
+    type Result = MessageResult<StreamListBody>;
+
+    fn handle(&mut self, _: StreamListBody, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.listing())
+    }
+}
+
+impl Handler<UserUpdated> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: UserUpdated, _: &mut Self::Context) {
+        // A change told while its user's stream is being created is applied
+        // before that stream exists, which then shows the info its creator
+        // authenticated with until the next change: a sign-in racing a
+        // creation, rare and harmless.
+        self.update_senders(vec![msg.info]);
+    }
+}
+
+impl Handler<CheckWritable> for Registry {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: CheckWritable, _: &mut Self::Context) -> Self::Result {
+        self.store.check_writable()
     }
 }
 
@@ -422,7 +610,7 @@ impl Handler<OpenSocket> for Registry {
         let sender = msg
             .user_id
             .as_ref()
-            .is_some_and(|user| entry.senders.contains(user));
+            .is_some_and(|user| entry.senders.iter().any(|s| s.twizzle_user_id == *user));
         if sender {
             let limit = self.settings.max_sender_sockets_per_stream;
             if entry.sender_sockets >= limit {

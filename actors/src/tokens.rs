@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
+use crate::health::CheckWritable;
 use crate::ids::{AccessToken, ClaimToken, PublicUserInfo, UserId};
 use crate::secrets::{SealingKey, TokenHash};
 use crate::store::journal::epoch_ms;
@@ -97,6 +98,25 @@ pub struct LookupUsers {
     pub user_ids: Vec<UserId>,
 }
 
+/// Asks to be told of every change to a user's public info from now on
+/// (a name or WCA ID refreshed at sign-in), so that what is shown of them
+/// elsewhere stays current.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchUsers {
+    /// Where each [`UserUpdated`] goes.
+    pub watcher: Recipient<UserUpdated>,
+}
+
+/// A user's public info changed; sent to every [`WatchUsers`] watcher once
+/// the change is kept.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct UserUpdated {
+    /// The user's public info as it is now.
+    pub info: PublicUserInfo,
+}
+
 fn public(user: &UserRecord) -> PublicUserInfo {
     PublicUserInfo::new(&user.id, user.wca_id.as_deref(), &user.name)
 }
@@ -118,6 +138,8 @@ pub struct TokenActor {
     store: Box<dyn UserStore + Send>,
     /// Seals access tokens at rest.
     key: SealingKey,
+    /// Told of every change to a user's public info.
+    watchers: Vec<Recipient<UserUpdated>>,
 }
 
 impl TokenActor {
@@ -132,6 +154,7 @@ impl TokenActor {
             claim_ttl,
             store,
             key: SealingKey::random(),
+            watchers: Vec::new(),
         }
     }
 
@@ -172,7 +195,20 @@ impl TokenActor {
 
     fn apply(&mut self, change: UserChange) {
         match change {
-            UserChange::PutUser(user) => self.index(user),
+            UserChange::PutUser(user) => {
+                let before = self.users.get(&user.id).map(public);
+                let after = public(&user);
+                self.index(user);
+                // A new user has nothing shown elsewhere yet.
+                if before.is_some_and(|before| before != after) {
+                    self.watchers.retain(|watcher| watcher.connected());
+                    for watcher in &self.watchers {
+                        watcher.do_send(UserUpdated {
+                            info: after.clone(),
+                        });
+                    }
+                }
+            }
             UserChange::PutClaim(claim) => {
                 self.claims.insert(claim.hash.clone(), claim);
             }
@@ -350,8 +386,24 @@ impl Handler<LookupUsers> for TokenActor {
             .iter()
             .map(|id| match self.users.get(id) {
                 Some(user) => public(user),
-                None => PublicUserInfo::new(id, None, "unknown user"),
+                None => PublicUserInfo::unknown(id),
             })
             .collect()
+    }
+}
+
+impl Handler<WatchUsers> for TokenActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchUsers, _: &mut Self::Context) {
+        self.watchers.push(msg.watcher);
+    }
+}
+
+impl Handler<CheckWritable> for TokenActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: CheckWritable, _: &mut Self::Context) -> Self::Result {
+        self.store.check_writable()
     }
 }

@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use twizzle_actors::close::{SERVER_RESTARTING, STREAM_ENDED};
-use twizzle_actors::ids::StreamId;
+use twizzle_actors::ids::{PublicUserInfo, StreamId};
 use twizzle_actors::registry::{
-    FindStream, ListStreams, Registry, RegistryError, RegistrySettings, StreamSummary,
+    CreateStream, FindStream, ListStreams, Registry, RegistryError, RegistrySettings,
+    StreamListBody, StreamSummary,
 };
 use twizzle_actors::store::local::RECORDINGS_DIR;
 use twizzle_actors::store::{memory::MemoryStreams, Stores, StreamStore};
 use twizzle_actors::stream::{StreamActor, StreamLimits};
+use twizzle_actors::tokens::{RedeemClaim, SignIn, TokenActor, UserUpdated, WcaProfile};
 
 use crate::support::*;
 
@@ -528,4 +530,138 @@ async fn the_sweep_deletes_only_old_recordings_of_ended_streams() {
     assert!(!old_ended.with_extension("snapshot").exists());
     assert!(new_ended.is_file(), "a recent recording stays");
     assert!(old_open.is_file(), "an open stream's recording stays");
+}
+
+/// The body of `GET /v0/streams`, as the registry keeps it.
+async fn list_body(registry: &Addr<Registry>) -> String {
+    within("StreamListBody", registry.send(StreamListBody))
+        .await
+        .expect("the registry is running")
+        .to_string()
+}
+
+/// `info` as the list shows a sender, byte for byte.
+fn listed_sender(info: &PublicUserInfo) -> String {
+    let wca_id = match &info.wca_id {
+        Some(id) => format!("\"{id}\""),
+        None => "null".to_owned(),
+    };
+    format!(
+        r#"{{"name":"{}","twizzleUserID":"{}","wcaID":{wca_id}}}"#,
+        info.name,
+        info.twizzle_user_id.as_str()
+    )
+}
+
+/// The list body is the one the API always answered, byte for byte: the
+/// open streams oldest first, each with its senders' public info, keys in
+/// the same order; it follows creations, ends and changes to a sender's
+/// info.
+#[actix::test]
+async fn the_list_body_follows_creations_ends_and_renames() {
+    let registry = start(settings());
+    assert_eq!(list_body(&registry).await, r#"{"streams":[]}"#);
+    let ana = PublicUserInfo::new(&user(OWNER), Some("2015ANAA01"), "Ana");
+    let bo = PublicUserInfo::new(&user(STRANGER), None, "Bo");
+    let mut ids = Vec::new();
+    for owner in [&ana, &bo, &ana] {
+        let create = registry.send(CreateStream {
+            owner: owner.clone(),
+        });
+        ids.push(within("CreateStream", create).await.unwrap().unwrap().id);
+    }
+    let body = |streams: &[(&StreamId, &PublicUserInfo)]| {
+        let streams: Vec<String> = streams
+            .iter()
+            .map(|(id, sender)| {
+                format!(
+                    r#"{{"senders":[{}],"streamID":"{}"}}"#,
+                    listed_sender(sender),
+                    id.as_str()
+                )
+            })
+            .collect();
+        format!(r#"{{"streams":[{}]}}"#, streams.join(","))
+    };
+    assert_eq!(
+        list_body(&registry).await,
+        body(&[(&ids[0], &ana), (&ids[1], &bo), (&ids[2], &ana)])
+    );
+
+    let stream = find(&registry, &ids[1]).await.unwrap();
+    end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED.reason).await;
+    stopped(&stream).await;
+    assert_eq!(
+        list_body(&registry).await,
+        body(&[(&ids[0], &ana), (&ids[2], &ana)])
+    );
+
+    let renamed = PublicUserInfo::new(&user(OWNER), None, "Ana Lima");
+    registry.do_send(UserUpdated {
+        info: renamed.clone(),
+    });
+    assert_eq!(
+        list_body(&registry).await,
+        body(&[(&ids[0], &renamed), (&ids[2], &renamed)])
+    );
+    let senders: Vec<_> = list(&registry)
+        .await
+        .into_iter()
+        .map(|s| s.senders)
+        .collect();
+    assert_eq!(senders, [vec![user(OWNER)], vec![user(OWNER)]]);
+}
+
+/// Signs `name` in on `tokens` as WCA account `account`; their public info.
+async fn signed_in(tokens: &Addr<TokenActor>, account: u64, name: &str) -> PublicUserInfo {
+    let profile = WcaProfile {
+        account_id: account,
+        wca_id: None,
+        name: name.to_owned(),
+    };
+    let claim_token = within("SignIn", tokens.send(SignIn { profile }))
+        .await
+        .unwrap()
+        .unwrap();
+    within("RedeemClaim", tokens.send(RedeemClaim { claim_token }))
+        .await
+        .unwrap()
+        .unwrap()
+        .user
+}
+
+/// Streams restored on a registry with a token actor list their senders
+/// as the token actor knows them (the store keeps only their IDs), and
+/// follow a later change of name.
+#[actix::test]
+async fn restored_streams_list_their_senders_as_the_token_actor_knows_them() {
+    let dir = TempDir::new("registry-restore-senders");
+    let users = Stores::local(dir.path()).unwrap().users;
+    let tokens = TokenActor::new(users, Duration::from_secs(600)).start();
+    let ana = signed_in(&tokens, 1, "Ana").await;
+    let bo = signed_in(&tokens, 2, "Bo").await;
+    let before = start_in(&dir, with_timeout(NEVER));
+    for owner in [&ana, &bo] {
+        let create = before.send(CreateStream {
+            owner: owner.clone(),
+        });
+        within("CreateStream", create).await.unwrap().unwrap();
+    }
+    let listed = list_body(&before).await;
+
+    let after = Registry::new(with_timeout(NEVER), local_store(&dir), Vec::new())
+        .with_users(tokens.clone())
+        .start();
+    assert_eq!(list_body(&after).await, listed);
+    assert!(listed.contains(&listed_sender(&ana)), "{listed}");
+    assert!(listed.contains(&listed_sender(&bo)), "{listed}");
+
+    let renamed = signed_in(&tokens, 1, "Ana Lima").await;
+    assert_eq!(renamed.name, "Ana Lima (unverified)");
+    // The token actor told the registry before it answered the sign-in,
+    // so the news is ahead of this request in the registry's mailbox.
+    assert_eq!(
+        list_body(&after).await,
+        listed.replace(&listed_sender(&ana), &listed_sender(&renamed))
+    );
 }

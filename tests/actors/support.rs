@@ -345,7 +345,8 @@ pub async fn create(
     registry: &Addr<Registry>,
     owner: &str,
 ) -> Result<StreamSummary, RegistryError> {
-    let create = registry.send(CreateStream { owner: user(owner) });
+    let owner = twizzle_actors::ids::PublicUserInfo::new(&user(owner), None, owner);
+    let create = registry.send(CreateStream { owner });
     within("CreateStream", create)
         .await
         .expect("the registry is running")

@@ -12,7 +12,7 @@ use twizzle_actors::store::local::USERS_FILE;
 use twizzle_actors::store::Stores;
 use twizzle_actors::tokens::{
     Authenticate, AuthenticatedUser, Claimed, LookupUsers, RedeemClaim, SignIn, TokenActor,
-    TokenError, WcaProfile,
+    TokenError, UserUpdated, WatchUsers, WcaProfile,
 };
 
 use crate::support::*;
@@ -558,4 +558,37 @@ async fn a_rotated_secret_gives_a_new_token_and_keeps_the_old() {
         .await
         .unwrap();
     assert!(third.access_token.expose() == second.access_token.expose());
+}
+
+/// A watcher hears of each kept change to a user's public info (a name or
+/// WCA ID refreshed at sign-in), and of nothing else: not a new user, not a
+/// sign-in that changes neither, not a claim.
+#[actix::test]
+async fn watchers_hear_of_changes_to_public_info_only() {
+    let dir = TempDir::new("tokens-watch");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let (watcher, mut heard) = probe::<UserUpdated>();
+    let watch = tokens.send(WatchUsers {
+        watcher: watcher.recipient(),
+    });
+    within("WatchUsers", watch).await.unwrap();
+
+    let claim = sign_in(&tokens, profile(1, None, "Ana")).await;
+    let ana = redeem(&tokens, &claim).await.unwrap().user;
+    sign_in(&tokens, profile(1, None, "Ana")).await;
+    sign_in(&tokens, profile(2, None, "Bo")).await;
+    sign_in(&tokens, profile(1, Some("2015ANAA01"), "Ana Lima")).await;
+    let renamed = PublicUserInfo::new(&ana.twizzle_user_id, Some("2015ANAA01"), "Ana Lima");
+    assert_eq!(
+        heard.next("the change").await,
+        UserUpdated {
+            info: renamed.clone()
+        },
+        "the first thing heard"
+    );
+    assert_eq!(
+        lookup(&tokens, &[ana.twizzle_user_id.as_str()]).await,
+        [renamed]
+    );
+    assert!(heard.try_next().is_none(), "heard once");
 }

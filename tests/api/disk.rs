@@ -459,3 +459,62 @@ async fn a_start_on_a_read_only_disk_serves_and_recovers() {
     )
     .await;
 }
+
+/// The readiness check answers `answer` (status and body).
+async fn assert_readiness(app: &TestApp, status: u16, body: Value) {
+    let answer = app.get("/v0/infra/readiness_check").await;
+    assert_eq!((answer.status, answer.body), (status, body), "readiness");
+}
+
+/// A disk that fills up while the server runs: readiness answers 503
+/// `storage full` while it is full (though what is kept still serves) and
+/// 200 again once it has room, without a restart.
+#[actix_web::test]
+async fn readiness_says_storage_full_until_the_disk_has_room() {
+    let Some(disk) = Tmpfs::mount("disk", DISK_SIZE) else {
+        return;
+    };
+    let (_child, app, _logs) = start(&disk, FakeWca::start());
+    let (token, _) = app.sign_in(1, None, "Ready").await;
+    assert_readiness(&app, 200, json!({"ready": true})).await;
+
+    let filler = disk.fill();
+    let not_ready = json!({"ready": false, "reason": "storage full"});
+    assert_readiness(&app, 503, not_ready.clone()).await;
+    assert_eq!(app.get("/v0/infra/liveness_check").await.status, 200);
+    assert_eq!(app.get("/v0/streams").await.status, 200);
+    assert_readiness(&app, 503, not_ready).await;
+
+    std::fs::remove_file(filler).unwrap();
+    assert_readiness(&app, 200, json!({"ready": true})).await;
+    assert_eq!(create_with(&app, &token).await.status, 200);
+}
+
+/// A start on a read-only disk: readiness answers 503 `storage read-only`
+/// until the disk is writable again, then 200 without a restart, and
+/// writes work.
+#[actix_web::test]
+async fn readiness_says_read_only_until_the_disk_is_writable() {
+    let Some(disk) = Tmpfs::mount("disk", DISK_SIZE) else {
+        return;
+    };
+    let (mut child, app, _logs) = start(&disk, FakeWca::start());
+    let (token, _) = app.sign_in(1, None, "Ready").await;
+    // Nothing may be open for writing when the disk turns read-only.
+    stop(&mut child);
+    disk.remount("ro");
+
+    let TestApp { wca, .. } = app;
+    let (_child, app, _logs) = start(&disk, wca);
+    let not_ready = json!({"ready": false, "reason": "storage read-only"});
+    assert_readiness(&app, 503, not_ready.clone()).await;
+    assert_eq!(app.get("/v0/infra/liveness_check").await.status, 200);
+    assert_readiness(&app, 503, not_ready).await;
+
+    disk.remount("rw");
+    assert_readiness(&app, 200, json!({"ready": true})).await;
+    assert_eq!(create_with(&app, &token).await.status, 200);
+    sign_in_new(&app, 2)
+        .await
+        .unwrap_or_else(|(a, _)| panic!("sign-in on a writable disk: {} {}", a.status, a.body));
+}

@@ -164,6 +164,72 @@ async fn streams_are_listed_with_their_senders() {
     );
 }
 
+/// The list's body is what the API always answered, byte for byte (keys
+/// in the same order), and shows each sender as of their last sign-in.
+#[actix_web::test]
+async fn the_list_keeps_its_bytes_and_shows_a_new_name() {
+    let app = spawn_app().await;
+    let (ana, ana_info) = app.sign_in(1, Some("2010ANAA01"), "Ana").await;
+    let ana_id = ana_info["twizzleUserID"].as_str().unwrap().to_owned();
+    let first = app.create_stream(&ana).await;
+    let second = app.create_stream(&ana).await;
+    let raw_list = || async {
+        let mut res = app.client.get(app.url("/v0/streams")).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            "application/json"
+        );
+        String::from_utf8(res.body().await.unwrap().to_vec()).unwrap()
+    };
+    let listed = |sender: &str| {
+        format!(
+            r#"{{"streams":[{{"senders":[{sender}],"streamID":"{first}"}},{{"senders":[{sender}],"streamID":"{second}"}}]}}"#
+        )
+    };
+    assert_eq!(
+        raw_list().await,
+        listed(&format!(
+            r#"{{"name":"Ana (2010ANAA01)","twizzleUserID":"{ana_id}","wcaID":"2010ANAA01"}}"#
+        ))
+    );
+
+    let (_, renamed) = app.sign_in(1, None, "Ana Lima").await;
+    assert_eq!(renamed["twizzleUserID"], ana_id.as_str());
+    assert_eq!(
+        raw_list().await,
+        listed(&format!(
+            r#"{{"name":"Ana Lima (unverified)","twizzleUserID":"{ana_id}","wcaID":null}}"#
+        ))
+    );
+}
+
+/// The readiness check answers 200 `{"ready": true}` when every actor
+/// answers and the data directory takes writes, and leaves nothing in it.
+#[actix_web::test]
+async fn readiness_check_is_ready() {
+    let app = spawn_app().await;
+    let answer = app.get("/v0/infra/readiness_check").await;
+    assert_eq!(
+        (answer.status, &answer.body),
+        (200, &serde_json::json!({"ready": true}))
+    );
+    assert_eq!(
+        answer.headers.get("content-type").unwrap(),
+        "application/json"
+    );
+    assert_eq!(
+        answer.headers.get("access-control-allow-origin").unwrap(),
+        "*"
+    );
+    let probes: Vec<_> = std::fs::read_dir(app.dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().ends_with(".probe"))
+        .collect();
+    assert!(probes.is_empty(), "{probes:?}");
+}
+
 /// A user may hold only so many open streams; the next one is a 429 saying so.
 #[actix_web::test]
 async fn streams_per_user_are_limited() {

@@ -174,8 +174,11 @@ impl Journal {
         self.put(&line(record)?, 1, false)
     }
 
-    /// Writes `line` (`records` whole lines) at the end, synced if asked.
-    fn put(&mut self, line: &[u8], records: usize, synced: bool) -> io::Result<()> {
+    /// Makes the file ready for the next append: opens it if it could not
+    /// be opened before (a start on a read-only disk), and cuts a torn
+    /// record off its end. Fails as that append would; says nothing of free
+    /// space, which only a write shows.
+    pub fn prepare(&mut self) -> io::Result<()> {
         let file = match &mut self.file {
             Some(file) => file,
             None => {
@@ -190,6 +193,15 @@ impl Journal {
             file.set_len(self.len)?;
             self.torn = false;
         }
+        Ok(())
+    }
+
+    /// Writes `line` (`records` whole lines) at the end, synced if asked.
+    fn put(&mut self, line: &[u8], records: usize, synced: bool) -> io::Result<()> {
+        self.prepare()?;
+        let Some(file) = &mut self.file else {
+            return Err(io::Error::other("the journal is not open"));
+        };
         // One write(2) per record, so a killed process leaves whole lines.
         let mut result = file.write_all(line);
         if synced && result.is_ok() {

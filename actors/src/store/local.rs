@@ -13,7 +13,8 @@
 //! read-only` until the disk is usable again.
 
 use std::collections::HashMap;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -61,6 +62,33 @@ fn compact<T: Serialize>(journal: &mut Journal, records: &[T]) {
     if let Err(e) = journal.compact(records) {
         log::warn!("{}: compaction failed: {e}", journal.path().display());
     }
+}
+
+/// What the writability probe writes: a few bytes, so that it needs a block
+/// (or page) of its own.
+const PROBE_BYTES: &[u8] = b"probe\n";
+
+/// Whether `journal` would take an append now.
+///
+/// The journal is made ready for it (opened, if a start on a read-only disk
+/// left it closed), which shows a read-only disk. A full disk does not show
+/// there, and an append may still fit in its file's last block: so a small
+/// file next to it is written and removed again, which needs a block of its
+/// own. The file systems the server runs on (ext4, xfs, tmpfs) claim that
+/// block at `write`, so no sync is needed and the probe costs little.
+fn check_writable(journal: &mut Journal) -> Result<(), StoreError> {
+    let probe = journal.path().with_extension("probe");
+    let failed = |e: io::Error| {
+        log::debug!("{}: not writable: {e}", probe.display());
+        StoreError::from(e)
+    };
+    journal.prepare().map_err(failed)?;
+    let written = File::create(&probe).and_then(|mut file| file.write_all(PROBE_BYTES));
+    let removed = match fs::remove_file(&probe) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    written.and(removed).map_err(failed)
 }
 
 /// Logs a failed write and turns it into what the client is told.
@@ -211,6 +239,10 @@ impl UserStore for LocalUsers {
             compact(&mut self.journal, &self.live.lines());
         }
         done(Ok(()))
+    }
+
+    fn check_writable(&mut self) -> StoreFuture<()> {
+        done(check_writable(&mut self.journal))
     }
 }
 
@@ -392,6 +424,10 @@ impl StreamStore for LocalStreams {
         }))
     }
 
+    fn check_writable(&mut self) -> StoreFuture<()> {
+        done(check_writable(&mut self.journal))
+    }
+
     fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send> {
         Box::new(LocalRecording::new(&self.recordings, id))
     }
@@ -429,4 +465,61 @@ fn sweep(dir: &Path, keep: Duration, open: &HashMap<StreamId, StreamRecord>) -> 
         deleted += 1;
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{TempDir, Tmpfs};
+
+    /// What a local store's future resolves to: at once, as they do.
+    fn now<T>(mut future: StoreFuture<T>) -> Result<T, StoreError> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => panic!("a local store's call waits"),
+        }
+    }
+
+    #[test]
+    fn a_writable_directory_checks_out_and_keeps_no_probe() {
+        let dir = TempDir::new("local-check");
+        let mut users = LocalUsers::open(dir.path()).unwrap();
+        let mut streams = LocalStreams::open(dir.path()).unwrap();
+        assert_eq!(now(users.check_writable()), Ok(()));
+        assert_eq!(now(streams.check_writable()), Ok(()));
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["log", STREAMS_FILE, USERS_FILE]);
+    }
+
+    #[test]
+    fn a_full_disk_checks_as_full_until_it_has_room() {
+        let Some(tmpfs) = Tmpfs::mount("local-check-full", "256k") else {
+            return;
+        };
+        let mut streams = LocalStreams::open(tmpfs.path()).unwrap();
+        let filler = tmpfs.fill();
+        assert_eq!(now(streams.check_writable()), Err(StoreError::Full));
+        assert!(!tmpfs.path().join("streams.probe").exists());
+        fs::remove_file(filler).unwrap();
+        assert_eq!(now(streams.check_writable()), Ok(()));
+    }
+
+    #[test]
+    fn a_start_on_a_read_only_disk_checks_as_read_only_until_it_is_writable() {
+        let Some(tmpfs) = Tmpfs::mount("local-check-ro", "256k") else {
+            return;
+        };
+        drop(LocalStreams::open(tmpfs.path()).unwrap());
+        tmpfs.remount("ro");
+        let mut streams = LocalStreams::open(tmpfs.path()).unwrap();
+        assert_eq!(now(streams.check_writable()), Err(StoreError::ReadOnly));
+        tmpfs.remount("rw");
+        assert_eq!(now(streams.check_writable()), Ok(()));
+        drop(streams);
+    }
 }

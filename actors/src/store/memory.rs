@@ -20,6 +20,10 @@ impl UserStore for MemoryUsers {
     fn apply(&mut self, _: Vec<UserChange>) -> StoreFuture<()> {
         done(Ok(()))
     }
+
+    fn check_writable(&mut self) -> StoreFuture<()> {
+        done(Ok(()))
+    }
 }
 
 /// Streams in memory only: none come back after a restart, none are recorded.
@@ -41,6 +45,10 @@ impl StreamStore for MemoryStreams {
 
     fn sweep_recordings(&mut self, _: std::time::Duration) -> StoreFuture<usize> {
         done(Ok(0))
+    }
+
+    fn check_writable(&mut self) -> StoreFuture<()> {
+        done(Ok(()))
     }
 
     fn recording(&mut self, _: &StreamId) -> Box<dyn RecordingStore + Send> {

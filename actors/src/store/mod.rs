@@ -142,6 +142,11 @@ pub trait UserStore {
 
     /// Makes `changes` durable, all or none, before the future resolves.
     fn apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<()>;
+
+    /// Whether a change made now would be kept: `Ok`, or what would refuse
+    /// it (`Full`, `ReadOnly`, `Unavailable`). For the readiness check, so
+    /// cheap enough to run every few seconds, and it keeps nothing.
+    fn check_writable(&mut self) -> StoreFuture<()>;
 }
 
 /// An open stream as the registry keeps it.
@@ -191,6 +196,9 @@ pub trait StreamStore {
     /// Deletes the recordings of streams that are no longer open and were
     /// last written more than `keep` ago; resolves to how many went.
     fn sweep_recordings(&mut self, keep: std::time::Duration) -> StoreFuture<usize>;
+    /// Whether a change recorded now would be kept, as
+    /// [`UserStore::check_writable`].
+    fn check_writable(&mut self) -> StoreFuture<()>;
 
     /// The recording of stream `id`, not yet opened. `Send`, since the
     /// stream it is for runs on another thread.

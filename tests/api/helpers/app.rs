@@ -3,8 +3,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
+use twizzle_actors::store::Stores;
 use twizzle_api_server::config::{Secret, Settings};
 use twizzle_api_server::startup::Application;
 use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
@@ -67,6 +69,24 @@ pub async fn spawn_app_in(
     let mut settings = test_settings(dir.path(), wca.origin());
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("the app builds");
+    let port = app.port();
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        handle: Some(handle),
+        ..TestApp::attach(dir, wca, port)
+    }
+}
+
+/// Starts a server with the test settings on `stores` instead of its data
+/// directory's, whose handlers wait `deadline` for an actor.
+pub async fn spawn_app_on(stores: Stores, deadline: Duration) -> TestApp {
+    let dir = Arc::new(TempDir::new("api"));
+    let wca = FakeWca::start();
+    let settings = test_settings(dir.path(), wca.origin());
+    let app = Application::build_with(settings, stores, deadline)
+        .await
+        .expect("the app builds");
     let port = app.port();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());

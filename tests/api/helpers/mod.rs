@@ -16,7 +16,7 @@ mod ws;
 
 use std::time::Duration;
 
-pub use app::{spawn_app, spawn_app_in, spawn_app_with, Answer, TestApp};
+pub use app::{spawn_app, spawn_app_in, spawn_app_on, spawn_app_with, Answer, TestApp};
 pub use binary::{assert_no_token_in, rest_of, start_binary, start_binary_with, KillOnDrop};
 pub use events::{move_event, orientation_event, reset_event};
 pub use raw::{
