@@ -1,5 +1,6 @@
 //! Sockets on plain blocking TCP, for what awc will not do: a client that
-//! stops reading or answering, and the body of a refused upgrade.
+//! stops reading or answering, frames of its own making, the moment the
+//! server ends a connection, and the body of a refused upgrade.
 
 use super::WAIT;
 
@@ -28,6 +29,9 @@ impl RawSocket {
             )
         };
         assert_eq!(set, 0, "setsockopt SO_RCVBUF");
+        // As browsers do: a short frame after a long one goes out at once,
+        // rather than after the server's delayed acknowledgement.
+        stream.set_nodelay(true).unwrap();
         write!(
             stream,
             "GET /v0/streams/{stream_id}/socket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
@@ -105,6 +109,71 @@ impl RawSocket {
             }
         }
         texts
+    }
+}
+
+impl RawSocket {
+    /// Sends one frame with `opcode` and `payload`, masked as a client must.
+    pub fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        use std::io::Write;
+        let mask: [u8; 4] = rand::random();
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=65_535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        self.stream.write_all(&frame).expect("send a frame");
+    }
+
+    /// The next frame's opcode and payload, within the wait bound.
+    pub fn next_frame(&mut self) -> (u8, Vec<u8>) {
+        use std::io::Read;
+        self.stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut header = [0u8; 2];
+        self.stream
+            .read_exact(&mut header)
+            .expect("a frame within the wait bound");
+        let len = match header[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                self.stream.read_exact(&mut n).unwrap();
+                usize::from(u16::from_be_bytes(n))
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                self.stream.read_exact(&mut n).unwrap();
+                u64::from_be_bytes(n) as usize
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).unwrap();
+        (header[0] & 0x0f, payload)
+    }
+
+    /// Reads until the server ends the connection cleanly (a reset fails),
+    /// within the wait bound; the bytes that came before the end.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        self.stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the connection did not end cleanly: {e}"),
+            }
+        }
     }
 }
 
