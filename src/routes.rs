@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::Addr;
-use actix_web::http::{header, Method};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId};
+use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
 use twizzle_actors::registry::{CreateStream, ListStreams, OpenSocket, Registry, StreamSummary};
 use twizzle_actors::tokens::{
     Authenticate, AuthenticatedUser, LookupUsers, RedeemClaim, SignIn, TokenActor,
@@ -23,6 +24,11 @@ use crate::inflow::{BoundedPayload, Inflow};
 use crate::session::{SessionSetup, WsSession};
 use crate::time::js_date_string;
 use crate::wca::WcaClient;
+
+/// The WebSocket subprotocol of this API. A browser cannot set headers on a
+/// WebSocket, so a sender may offer its access token as a second protocol:
+/// `new WebSocket(url, ["twizzle.v0", token])`.
+pub const SUBPROTOCOL: &str = "twizzle.v0";
 
 /// What every handler may use: the actors and the settings. No state of its own.
 pub struct AppState {
@@ -159,6 +165,37 @@ fn access_token(req: &HttpRequest, query: &TokenQuery) -> Option<Result<AccessTo
     Some(AccessToken::parse(text).ok_or(ApiError::InvalidAccessToken))
 }
 
+/// The protocols a client offers in `Sec-WebSocket-Protocol`, over every
+/// line of that header (a client may split its list across several).
+fn offered_protocols(req: &HttpRequest) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
+}
+
+/// The access token offered as a subprotocol next to [`SUBPROTOCOL`]: the
+/// first offered protocol that starts like an access token. Without
+/// `twizzle.v0` the offer is not this API's, and nothing in it is read.
+fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
+    if !offered_protocols(req).any(|protocol| protocol == SUBPROTOCOL) {
+        return None;
+    }
+    offered_protocols(req).find(|protocol| protocol.starts_with(ACCESS_TOKEN_PREFIX))
+}
+
+/// A socket's access token. When several are given, the first of these
+/// wins and the others are not looked at: the query parameter, then the
+/// `Authorization: Bearer` header, then the subprotocol.
+fn socket_token(req: &HttpRequest, query: &TokenQuery) -> Option<Result<AccessToken, ApiError>> {
+    access_token(req, query).or_else(|| {
+        let text = subprotocol_token(req)?;
+        Some(AccessToken::parse(text).ok_or(ApiError::InvalidAccessToken))
+    })
+}
+
 /// The token of an `Authorization: Bearer` header.
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -232,7 +269,7 @@ async fn open_socket(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let admission = state.registry.send(OpenSocket { stream_id }).await??;
-    let user_id = match access_token(req, query) {
+    let user_id = match socket_token(req, query) {
         Some(token) => Some(authenticate(state, token).await?.id),
         None => None,
     };
@@ -251,10 +288,23 @@ async fn open_socket(
             .map(|fd| Arc::new(Cutoff::new(fd.0))),
         inflow: inflow.clone(),
     });
-    ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))
-        .frame_size(limits.max_frame_bytes)
-        .start()
-        .map_err(|_| ApiError::NotAnUpgrade)
+    let mut response =
+        ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))
+            .frame_size(limits.max_frame_bytes)
+            .start()
+            .map_err(|_| ApiError::NotAnUpgrade)?;
+    // The answer names `twizzle.v0` whenever it was offered: a browser fails
+    // a socket whose offered protocols go unanswered. It is set here rather
+    // than by `WsResponseBuilder::protocols`, which reads only the first
+    // header line, so that the answer agrees with `subprotocol_token`, and
+    // so that nothing the client sent (its token least of all) is echoed.
+    if offered_protocols(req).any(|protocol| protocol == SUBPROTOCOL) {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

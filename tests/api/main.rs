@@ -11,3 +11,4 @@ mod logs;
 mod restart;
 mod sign_in;
 mod sockets;
+mod sockets_protocol;

@@ -1,6 +1,6 @@
 //! Sockets on plain blocking TCP, for what awc will not do: a client that
-//! stops reading or answering, frames of its own making, the moment the
-//! server ends a connection, and the body of a refused upgrade.
+//! stops reading or answering, frames and headers of its own making, the
+//! moment the server ends a connection, and the body of a refused upgrade.
 
 use super::WAIT;
 
@@ -15,6 +15,18 @@ impl RawSocket {
     /// Opens a socket to `stream_id` as a viewer, with a receive buffer of
     /// `receive_buffer` bytes, and completes the handshake.
     pub fn open(port: u16, stream_id: &str, receive_buffer: i32) -> RawSocket {
+        RawSocket::open_with(port, stream_id, receive_buffer, "").1
+    }
+
+    /// Opens a socket to `stream_id` with `headers` (whole lines, each
+    /// ending in CRLF) added to the upgrade request; the answer's head and
+    /// the socket.
+    pub fn open_with(
+        port: u16,
+        stream_id: &str,
+        receive_buffer: i32,
+        headers: &str,
+    ) -> (String, RawSocket) {
         use std::io::{Read, Write};
         use std::os::fd::AsRawFd;
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -35,7 +47,7 @@ impl RawSocket {
         write!(
             stream,
             "GET /v0/streams/{stream_id}/socket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         )
         .unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -45,12 +57,9 @@ impl RawSocket {
             stream.read_exact(&mut byte).expect("the handshake answer");
             head.push(byte[0]);
         }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
-        RawSocket { stream }
+        let head = String::from_utf8(head).expect("an ASCII head");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        (head, RawSocket { stream })
     }
 
     /// Reads (and discards) until the server closes the connection, with no
