@@ -14,6 +14,12 @@
 //! full before it is refused. [`BoundedPayload`] follows the frame headers
 //! as the bytes pass and stops at the first header over the limit, so the
 //! session can close the socket with 1009 at once.
+//!
+//! From then on it reads the client's bytes and drops them, frame by
+//! frame, until the client's close frame has passed, and then ends: the
+//! client's answer to the 1009 ends the session, and no unread data is left
+//! behind to make the kernel reset the connection (which could cost the
+//! client the close frame, or fail its write of the rest of the frame).
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -103,6 +109,17 @@ pub fn payload_len(message: &ws::Message) -> usize {
     }
 }
 
+/// The close frame's opcode (RFC 6455 §5.5.1).
+const OPCODE_CLOSE: u8 = 0x8;
+
+/// A frame header, as [`FrameScanner`] read it.
+struct Header {
+    /// The frame's opcode.
+    opcode: u8,
+    /// The frame's payload length.
+    length: u64,
+}
+
 /// Follows frame boundaries in a byte stream by reading each header.
 #[derive(Default)]
 struct FrameScanner {
@@ -112,23 +129,52 @@ struct FrameScanner {
     have: usize,
     /// Payload bytes of the current frame still to pass.
     remaining: u64,
+    /// Set while the current frame is a close frame.
+    in_close: bool,
 }
 
 impl FrameScanner {
     /// Follows `bytes`; the payload length of the first header over `max`, if any.
+    #[cfg(test)]
     fn scan(&mut self, mut bytes: &[u8], max: u64) -> Option<u64> {
+        while let Some(header) = self.next_header(&mut bytes) {
+            if header.length > max {
+                return Some(header.length);
+            }
+        }
+        None
+    }
+
+    /// Follows `bytes`; whether a whole close frame has passed.
+    fn close_passed(&mut self, mut bytes: &[u8]) -> bool {
+        loop {
+            if self.in_close && self.remaining == 0 {
+                return true;
+            }
+            match self.next_header(&mut bytes) {
+                Some(header) => self.in_close = header.opcode == OPCODE_CLOSE,
+                None if self.in_close && self.remaining == 0 => return true,
+                None => return false,
+            }
+        }
+    }
+
+    /// Follows `bytes` up to the end of the next whole header, which it
+    /// returns (and leaves `bytes` just after); `None` once `bytes` ran out
+    /// first. Payloads are skipped.
+    fn next_header(&mut self, bytes: &mut &[u8]) -> Option<Header> {
         while !bytes.is_empty() {
             if self.remaining > 0 {
                 let skip = usize::try_from(self.remaining)
                     .unwrap_or(usize::MAX)
                     .min(bytes.len());
                 self.remaining -= skip as u64;
-                bytes = &bytes[skip..];
+                *bytes = &bytes[skip..];
                 continue;
             }
             self.header[self.have] = bytes[0];
             self.have += 1;
-            bytes = &bytes[1..];
+            *bytes = &bytes[1..];
             if self.have < 2 {
                 continue;
             }
@@ -151,11 +197,12 @@ impl FrameScanner {
                 }
                 n => u64::from(n),
             };
-            if length > max {
-                return Some(length);
-            }
             self.remaining = length;
             self.have = 0;
+            return Some(Header {
+                opcode: self.header[0] & 0x0f,
+                length,
+            });
         }
         None
     }
@@ -167,6 +214,8 @@ pub struct BoundedPayload<S> {
     inner: S,
     inflow: Rc<Inflow>,
     scanner: FrameScanner,
+    /// Set once the client's close frame passed after an oversized frame.
+    answered: bool,
 }
 
 impl<S> BoundedPayload<S> {
@@ -176,7 +225,26 @@ impl<S> BoundedPayload<S> {
             inner,
             inflow,
             scanner: FrameScanner::default(),
+            answered: false,
         }
+    }
+}
+
+impl<S> BoundedPayload<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    /// After an oversized frame: reads and drops the client's bytes until its
+    /// close frame has passed (or the connection ends), then ends.
+    fn discard(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, PayloadError>>> {
+        while !self.answered {
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => self.answered = self.scanner.close_passed(&bytes),
+                Poll::Ready(Some(Err(_)) | None) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(None)
     }
 }
 
@@ -188,7 +256,7 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.inflow.oversized.get() {
-            return Poll::Ready(None);
+            return self.discard(cx);
         }
         if self.inflow.outstanding.get() >= self.inflow.limit {
             self.inflow.waker.set(Some(cx.waker().clone()));
@@ -197,9 +265,15 @@ where
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
                 let this = &mut *self;
-                if this.scanner.scan(&bytes, this.inflow.max_frame).is_some() {
-                    this.inflow.oversized.set(true);
-                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                let mut rest = &bytes[..];
+                while let Some(header) = this.scanner.next_header(&mut rest) {
+                    if header.length > this.inflow.max_frame {
+                        this.inflow.oversized.set(true);
+                        // What follows the header in this chunk is dropped too,
+                        // and may hold the client's close already.
+                        this.answered = this.scanner.close_passed(rest);
+                        return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                    }
                 }
                 let outstanding = &this.inflow.outstanding;
                 outstanding.set(outstanding.get() + bytes.len());
@@ -261,5 +335,24 @@ mod tests {
         assert_eq!(scanner.scan(&big[..5], 65_536), None);
         assert_eq!(scanner.scan(&big[5..], 65_536), None);
         assert_eq!(scanner.scan(&[1, 2, 3, 4], 65_536), Some(10 << 20));
+    }
+
+    #[test]
+    fn a_close_frame_is_found_past_a_dropped_frame() {
+        let mut scanner = FrameScanner::default();
+        let mut big = vec![0x81, 0x80 | 126, 0x10, 0x00, 1, 2, 3, 4];
+        let mut rest = &big[..];
+        let header = scanner.next_header(&mut rest).expect("the big header");
+        assert_eq!(header.length, 0x1000);
+        big.resize(8 + 0x1000, b'x');
+        // The rest of the big frame, a ping, then a close split across chunks.
+        assert!(!scanner.close_passed(&big[8..]));
+        assert!(!scanner.close_passed(&[0x89, 0x80, 9, 9, 9, 9]));
+        assert!(!scanner.close_passed(&[0x88, 0x80 | 2, 1]));
+        assert!(!scanner.close_passed(&[2, 3, 4, 0x03]));
+        assert!(scanner.close_passed(&[0xe8]));
+        // An empty close counts as soon as its header is whole.
+        let mut scanner = FrameScanner::default();
+        assert!(scanner.close_passed(&[0x88, 0x80, 1, 2, 3, 4]));
     }
 }

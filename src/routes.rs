@@ -9,14 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Handler, Message};
-use actix_web::http::{header, Method};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use futures_util::future::{join3, join_all};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use twizzle_actors::health::{CheckWritable, Ping, Pulse};
-use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId};
+use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
 use twizzle_actors::registry::{CreateStream, OpenSocket, Registry, StreamListBody};
 use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
@@ -39,6 +40,11 @@ pub const ACTOR_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long the readiness check waits for each actor's answer.
 pub const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The WebSocket subprotocol of this API. A browser cannot set headers on a
+/// WebSocket, so a sender may offer its access token as a second protocol:
+/// `new WebSocket(url, ["twizzle.v0", token])`.
+pub const SUBPROTOCOL: &str = "twizzle.v0";
 
 /// What every handler may use: the actors and the settings. No state of its own.
 pub struct AppState {
@@ -249,6 +255,37 @@ fn access_token(req: &HttpRequest, query: &TokenQuery) -> Option<Result<AccessTo
     Some(AccessToken::parse(text).ok_or(ApiError::InvalidAccessToken))
 }
 
+/// The protocols a client offers in `Sec-WebSocket-Protocol`, over every
+/// line of that header (a client may split its list across several).
+fn offered_protocols(req: &HttpRequest) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
+}
+
+/// The access token offered as a subprotocol next to [`SUBPROTOCOL`]: the
+/// first offered protocol that starts like an access token. Without
+/// `twizzle.v0` the offer is not this API's, and nothing in it is read.
+fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
+    if !offered_protocols(req).any(|protocol| protocol == SUBPROTOCOL) {
+        return None;
+    }
+    offered_protocols(req).find(|protocol| protocol.starts_with(ACCESS_TOKEN_PREFIX))
+}
+
+/// A socket's access token. When several are given, the first of these
+/// wins and the others are not looked at: the query parameter, then the
+/// `Authorization: Bearer` header, then the subprotocol.
+fn socket_token(req: &HttpRequest, query: &TokenQuery) -> Option<Result<AccessToken, ApiError>> {
+    access_token(req, query).or_else(|| {
+        let text = subprotocol_token(req)?;
+        Some(AccessToken::parse(text).ok_or(ApiError::InvalidAccessToken))
+    })
+}
+
 /// The token of an `Authorization: Bearer` header.
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -321,7 +358,7 @@ async fn open_socket(
     query: &TokenQuery,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let user_id = match access_token(req, query) {
+    let user_id = match socket_token(req, query) {
         Some(token) => Some(authenticate(state, token).await?.id),
         None => None,
     };
@@ -354,10 +391,23 @@ async fn open_socket(
             .map(|fd| Arc::new(Cutoff::new(fd.0))),
         inflow: inflow.clone(),
     });
-    ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))
-        .frame_size(limits.max_frame_bytes)
-        .start()
-        .map_err(|_| ApiError::NotAnUpgrade)
+    let mut response =
+        ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))
+            .frame_size(limits.max_frame_bytes)
+            .start()
+            .map_err(|_| ApiError::NotAnUpgrade)?;
+    // The answer names `twizzle.v0` whenever it was offered: a browser fails
+    // a socket whose offered protocols go unanswered. It is set here rather
+    // than by `WsResponseBuilder::protocols`, which reads only the first
+    // header line, so that the answer agrees with `subprotocol_token`, and
+    // so that nothing the client sent (its token least of all) is echoed.
+    if offered_protocols(req).any(|protocol| protocol == SUBPROTOCOL) {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,16 @@
 //! ([`Outbound`]). Then the session's life: it joins its stream when it
 //! starts, pings the client so that dead connections are closed, and leaves
 //! when it is dropped (its [`Admission`] does that).
+//!
+//! The end of a socket follows RFC 6455 §7.1.1: once both close frames have
+//! passed, the server ends the TCP connection, not the client (a browser
+//! fires `onclose` only then). When the client closes, the session answers
+//! and stops at once. When the session closes, it waits for the client's
+//! answer ([`CLOSE_GRACE`] at most) and then stops: the client's close
+//! frame is the last thing it sends, so no unread data is left behind for
+//! the kernel to answer with a reset. Either way the connection ends right
+//! after the session stops (see `startup` for why actix-http no longer
+//! lingers).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,6 +36,10 @@ use crate::inflow::{payload_len, Inflow};
 
 /// A socket silent for this many heartbeat intervals is closed.
 pub const SILENT_INTERVALS: u32 = 3;
+/// How long a socket the server closes waits for the client's close frame
+/// before the connection is dropped anyway. A browser answers at once; a
+/// client that does not is not worth its slot for longer.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything a session is made from.
 pub struct SessionSetup {
@@ -59,6 +73,9 @@ pub struct WsSession {
     cutoff: Option<Arc<Cutoff>>,
     /// Told of every frame processed, so the connection reads on.
     inflow: Rc<Inflow>,
+    /// Set once the session sent its close frame: from then on it writes
+    /// nothing and waits only for the client's close.
+    closing: bool,
 }
 
 impl WsSession {
@@ -72,6 +89,7 @@ impl WsSession {
             mailbox_capacity: setup.mailbox_capacity,
             cutoff: setup.cutoff,
             inflow: setup.inflow,
+            closing: false,
         }
     }
 }
@@ -81,6 +99,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
         self.last_heard = Instant::now();
         if let Ok(message) = &msg {
             self.inflow.consumed(payload_len(message));
+        }
+        if self.closing {
+            // Data after the session's close frame is read and dropped; the
+            // client's close (or a broken stream) ends the handshake.
+            if matches!(msg, Ok(ws::Message::Close(_)) | Err(_)) {
+                ctx.stop();
+            }
+            return;
         }
         match msg {
             Ok(ws::Message::Text(text)) => self.on_data(ctx, Ok(&text)),
@@ -98,15 +124,15 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Err(ws::ProtocolError::Overflow) => close_with(ctx, close::TOO_BIG),
-            Err(_) if self.inflow.oversized() => close_with(ctx, close::TOO_BIG),
+            Err(ws::ProtocolError::Overflow) => self.close_with(ctx, close::TOO_BIG),
+            Err(_) if self.inflow.oversized() => self.close_with(ctx, close::TOO_BIG),
             Err(e) => {
                 log::info!(
                     "stream {}: closing a {}: protocol error: {e}",
                     self.admission.stream_id(),
                     self.role()
                 );
-                close_with(ctx, close::PROTOCOL_ERROR);
+                self.close_with(ctx, close::PROTOCOL_ERROR);
             }
         }
     }
@@ -119,7 +145,7 @@ impl WsSession {
     fn on_data(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: Result<&str, &'static str>) {
         let Some(joined) = self.joined else { return };
         if !joined.sender {
-            return close_with(ctx, close::NOT_PERMITTED);
+            return self.close_with(ctx, close::NOT_PERMITTED);
         }
         let text = match text {
             Ok(text) => text,
@@ -157,19 +183,28 @@ impl Handler<Outbound> for WsSession {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
+            Outbound::Event(_) if self.closing => {}
             Outbound::Event(text) => ctx.text(text),
-            Outbound::Close(close) => close_with(ctx, close),
+            Outbound::Close(close) => self.close_with(ctx, close),
         }
     }
 }
 
-/// Sends the close frame `close` and stops the session.
-fn close_with(ctx: &mut ws::WebsocketContext<WsSession>, close: Close) {
-    ctx.close(Some(CloseReason {
-        code: CloseCode::from(close.code),
-        description: Some(close.reason.to_owned()),
-    }));
-    ctx.stop();
+impl WsSession {
+    /// Sends the close frame `close`, then stops when the client answers
+    /// it, or after [`CLOSE_GRACE`]. A second close is ignored: one close
+    /// frame per socket.
+    fn close_with(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(close.code),
+            description: Some(close.reason.to_owned()),
+        }));
+        ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+    }
 }
 
 /// Answers a sender's refused frame with an error frame; the socket stays open.
@@ -189,13 +224,16 @@ impl WsSession {
     /// Pings every interval; closes a socket silent for [`SILENT_INTERVALS`].
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
         ctx.run_interval(self.heartbeat, |session, ctx| {
+            if session.closing {
+                return;
+            }
             if session.last_heard.elapsed() > session.heartbeat * SILENT_INTERVALS {
                 log::info!(
                     "stream {}: closing a silent {}",
                     session.admission.stream_id(),
                     session.role()
                 );
-                return close_with(ctx, close::SILENT);
+                return session.close_with(ctx, close::SILENT);
             }
             ctx.ping(b"");
         });
@@ -224,12 +262,12 @@ impl WsSession {
                             .map_or("anonymous", UserId::as_str)
                     );
                 }
-                Ok(Err(refused)) => close_with(ctx, refused.close),
+                Ok(Err(refused)) => session.close_with(ctx, refused.close),
                 // The stream's actor is gone: it ended, or the server is
                 // stopping. Telling a client its stream ended when it comes
                 // back after a restart would lose it; the other way round,
                 // it retries once and hears 404.
-                Err(_) => close_with(ctx, close::SERVER_RESTARTING),
+                Err(_) => session.close_with(ctx, close::SERVER_RESTARTING),
             }
         }));
     }

@@ -300,6 +300,18 @@ impl Application {
         // Signals are ours: a clean stop closes the sockets first.
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs())
+        // A WebSocket's response body ends when its session stops, with the
+        // request's payload (the client's frames) still open. actix-http
+        // then lingers by default, reading until the client ends the
+        // connection or a second passes; but after a close handshake the
+        // client waits for the server to end it (RFC 6455 §7.1.1), so every
+        // socket took most of that second to close in the browser. Without
+        // the linger the connection is flushed, shut down and dropped at
+        // once; the session waits for the client's close first, so nothing
+        // unread is left. The same goes for a plain request whose body a
+        // handler left unread: none here reads a body, and a client that
+        // sends a large one anyway may see a reset after the answer.
+        .client_disconnect_timeout(Duration::ZERO)
         .listen(listener)?
         .run();
         let handle = AppHandle {

@@ -1,7 +1,8 @@
 //! No secret reaches the log, not even at `RUST_LOG=trace`: neither an
 //! access token nor a claim token, nor the OAuth code, nor the WCA client
 //! secret, whichever way it travelled (query string, `Authorization`
-//! header, the token request's form, a WebSocket URL).
+//! header, the token request's form, a WebSocket URL, a WebSocket
+//! subprotocol).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,9 @@ fn random_hex() -> String {
 
 /// A whole flow against the binary at trace level: a sign-in (callback and
 /// claim), a stream created with the token in the query and once in an
-/// `Authorization: Bearer` header, a bad token, a sender and a viewer, and
-/// a stop by SIGTERM. Not one line of its output holds a secret in full.
+/// `Authorization: Bearer` header, a bad token, a sender and a viewer, a
+/// sender with its token as a subprotocol and a bad token there, and a stop
+/// by SIGTERM. Not one line of its output holds a secret in full.
 #[actix_web::test]
 async fn no_secret_reaches_the_log_at_trace_level() {
     let dir = Arc::new(TempDir::new("logs"));
@@ -80,6 +82,22 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     for event in &events {
         assert_eq!(&viewer.next_json().await, event);
     }
+    let socket_url = format!("ws://127.0.0.1:{port}/v0/streams/{id}/socket");
+    let (_, mut by_protocol) =
+        WsClient::connect_offering(socket_url.clone(), &["twizzle.v0", &token])
+            .await
+            .expect("a sender's token works as a subprotocol");
+    by_protocol.send_json(&move_event(2)).await;
+    assert_eq!(viewer.next_json().await, move_event(2));
+    by_protocol.send(awc::ws::Message::Close(None)).await;
+    assert!(matches!(by_protocol.next().await, Seen::Close(_)));
+    let bad_protocol_token = format!("twizzle_access_token_{}", random_hex());
+    assert!(
+        WsClient::connect_offering(socket_url, &["twizzle.v0", &bad_protocol_token])
+            .await
+            .is_err(),
+        "a bad token in a subprotocol is refused"
+    );
 
     child.signal("TERM");
     let status = child
@@ -104,6 +122,10 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         (
             "the bad access token",
             hex_of(&bad_token, "twizzle_access_token_"),
+        ),
+        (
+            "the bad access token in a subprotocol",
+            hex_of(&bad_protocol_token, "twizzle_access_token_"),
         ),
         ("the OAuth code", code_secret.as_str()),
         ("the WCA client secret", client_secret.as_str()),

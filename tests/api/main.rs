@@ -3,6 +3,7 @@
 
 mod busy;
 mod clients;
+mod closing;
 mod deploy;
 mod disk;
 mod helpers;
@@ -13,3 +14,4 @@ mod races;
 mod restart;
 mod sign_in;
 mod sockets;
+mod sockets_protocol;

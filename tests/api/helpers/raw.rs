@@ -1,6 +1,7 @@
 //! Sockets on plain blocking TCP, for what awc will not do: a client that
 //! stops reading or answering, one that resets its connection in the middle
-//! of the handshake, and the body of a refused upgrade.
+//! of the handshake, frames and headers of its own making, the moment the
+//! server ends a connection, and the body of a refused upgrade.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -69,7 +70,21 @@ impl RawSocket {
     /// Opens a socket to `stream_id` as a viewer, with a receive buffer of
     /// `receive_buffer` bytes, and completes the handshake.
     pub fn open(port: u16, stream_id: &str, receive_buffer: i32) -> RawSocket {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        RawSocket::open_with(port, stream_id, receive_buffer, "").1
+    }
+
+    /// Opens a socket to `stream_id` with `headers` (whole lines, each
+    /// ending in CRLF) added to the upgrade request; the answer's head and
+    /// the socket.
+    pub fn open_with(
+        port: u16,
+        stream_id: &str,
+        receive_buffer: i32,
+        headers: &str,
+    ) -> (String, RawSocket) {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         // SAFETY: a valid socket and a c_int that outlives the call.
         let set = unsafe {
             libc::setsockopt(
@@ -81,16 +96,25 @@ impl RawSocket {
             )
         };
         assert_eq!(set, 0, "setsockopt SO_RCVBUF");
-        let request = upgrade_request(&format!("/v0/streams/{stream_id}/socket"));
-        stream.write_all(request.as_bytes()).unwrap();
+        // As browsers do: a short frame after a long one goes out at once,
+        // rather than after the server's delayed acknowledgement.
+        stream.set_nodelay(true).unwrap();
+        write!(
+            stream,
+            "GET /v0/streams/{stream_id}/socket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+        )
+        .unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
-        let head = read_head(&mut stream).expect("the handshake answer");
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
-        RawSocket { stream }
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("the handshake answer");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).expect("an ASCII head");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        (head, RawSocket { stream })
     }
 
     /// Reads (and discards) until the server closes the connection, with no
@@ -195,6 +219,69 @@ impl RawSocket {
                 };
                 let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
                 return Ok(Some((code, reason.into_owned())));
+            }
+        }
+    }
+
+    /// Sends one frame with `opcode` and `payload`, masked as a client must.
+    pub fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        use std::io::Write;
+        let mask: [u8; 4] = rand::random();
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=65_535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        self.stream.write_all(&frame).expect("send a frame");
+    }
+
+    /// The next frame's opcode and payload, within the wait bound.
+    pub fn next_frame(&mut self) -> (u8, Vec<u8>) {
+        use std::io::Read;
+        self.stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut header = [0u8; 2];
+        self.stream
+            .read_exact(&mut header)
+            .expect("a frame within the wait bound");
+        let len = match header[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                self.stream.read_exact(&mut n).unwrap();
+                usize::from(u16::from_be_bytes(n))
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                self.stream.read_exact(&mut n).unwrap();
+                u64::from_be_bytes(n) as usize
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).unwrap();
+        (header[0] & 0x0f, payload)
+    }
+
+    /// Reads until the server ends the connection cleanly (a reset fails),
+    /// within the wait bound; the bytes that came before the end.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        self.stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the connection did not end cleanly: {e}"),
             }
         }
     }

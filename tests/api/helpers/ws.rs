@@ -45,6 +45,21 @@ impl WsClient {
         Ok(WsClient { framed })
     }
 
+    /// Opens a socket to `url` offering `protocols`; the answer's headers
+    /// and the socket, or the refusal if the upgrade was refused.
+    pub async fn connect_offering(
+        url: String,
+        protocols: &[&str],
+    ) -> Result<(awc::http::header::HeaderMap, WsClient), awc::error::WsClientError> {
+        let (response, framed) = awc::Client::new()
+            .ws(url)
+            .protocols(protocols)
+            .max_frame_size(1 << 24)
+            .connect()
+            .await?;
+        Ok((response.headers().clone(), WsClient { framed }))
+    }
+
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.framed
