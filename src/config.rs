@@ -123,6 +123,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Peers whose last `X-Forwarded-For` hop is taken as the client address.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Where `GET /metrics` is served; `None` serves none.
+    pub metrics_bind: Option<String>,
 }
 
 /// What the command line asked for.
@@ -398,6 +400,15 @@ pub const TRUSTED_PROXIES: Setting = Setting {
     help: "comma-separated proxy addresses whose last X-Forwarded-For hop is the client",
 };
 
+/// Where the Prometheus metrics are served.
+pub const METRICS_BIND: Setting = Setting {
+    flag: "metrics-bind",
+    var: "TWIZZLE_METRICS_BIND",
+    dev: "127.0.0.1:9337",
+    prod: "127.0.0.1:9337",
+    help: "address GET /metrics is served on; off turns it off",
+};
+
 /// Every setting, in the order `--help` lists them; the flags a command line may use.
 pub const ALL: &[&Setting] = &[
     &BIND,
@@ -426,6 +437,7 @@ pub const ALL: &[&Setting] = &[
     &REQUESTS_PER_CLIENT_PER_SEC,
     &REQUEST_BURST,
     &TRUSTED_PROXIES,
+    &METRICS_BIND,
 ];
 
 /// The `--help` text.
@@ -592,6 +604,7 @@ impl Settings {
                 request_burst: get(&REQUEST_BURST).positive()?.max(1.0),
             },
             trusted_proxies: get(&TRUSTED_PROXIES).addresses()?,
+            metrics_bind: Some(get(&METRICS_BIND).text).filter(|bind| bind != "off"),
         })
     }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use twizzle_actors::health::{CheckWritable, Ping, Pulse};
 use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
+use twizzle_actors::metrics::Metrics;
 use twizzle_actors::registry::{CreateStream, OpenSocket, Registry, StreamListBody};
 use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
@@ -61,6 +62,8 @@ pub struct AppState {
     /// How long a handler waits for an actor: [`ACTOR_DEADLINE`], shorter
     /// only in tests.
     pub deadline: Duration,
+    /// What the server counts, for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -390,6 +393,7 @@ async fn open_socket(
             .conn_data::<ConnectionFd>()
             .map(|fd| Arc::new(Cutoff::new(fd.0))),
         inflow: inflow.clone(),
+        metrics: Arc::clone(&state.metrics),
     });
     let mut response =
         ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))

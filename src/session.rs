@@ -29,6 +29,7 @@ use twizzle_actors::admission::Admission;
 use twizzle_actors::close::{self, Close};
 use twizzle_actors::event::{error_frame, parse_event};
 use twizzle_actors::ids::UserId;
+use twizzle_actors::metrics::Metrics;
 use twizzle_actors::stream::{Disconnect, Joined, Outbound, Publish};
 
 use crate::connection::Cutoff;
@@ -54,6 +55,8 @@ pub struct SessionSetup {
     pub cutoff: Option<Arc<Cutoff>>,
     /// Told of every frame processed, so the connection reads on.
     pub inflow: Rc<Inflow>,
+    /// Where the session counts refusals and closes.
+    pub metrics: Arc<Metrics>,
 }
 
 /// One WebSocket connection to a stream.
@@ -76,6 +79,10 @@ pub struct WsSession {
     /// Set once the session sent its close frame: from then on it writes
     /// nothing and waits only for the client's close.
     closing: bool,
+    /// Where the session counts refusals and closes.
+    metrics: Arc<Metrics>,
+    /// How the server closed the socket, if it did (else the client did).
+    closed_with: Option<Close>,
 }
 
 impl WsSession {
@@ -90,6 +97,8 @@ impl WsSession {
             cutoff: setup.cutoff,
             inflow: setup.inflow,
             closing: false,
+            metrics: setup.metrics,
+            closed_with: None,
         }
     }
 }
@@ -124,8 +133,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Err(ws::ProtocolError::Overflow) => self.close_with(ctx, close::TOO_BIG),
-            Err(_) if self.inflow.oversized() => self.close_with(ctx, close::TOO_BIG),
+            Err(ws::ProtocolError::Overflow) => self.too_big(ctx),
+            Err(_) if self.inflow.oversized() => self.too_big(ctx),
             Err(e) => {
                 log::info!(
                     "stream {}: closing a {}: protocol error: {e}",
@@ -145,22 +154,36 @@ impl WsSession {
     fn on_data(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: Result<&str, &'static str>) {
         let Some(joined) = self.joined else { return };
         if !joined.sender {
+            self.metrics.rejected("not_permitted");
             return self.close_with(ctx, close::NOT_PERMITTED);
         }
         let text = match text {
             Ok(text) => text,
-            Err(refusal) => return send_error(ctx, refusal),
+            Err(refusal) => return self.refuse(ctx, refusal),
         };
         match parse_event(text) {
             Ok(event) => self.publish(
                 Publish {
                     socket: joined.socket,
                     event,
+                    received: self.last_heard,
                 },
                 ctx,
             ),
-            Err(refusal) => send_error(ctx, &refusal),
+            Err(refusal) => self.refuse(ctx, &refusal),
         }
+    }
+
+    /// Answers a refused frame with an error frame; the socket stays open.
+    fn refuse(&mut self, ctx: &mut ws::WebsocketContext<Self>, refusal: &str) {
+        self.metrics.rejected("invalid");
+        send_error(ctx, refusal);
+    }
+
+    /// A frame over the size limit closes the socket.
+    fn too_big(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.metrics.limit_hit("frame_bytes");
+        self.close_with(ctx, close::TOO_BIG);
     }
 
     /// Hands an event to the stream. If the stream's mailbox is full (it
@@ -199,6 +222,7 @@ impl WsSession {
             return;
         }
         self.closing = true;
+        self.closed_with = Some(close);
         ctx.close(Some(CloseReason {
             code: CloseCode::from(close.code),
             description: Some(close.reason.to_owned()),
@@ -289,6 +313,8 @@ impl Actor for WsSession {
         if let Some(cutoff) = &self.cutoff {
             cutoff.forget();
         }
+        self.metrics
+            .closed(self.closed_with.map_or("client", |close| close.label()));
         if self.joined.is_some() {
             log::info!(
                 "stream {}: {} disconnected",

@@ -14,6 +14,7 @@ use actix_web::{web, App, HttpServer};
 use twizzle_actors::gate::{Gate, GateSettings, Knock, Pass, Rate};
 use twizzle_actors::health::Pulse;
 use twizzle_actors::ids;
+use twizzle_actors::metrics::Metrics;
 use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
 use twizzle_actors::store::Stores;
 use twizzle_actors::stream::StreamLimits;
@@ -42,6 +43,8 @@ const SECRET_PARAMS: [&str; 3] = ["twizzleAccessToken", "claimToken", "code"];
 pub struct Application {
     /// The port actually bound (useful when the settings asked for port 0).
     port: u16,
+    /// The port of `GET /metrics`, if it is served.
+    metrics_port: Option<u16>,
     /// The HTTP server, not yet awaited.
     server: Server,
     /// Stops the server cleanly.
@@ -55,6 +58,8 @@ pub struct Application {
 pub struct AppHandle {
     server: actix_web::dev::ServerHandle,
     registry: Addr<Registry>,
+    /// The metrics server, stopped with the API's.
+    metrics: Option<actix_web::dev::ServerHandle>,
 }
 
 impl AppHandle {
@@ -67,6 +72,14 @@ impl AppHandle {
             log::warn!("the registry did not shut down: {e}");
         }
         self.server.stop(true).await;
+        self.stop_metrics().await;
+    }
+
+    /// Stops the metrics server, if there is one.
+    async fn stop_metrics(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.stop(false).await;
+        }
     }
 }
 
@@ -91,6 +104,8 @@ pub struct Actors {
     pub gate: Addr<Gate>,
     /// One per stream thread: answers for it in the readiness check.
     pub pulses: Vec<Addr<Pulse>>,
+    /// What they count.
+    pub metrics: Arc<Metrics>,
     /// The threads they run on.
     arbiters: Arbiters,
 }
@@ -117,7 +132,9 @@ impl Actors {
         let gate_arbiter = Arbiter::new();
         let stream_arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
 
-        let mut token_actor = TokenActor::new(users, settings.claim_token_ttl);
+        let metrics = Metrics::new();
+        let mut token_actor =
+            TokenActor::new(users, settings.claim_token_ttl).with_metrics(Arc::clone(&metrics));
         if let Some(secret) = &settings.wca.client_secret {
             token_actor = token_actor.with_sealing_secret(secret.expose().as_bytes());
         }
@@ -135,6 +152,7 @@ impl Actors {
                     max_recording_bytes: settings.limits.max_recording_bytes,
                 },
                 recording_retention: settings.limits.recording_retention,
+                metrics: Arc::clone(&metrics),
             },
             streams,
             stream_arbiters.iter().map(Arbiter::handle).collect(),
@@ -166,6 +184,7 @@ impl Actors {
             registry,
             gate,
             pulses,
+            metrics,
             arbiters: Arbiters(
                 [token_arbiter, registry_arbiter, gate_arbiter]
                     .into_iter()
@@ -232,8 +251,13 @@ impl Application {
             registry,
             gate,
             pulses,
+            metrics,
             arbiters,
         } = actors;
+        let metrics_server = match &settings.metrics_bind {
+            Some(bind) => Some(serve_metrics(bind, Arc::clone(&metrics))?),
+            None => None,
+        };
         let trusted = Arc::new(settings.trusted_proxies.clone());
         let state = web::Data::new(AppState {
             registry: registry.clone(),
@@ -242,6 +266,7 @@ impl Application {
             settings: settings.clone(),
             started: SystemTime::now(),
             deadline,
+            metrics: Arc::clone(&metrics),
         });
         let wca_settings = settings.wca.clone();
         let server = HttpServer::new(move || {
@@ -254,6 +279,7 @@ impl Application {
                 )
                 .wrap_fn({
                     let (gate, trusted) = (gate.clone(), Arc::clone(&trusted));
+                    let metrics = Arc::clone(&metrics);
                     move |req, srv| {
                         use actix_web::dev::Service;
                         let client = client::of_request(&req, &trusted);
@@ -264,12 +290,19 @@ impl Application {
                         };
                         let pass = gate.send(Pass { client, knock });
                         let call = srv.call(req);
+                        let metrics = Arc::clone(&metrics);
                         async move {
                             match pass.await {
                                 Ok(Ok(())) => call.await,
-                                Ok(Err(refused)) => Err(ApiError::TooFast {
-                                    limit: refused.limit,
-                                    retry_after: refused.retry_after,
+                                Ok(Err(refused)) => Err({
+                                    metrics.limit_hit(match knock {
+                                        Knock::Handshake => "handshakes_per_client",
+                                        Knock::Request => "requests_per_client",
+                                    });
+                                    ApiError::TooFast {
+                                        limit: refused.limit,
+                                        retry_after: refused.retry_after,
+                                    }
                                 }
                                 .into()),
                                 Err(e) => Err(ApiError::from(e).into()),
@@ -279,6 +312,26 @@ impl Application {
                 })
                 .wrap(DefaultHeaders::new().add(("Access-Control-Allow-Origin", "*")))
                 .wrap(request_log(Arc::clone(&trusted)))
+                .wrap_fn({
+                    let metrics = Arc::clone(&metrics);
+                    move |req, srv| {
+                        use actix_web::dev::Service;
+                        let route = req
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".to_owned());
+                        let metrics = Arc::clone(&metrics);
+                        let call = srv.call(req);
+                        async move {
+                            let answer = call.await;
+                            let status = match &answer {
+                                Ok(response) => response.status(),
+                                Err(e) => e.as_response_error().status_code(),
+                            };
+                            metrics.http_request(&route, status.as_u16());
+                            answer
+                        }
+                    }
+                })
                 .wrap_fn(|req, srv| {
                     use actix_web::dev::Service;
                     let too_long = req.query_string().len() > MAX_QUERY_BYTES;
@@ -314,12 +367,20 @@ impl Application {
         .client_disconnect_timeout(Duration::ZERO)
         .listen(listener)?
         .run();
+        let metrics_port = metrics_server.as_ref().map(|(_, port)| *port);
+        let metrics = metrics_server.map(|(server, _)| {
+            let handle = server.handle();
+            actix_web::rt::spawn(server);
+            handle
+        });
         let handle = AppHandle {
             server: server.handle(),
             registry,
+            metrics,
         };
         Ok(Application {
             port,
+            metrics_port,
             server,
             handle,
             arbiters,
@@ -329,6 +390,11 @@ impl Application {
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port `GET /metrics` is served on, if it is.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
     }
 
     /// A handle to stop the server cleanly from elsewhere.
@@ -345,6 +411,7 @@ impl Application {
             arbiters,
             ..
         } = self;
+        let stopper = handle.clone();
         let signals = actix_web::rt::spawn(async move {
             if let Some(name) = stop_signal().await {
                 log::info!("{name} received: closing sockets and stopping");
@@ -353,6 +420,7 @@ impl Application {
         });
         let result = server.await;
         signals.abort();
+        stopper.stop_metrics().await;
         drop(arbiters);
         log::info!("stopped");
         result
@@ -376,6 +444,34 @@ fn request_log(trusted: Arc<Vec<IpAddr>>) -> Logger {
         // its log state held all the while; the socket handler and the
         // session log sockets instead.
         .exclude_regex(SOCKET_PATH)
+}
+
+/// Serves `GET /metrics` on `bind`, apart from the API so that scrapes
+/// pass no gate and the API's port exposes nothing of the server's state.
+fn serve_metrics(bind: &str, metrics: Arc<Metrics>) -> io::Result<(Server, u16)> {
+    let listener = TcpListener::bind(bind)?;
+    let port = listener.local_addr()?.port();
+    log::info!("metrics on {}", listener.local_addr()?);
+    let server = HttpServer::new(move || {
+        let metrics = Arc::clone(&metrics);
+        App::new().route(
+            "/metrics",
+            web::get().to(move || {
+                let text = metrics.encode();
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+                        .body(text)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(0)
+    .listen(listener)?
+    .run();
+    Ok((server, port))
 }
 
 /// Whether `path` is a stream's socket endpoint (what [`SOCKET_PATH`] matches).

@@ -15,6 +15,22 @@ pub struct Close {
     pub reason: &'static str,
 }
 
+impl Close {
+    /// Its name in metrics: the reason in snake case.
+    pub fn label(&self) -> &'static str {
+        match self.reason {
+            "stream ended" => "stream_ended",
+            "server restarting" => "server_restarting",
+            "no answer to pings" => "silent",
+            "protocol error" => "protocol_error",
+            "not permitted to send" => "not_permitted",
+            "too many unsent events" => "too_slow",
+            "frame too large" => "too_big",
+            _ => "other",
+        }
+    }
+}
+
 const fn close(code: u16, reason: &'static str) -> Close {
     Close { code, reason }
 }
@@ -61,6 +77,7 @@ mod tests {
             assert!((1000..=1011).contains(&a.code), "{a:?}");
             // A close reason must fit a control frame with its code.
             assert!(a.reason.len() <= 123, "{a:?}");
+            assert_ne!(a.label(), "other", "{a:?} has a metrics label");
             for b in &ALL[n + 1..] {
                 assert_ne!(a, b);
             }

@@ -33,6 +33,7 @@
 //! - [`admission`]: the [`admission::Admission`] ticket of one socket, whose
 //!   drop frees its slot and takes it out of its stream.
 //! - [`close`]: every close code and reason a socket can get.
+//! - [`metrics`]: the metric families an operator scrapes.
 //! - [`rate`]: the [`rate::TokenBucket`] that paces one client's events.
 //! - [`secrets`]: token hashes and the sealing of access tokens at rest.
 //!
@@ -52,6 +53,7 @@ pub mod event;
 pub mod gate;
 pub mod health;
 pub mod ids;
+pub mod metrics;
 pub mod rate;
 pub mod registry;
 pub mod replay;

@@ -21,7 +21,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -32,6 +33,7 @@ use crate::close;
 use crate::gate::client_key;
 use crate::health::CheckWritable;
 use crate::ids::{PublicUserInfo, StreamId, UserId};
+use crate::metrics::Metrics;
 use crate::store::journal::epoch_ms;
 use crate::store::{StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore};
 use crate::stream::{EndStream, SocketId, StreamActor, StreamLimits, StreamNotice, StreamSetup};
@@ -55,6 +57,8 @@ pub struct RegistrySettings {
     /// How long the recordings of ended streams are kept; zero keeps none
     /// past the stream's end.
     pub recording_retention: Duration,
+    /// Where the registry and its streams count what they do.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How often the recordings of ended streams are swept for ones past their
@@ -340,6 +344,7 @@ impl Registry {
             idle_timeout: self.settings.idle_timeout,
             recording: self.store.recording(&id),
             limits: self.settings.stream_limits,
+            metrics: Arc::clone(&self.settings.metrics),
             registry: Some(ctx.address().recipient()),
             idle_since: Some(UNIX_EPOCH + Duration::from_millis(idle_since_ms)),
         };
@@ -361,6 +366,7 @@ impl Registry {
         self.order.insert(entry.seq, id.clone());
         self.streams.insert(id, entry);
         self.listing = None;
+        self.settings.metrics.streams.set(self.streams.len() as i64);
         summary
     }
 
@@ -427,6 +433,7 @@ impl Registry {
         let entry = self.streams.remove(&id)?;
         self.order.remove(&entry.seq);
         self.listing = None;
+        self.settings.metrics.streams.set(self.streams.len() as i64);
         if let Some(owner) = entry.senders.first() {
             let owner = &owner.twizzle_user_id;
             if let Some(open) = self.streams_per_user.get_mut(owner) {
@@ -513,6 +520,7 @@ impl Handler<CreateStream> for Registry {
             .unwrap_or(0)
             >= limit
         {
+            self.settings.metrics.limit_hit("streams_per_user");
             return refused(RegistryError::TooManyStreams { limit });
         }
         let created_ms = epoch_ms(SystemTime::now());
@@ -524,8 +532,10 @@ impl Handler<CreateStream> for Registry {
         };
         // Kept before the answer: a stream handed out survives a crash.
         let kept = self.store.record(StreamChange::Created(record.clone()));
+        let asked = Instant::now();
         AtomicResponse::new(Box::pin(kept.into_actor(self).map(
             move |kept, registry, ctx| {
+                registry.settings.metrics.state_synced(asked.elapsed());
                 kept.map_err(RegistryError::Storage)?;
                 let summary = registry.launch(record.id, vec![msg.owner], record.created_ms, ctx);
                 log::info!("stream {} created by {}", summary.id, summary.senders[0]);
@@ -599,12 +609,14 @@ impl Handler<OpenSocket> for Registry {
             .ok_or(RegistryError::UnknownStream)?;
         let limit = self.settings.max_sockets;
         if self.sockets >= limit {
+            self.settings.metrics.limit_hit("sockets");
             return Err(RegistryError::TooManySockets { limit });
         }
         let client = client_key(msg.client);
         let from_client = self.sockets_per_client.get(&client).copied().unwrap_or(0);
         let limit = self.settings.max_sockets_per_client;
         if from_client >= limit {
+            self.settings.metrics.limit_hit("sockets_per_client");
             return Err(RegistryError::TooManyClientSockets { limit });
         }
         let sender = msg
@@ -614,6 +626,7 @@ impl Handler<OpenSocket> for Registry {
         if sender {
             let limit = self.settings.max_sender_sockets_per_stream;
             if entry.sender_sockets >= limit {
+                self.settings.metrics.limit_hit("sender_sockets_per_stream");
                 return Err(RegistryError::TooManySenderSockets { limit });
             }
             entry.sender_sockets += 1;

@@ -17,6 +17,7 @@ use bytestring::ByteString;
 use crate::close::{self, Close};
 use crate::event::{error_frame, Event};
 use crate::ids::{StreamId, UserId};
+use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::replay::Replay;
 use crate::store::RecordingStore;
@@ -122,6 +123,8 @@ pub struct Publish {
     pub socket: SocketId,
     /// The event.
     pub event: Event,
+    /// When its frame arrived, for the fan-out time.
+    pub received: Instant,
 }
 
 /// Ends the stream now: the recording is synced, then every socket is
@@ -191,6 +194,8 @@ pub struct StreamSetup {
     pub recording: Box<dyn RecordingStore + Send>,
     /// The senders' rate and the recording's quota.
     pub limits: StreamLimits,
+    /// Where the stream counts what it does.
+    pub metrics: Arc<Metrics>,
     /// Told when the stream goes idle or live, expires, and stops. Without
     /// one, the stream ends itself when its countdown runs out.
     pub registry: Option<Recipient<StreamNotice>>,
@@ -232,6 +237,8 @@ pub struct StreamActor {
     recording: Box<dyn RecordingStore + Send>,
     /// The senders' rate and the recording's quota.
     limits: StreamLimits,
+    /// Where the stream counts what it does.
+    metrics: Arc<Metrics>,
     /// Each sender's rate budget, shared by all its sockets here.
     budgets: HashMap<UserId, TokenBucket>,
     /// The error frame for an event over the rate, encoded once.
@@ -263,6 +270,7 @@ impl StreamActor {
             countdown: None,
             recording: setup.recording,
             limits: setup.limits,
+            metrics: setup.metrics,
             budgets: HashMap::new(),
             rate_limited: error_frame(RATE_LIMITED),
             recording_full: false,
@@ -310,6 +318,7 @@ impl StreamActor {
         .into_actor(self)
         .map(move |(), actor, ctx| {
             for (_, member) in actor.members.drain() {
+                actor.metrics.role(member.sender.is_some()).dec();
                 // `do_send` on purpose: the close must get through even to a
                 // socket whose queue is full.
                 member.outbox.do_send(Outbound::Close(close));
@@ -321,6 +330,7 @@ impl StreamActor {
 
     fn remove(&mut self, socket: SocketId, ctx: &mut Context<Self>) -> Option<Member> {
         let member = self.members.remove(&socket)?;
+        self.metrics.role(member.sender.is_some()).dec();
         if member.sender.is_some() {
             self.connected_senders -= 1;
             if self.connected_senders == 0 && self.ending.is_none() {
@@ -358,21 +368,25 @@ impl StreamActor {
     /// Hands `text` to every socket but `from`; drops those that are full or gone.
     fn fan_out(&mut self, from: SocketId, text: &ByteString, ctx: &mut Context<Self>) {
         let mut dropped = Vec::new();
+        let mut delivered = 0;
         for (&socket, member) in &self.members {
             if socket == from {
                 continue;
             }
             match member.outbox.try_send(Outbound::Event(text.clone())) {
-                Ok(()) => {}
+                Ok(()) => delivered += 1,
                 Err(SendError::Full(_)) => dropped.push((socket, true)),
                 Err(SendError::Closed(_)) => dropped.push((socket, false)),
             }
         }
+        // One add per event, not one per delivery.
+        self.metrics.deliveries.inc_by(delivered);
         for (socket, full) in dropped {
             let Some(member) = self.remove(socket, ctx) else {
                 continue;
             };
             if full {
+                self.metrics.limit_hit("queued_events");
                 log::info!(
                     "stream {}: dropping socket {socket}: {}",
                     self.id,
@@ -432,6 +446,7 @@ impl Handler<Join> for StreamActor {
             });
         }
         let sender = msg.user_id.filter(|user| self.senders.contains(user));
+        self.metrics.role(sender.is_some()).inc();
         if sender.is_some() {
             self.connected_senders += 1;
             if let Some(countdown) = self.countdown.take() {
@@ -483,6 +498,8 @@ impl Handler<Publish> for StreamActor {
             TokenBucket::new(limits.events_per_sec, limits.event_burst, Instant::now())
         });
         if !budget.take(Instant::now()) {
+            self.metrics.rejected("rate_limited");
+            self.metrics.limit_hit("sender_events");
             // One error frame per dropped event; a sender not reading its
             // own socket loses them rather than growing its mailbox.
             let _ = member
@@ -491,13 +508,17 @@ impl Handler<Publish> for StreamActor {
             return;
         }
         if !self.replay.accept(&msg.event) {
+            self.metrics.rejected("reset_loop");
             return;
         }
+        self.metrics.events_accepted.inc();
         // Recorded before it is relayed: an event any socket saw is in the
         // kernel, so a viewer's replay after a `kill -9` is never older
         // than what it was shown.
         self.record(&msg.event.text, ctx);
         self.fan_out(msg.socket, &msg.event.text, ctx);
+        let took = msg.received.elapsed();
+        self.metrics.fanout_seconds.observe(took.as_secs_f64());
     }
 }
 
@@ -511,10 +532,13 @@ impl StreamActor {
             if self.recording.recorded_bytes().saturating_add(line)
                 <= self.limits.max_recording_bytes
             {
-                let _ = self.recording.append(text);
+                if self.recording.append(text).is_ok() {
+                    self.metrics.recording_bytes.inc_by(line);
+                }
                 return;
             }
             self.recording_full = true;
+            self.metrics.limit_hit("recording_bytes");
             log::warn!(
                 "stream {}: recording stopped at its quota of {} bytes",
                 self.id,

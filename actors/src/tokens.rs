@@ -8,12 +8,14 @@
 //! [`secrets`]: crate::secrets
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 
 use crate::health::CheckWritable;
 use crate::ids::{AccessToken, ClaimToken, PublicUserInfo, UserId};
+use crate::metrics::Metrics;
 use crate::secrets::{SealingKey, TokenHash};
 use crate::store::journal::epoch_ms;
 use crate::store::{ClaimRecord, StoreError, UserChange, UserRecord, UserState, UserStore};
@@ -140,6 +142,8 @@ pub struct TokenActor {
     key: SealingKey,
     /// Told of every change to a user's public info.
     watchers: Vec<Recipient<UserUpdated>>,
+    /// Where the time of each durable write is counted.
+    metrics: Arc<Metrics>,
 }
 
 impl TokenActor {
@@ -155,7 +159,14 @@ impl TokenActor {
             store,
             key: SealingKey::random(),
             watchers: Vec::new(),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts into `metrics` (by default, a set of its own nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> TokenActor {
+        self.metrics = metrics;
+        self
     }
 
     /// Seals access tokens with a key derived from `secret` (the WCA client
@@ -226,8 +237,10 @@ impl TokenActor {
         answer: T,
     ) -> AtomicResponse<Self, Result<T, TokenError>> {
         let kept = self.store.apply(changes.clone());
+        let asked = Instant::now();
         AtomicResponse::new(Box::pin(kept.into_actor(self).map(
             move |kept, actor, _| {
+                actor.metrics.state_synced(asked.elapsed());
                 kept.map_err(TokenError::Storage)?;
                 for change in changes {
                     actor.apply(change);

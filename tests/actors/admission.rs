@@ -24,6 +24,7 @@ fn settings(idle_timeout: Duration, max_sockets: usize) -> RegistrySettings {
         max_sender_sockets_per_stream: 4,
         max_sockets_per_client: 1000,
         stream_limits: StreamLimits::NONE,
+        metrics: twizzle_actors::metrics::Metrics::new(),
         recording_retention: Duration::from_secs(86_400),
     }
 }

@@ -29,6 +29,7 @@ fn settings() -> RegistrySettings {
         max_sender_sockets_per_stream: 4,
         max_sockets_per_client: 1000,
         stream_limits: StreamLimits::NONE,
+        metrics: twizzle_actors::metrics::Metrics::new(),
         recording_retention: Duration::from_secs(30 * 86_400),
     }
 }

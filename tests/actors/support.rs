@@ -301,6 +301,7 @@ pub async fn join_with(
 /// Publishes `event` from `socket`; returns once the stream handled it.
 pub async fn publish(stream: &Addr<StreamActor>, socket: SocketId, event: &Event) {
     let publish = stream.send(Publish {
+        received: std::time::Instant::now(),
         socket,
         event: event.clone(),
     });
@@ -393,6 +394,7 @@ pub fn setup() -> StreamSetup {
         idle_timeout: NEVER,
         recording: Box::new(NoRecording),
         limits: StreamLimits::NONE,
+        metrics: twizzle_actors::metrics::Metrics::new(),
         registry: None,
         idle_since: None,
     }

@@ -10,6 +10,7 @@ mod helpers;
 mod http;
 mod limits;
 mod logs;
+mod metrics;
 mod races;
 mod restart;
 mod sign_in;

@@ -29,6 +29,8 @@ pub fn test_settings(data_dir: &Path, wca_origin: &str) -> Settings {
     settings.limits.handshake_burst = 1e9;
     settings.limits.requests_per_client_per_sec = 1e9;
     settings.limits.request_burst = 1e9;
+    // Many servers run side by side: each serves its metrics on a port of its own.
+    settings.metrics_bind = Some("127.0.0.1:0".to_owned());
     settings
 }
 
@@ -48,6 +50,8 @@ pub struct TestApp {
     pub dir: Arc<TempDir>,
     /// Numbers the codes of [`TestApp::code_for`].
     next_code: std::cell::Cell<u64>,
+    /// Where the server serves `GET /metrics`, if it is known.
+    pub metrics_port: Option<u16>,
 }
 
 /// Starts a server with the test settings.
@@ -70,10 +74,12 @@ pub async fn spawn_app_in(
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("the app builds");
     let port = app.port();
+    let metrics_port = app.metrics_port();
     let handle = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         handle: Some(handle),
+        metrics_port,
         ..TestApp::attach(dir, wca, port)
     }
 }
@@ -110,6 +116,7 @@ impl TestApp {
             handle: None,
             dir,
             next_code: std::cell::Cell::new(0),
+            metrics_port: None,
         }
     }
 }

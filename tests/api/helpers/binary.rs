@@ -40,6 +40,8 @@ pub fn start_binary_with(
         .env("TWIZZLE_SENDER_EVENT_BURST", "100000")
         // Every test client is 127.0.0.1: the per-client limits are lifted.
         .env("TWIZZLE_MAX_SOCKETS_PER_CLIENT", "1000000")
+        // Many servers run side by side: metrics on a port of their own.
+        .env("TWIZZLE_METRICS_BIND", "127.0.0.1:0")
         .env("TWIZZLE_HANDSHAKES_PER_CLIENT_PER_SEC", "1000000000")
         .env("TWIZZLE_HANDSHAKE_BURST", "1000000000")
         .env("TWIZZLE_REQUESTS_PER_CLIENT_PER_SEC", "1000000000")
