@@ -1,5 +1,6 @@
-//! The deployment files: the systemd unit verifies, the Caddyfile validates,
-//! and a real Caddy in front of the real server carries a stream end to end.
+//! The deployment files: the systemd unit verifies, its sandbox rates 1.5 or
+//! better and its ceilings fit a full server; the Caddyfile validates, and a
+//! real Caddy in front of the real server carries a stream end to end.
 //!
 //! These need `systemd-analyze` and `caddy` (`.ci/run` installs them). Where
 //! one is missing, a developer's run says so and skips; under CI (`CI` set)
@@ -38,6 +39,23 @@ fn have(tool: &str) -> bool {
     found
 }
 
+/// The shipped unit, with ExecStart pointing at the binary just built (both
+/// `verify` and `security` look for the command), written into `dir`.
+fn unit_for_built_binary(dir: &TempDir) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(Path::new(ROOT).join("systemd/twizzle-api-server.service"))
+        .unwrap();
+    let path = dir.path().join("twizzle-api-server.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/twizzle-api-server",
+            env!("CARGO_BIN_EXE_twizzle-api-server"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// `systemd-analyze verify` accepts the unit (with ExecStart pointing at the
 /// binary just built, since verify checks that the command exists).
 #[test]
@@ -59,19 +77,19 @@ fn systemd_unit_verifies() {
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "LimitNOFILE=",
+        "StartLimitIntervalSec=0",
+        "MemoryHigh=",
+        "MemoryMax=",
+        "TasksMax=",
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting}");
     }
+    // With a start limit, systemd gives up restarting after a crash loop.
+    // It belongs in [Unit]: verify below warns of it anywhere else.
+    let unit_section = unit.split("[Service]").next().unwrap();
+    assert!(unit_section.contains("\nStartLimitIntervalSec=0\n"));
     let dir = TempDir::new("api");
-    let path = dir.path().join("twizzle-api-server.service");
-    std::fs::write(
-        &path,
-        unit.replace(
-            "/usr/local/bin/twizzle-api-server",
-            env!("CARGO_BIN_EXE_twizzle-api-server"),
-        ),
-    )
-    .unwrap();
+    let path = unit_for_built_binary(&dir);
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
@@ -82,6 +100,86 @@ fn systemd_unit_verifies() {
         out.status.success() && said.trim().is_empty(),
         "systemd-analyze verify: {said}"
     );
+}
+
+/// The value of `Name=` in the unit, with systemd's K, M and G suffixes
+/// (powers of 1024) turned into a number.
+fn unit_amount(unit: &str, name: &str) -> u64 {
+    let value = unit
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("the unit lacks {name}="))
+        .trim();
+    let (digits, scale) = match value.char_indices().last() {
+        Some((at, 'K')) => (&value[..at], 1 << 10),
+        Some((at, 'M')) => (&value[..at], 1 << 20),
+        Some((at, 'G')) => (&value[..at], 1 << 30),
+        _ => (value, 1),
+    };
+    digits.parse::<u64>().expect("a whole number") * scale
+}
+
+/// The ceilings hold what the comment beside them computes: the default
+/// socket limit at 17.7 KiB a socket (13.84 KiB in the process, 3.9 KiB of
+/// kernel memory, both measured) over a 10 MB baseline, and 2 x cores + 5
+/// threads for up to 64 cores.
+#[test]
+fn systemd_unit_ceilings_fit_a_full_server() {
+    let unit = std::fs::read_to_string(Path::new(ROOT).join("systemd/twizzle-api-server.service"))
+        .unwrap();
+    let sockets = twizzle_api_server::config::Settings::local()
+        .limits
+        .max_sockets as u64;
+    let full = sockets * 177 * 1024 / 10 + 10_000_000;
+    let high = unit_amount(&unit, "MemoryHigh");
+    let max = unit_amount(&unit, "MemoryMax");
+    assert!(
+        high >= full * 3 / 2,
+        "MemoryHigh={high} leaves under half again over the {full} bytes of a full server"
+    );
+    assert!(
+        max > high,
+        "MemoryMax={max} must be above MemoryHigh={high}"
+    );
+    let tasks = unit_amount(&unit, "TasksMax");
+    assert!(tasks >= 2 * 64 + 5, "TasksMax={tasks} is short of 64 cores");
+}
+
+/// `systemd-analyze security` rates the unit's sandbox 1.5 or better (0 is
+/// fully locked down, 10 not at all).
+#[test]
+fn systemd_unit_exposure_is_at_most_1_5() {
+    if !have("systemd-analyze") {
+        return;
+    }
+    let dir = TempDir::new("api");
+    let path = unit_for_built_binary(&dir);
+    // --offline reads the file instead of asking a running systemd.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "systemd-analyze security: {}{said}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "→ Overall exposure level for twizzle-api-server.service: 1.1 OK 🙂"
+    let score: f64 = said
+        .lines()
+        .find_map(|line| {
+            let (_, rest) = line.split_once("Overall exposure level for ")?;
+            rest.split_once(": ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no overall exposure level in: {said}"));
+    assert!(score <= 1.5, "exposure {score} is over 1.5:\n{said}");
 }
 
 /// `caddy validate` accepts the shipped Caddyfile, which proxies api.twizzle.net to 127.0.0.1:3337.
