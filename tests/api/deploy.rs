@@ -107,6 +107,7 @@ fn systemd_unit_verifies() {
         "MemoryHigh=",
         "MemoryMax=",
         "TasksMax=",
+        "TWIZZLE_METRICS_BIND=127.0.0.1:9337",
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting}");
     }
