@@ -243,8 +243,7 @@ async fn ready_again(app: &TestApp) {
 async fn a_stuck_token_actor_answers_server_busy() {
     let gates = Gates::default();
     let app = spawn_gated(&gates).await;
-    let (token, _) = app.sign_in(1, None, "Stuck").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(1, None, "Stuck").await;
     ready_again(&app).await;
 
     let shut = gates.users.shut();
@@ -321,8 +320,7 @@ async fn a_stuck_registry_answers_server_busy() {
 async fn a_stuck_stream_thread_is_not_ready() {
     let gates = Gates::default();
     let app = spawn_gated(&gates).await;
-    let (token, _) = app.sign_in(1, None, "Stuck").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(1, None, "Stuck").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
     sender.send_json(&move_event(1)).await;

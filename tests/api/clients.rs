@@ -68,8 +68,7 @@ async fn status_as(app: &TestApp, path: &str, client: &str) -> u16 {
 #[actix_web::test]
 async fn sockets_per_client_are_limited() {
     let app = spawn_app_with(|s| s.limits.max_sockets_per_client = 3).await;
-    let (token, _) = app.sign_in(1, None, "Host").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(1, None, "Host").await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(upgrade_as(&app, &id, "192.0.2.1").await.expect("admitted"));
@@ -115,8 +114,7 @@ async fn handshakes_per_client_are_limited() {
         s.limits.handshake_burst = 5.0;
     })
     .await;
-    let (token, _) = app.sign_in(2, None, "Host").await;
-    let id = app.create_stream(&token).await;
+    let (_, id) = app.sender_with_stream(2, None, "Host").await;
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(
@@ -145,8 +143,7 @@ async fn requests_per_client_are_limited() {
         s.limits.request_burst = 10.0;
     })
     .await;
-    let (token, _) = app.sign_in(3, None, "Host").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(3, None, "Host").await;
     for _ in 0..10 {
         assert_eq!(status_as(&app, "/v0/streams", "203.0.113.1").await, 200);
     }

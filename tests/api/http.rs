@@ -256,8 +256,7 @@ async fn socket_endpoint_errors() {
     assert_eq!(answer.status, 404);
     assert_eq!(answer.body["error"], "stream ID is unknown");
 
-    let (token, _) = app.sign_in(5, None, "Sock").await;
-    let id = app.create_stream(&token).await;
+    let (_, id) = app.sender_with_stream(5, None, "Sock").await;
     let answer = app
         .get(&format!(
             "/v0/streams/{id}/socket?twizzleAccessToken=twizzle_access_token_bogus"

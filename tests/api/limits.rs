@@ -18,8 +18,9 @@ struct Honest {
 
 impl Honest {
     async fn start(app: &TestApp) -> Honest {
-        let (token, _) = app.sign_in(900, Some("2000HONE01"), "Honest").await;
-        let id = app.create_stream(&token).await;
+        let (token, id) = app
+            .sender_with_stream(900, Some("2000HONE01"), "Honest")
+            .await;
         Honest {
             sender: app.connect(&id, Some(&token)).await,
             viewer: app.connect(&id, None).await,
@@ -56,8 +57,7 @@ async fn a_client_that_stops_reading_is_dropped() {
     })
     .await;
     let mut honest = Honest::start(&app).await;
-    let (token, _) = app.sign_in(1, None, "Flow").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(1, None, "Flow").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let port = app.port;
     let total = 20_000;
@@ -132,8 +132,7 @@ async fn a_client_that_stops_reading_is_dropped() {
 #[actix_web::test]
 async fn a_client_that_never_answers_pings_is_closed() {
     let app = spawn_app_with(|s| s.heartbeat = Duration::from_millis(200)).await;
-    let (token, _) = app.sign_in(2, None, "Beat").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(2, None, "Beat").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
     let port = app.port;
@@ -180,8 +179,7 @@ async fn a_client_that_never_answers_pings_is_closed() {
 async fn a_ten_megabyte_frame_closes_only_its_socket() {
     let app = spawn_app().await;
     let mut honest = Honest::start(&app).await;
-    let (token, _) = app.sign_in(3, None, "Huge").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(3, None, "Huge").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut huge = move_event(1);
     huge["data"]["binaryState"] = Value::String("x".repeat(10 << 20));
@@ -198,8 +196,7 @@ async fn a_ten_megabyte_frame_closes_only_its_socket() {
 async fn a_flood_is_cut_to_the_rate() {
     let app = spawn_app().await;
     let mut honest = Honest::start(&app).await;
-    let (token, _) = app.sign_in(4, None, "Flood").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(4, None, "Flood").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
     let sent = 1500u64;
@@ -239,8 +236,7 @@ async fn a_flood_is_cut_to_the_rate() {
 async fn a_thousand_bogus_tokens_are_refused() {
     let app = spawn_app().await;
     let mut honest = Honest::start(&app).await;
-    let (token, _) = app.sign_in(5, None, "Real").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(5, None, "Real").await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for n in 0..1000 {
         let bogus = format!("twizzle_access_token_{:032x}", rng.random::<u128>());
@@ -272,8 +268,7 @@ async fn a_thousand_bogus_tokens_are_refused() {
 async fn sockets_past_the_limit_are_refused() {
     let app = spawn_app_with(|s| s.limits.max_sockets = 4).await;
     let mut honest = Honest::start(&app).await; // two sockets
-    let (token, _) = app.sign_in(6, None, "Full").await;
-    let id = app.create_stream(&token).await;
+    let (_, id) = app.sender_with_stream(6, None, "Full").await;
     let mut third = app.connect(&id, None).await;
     let _fourth = app.connect(&id, None).await;
     let port = app.port;
@@ -309,8 +304,7 @@ async fn sockets_past_the_limit_are_refused() {
 async fn random_query_strings_always_get_an_answer() {
     let app = spawn_app().await;
     let mut honest = Honest::start(&app).await;
-    let (token, _) = app.sign_in(7, None, "Fuzz").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(7, None, "Fuzz").await;
     let endpoints = [
         ("GET", "/".to_owned()),
         ("GET", "/v0/infra/liveness_check".to_owned()),
@@ -415,8 +409,7 @@ async fn a_huge_request_body_is_not_read() {
 async fn sender_sockets_per_stream_are_limited() {
     let app = spawn_app_with(|s| s.limits.max_sender_sockets_per_stream = 3).await;
     let mut honest = Honest::start(&app).await;
-    let (token, _) = app.sign_in(7, None, "Many").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(7, None, "Many").await;
     let mut senders = Vec::new();
     for _ in 0..3 {
         senders.push(app.connect(&id, Some(&token)).await);
@@ -467,8 +460,7 @@ async fn a_senders_sockets_share_one_budget() {
         s.limits.sender_event_burst = 20.0;
     })
     .await;
-    let (token, _) = app.sign_in(8, None, "Twice").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(8, None, "Twice").await;
     let mut first = app.connect(&id, Some(&token)).await;
     let mut second = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;

@@ -58,8 +58,7 @@ async fn every_family_is_there_and_moves() {
     assert_eq!(total(&before, "twizzle_streams", &[]), 0.0);
     assert_eq!(total(&before, "twizzle_events_accepted_total", &[]), 0.0);
 
-    let (token, _) = app.sign_in(1, None, "Metered").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(1, None, "Metered").await;
     let refused = app
         .post(&format!("/v0/streams?twizzleAccessToken={token}"))
         .await;

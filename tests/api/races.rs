@@ -103,8 +103,7 @@ async fn a_reset_mid_handshake_never_leaks_a_slot() {
         s.stream_idle_timeout = Duration::from_secs(2);
     })
     .await;
-    let (token, _) = app.sign_in(51, None, "Reset Midway").await;
-    let id = app.create_stream(&token).await;
+    let (token, id) = app.sender_with_stream(51, None, "Reset Midway").await;
     // Holds the stream open while the attempts run, however long they take.
     let mut sender = app.connect(&id, Some(&token)).await;
 

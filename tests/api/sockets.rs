@@ -10,9 +10,8 @@ use crate::helpers::*;
 
 /// A signed-in sender with a fresh stream.
 async fn stream_with_sender(app: &TestApp) -> (String, String) {
-    let (token, _) = app.sign_in(100, Some("2020SEND01"), "Sender").await;
-    let id = app.create_stream(&token).await;
-    (token, id)
+    app.sender_with_stream(100, Some("2020SEND01"), "Sender")
+        .await
 }
 
 /// Events go to every viewer in order, and to the sender's other sockets, but never back.

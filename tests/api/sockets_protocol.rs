@@ -41,9 +41,8 @@ fn refusal_status(answer: Result<(HeaderMap, WsClient), WsClientError>) -> u16 {
 
 /// A signed-in sender with a fresh stream: its token and the stream's ID.
 async fn stream_with_sender(app: &TestApp) -> (String, String) {
-    let (token, _) = app.sign_in(500, Some("2020PROT01"), "Protocol").await;
-    let id = app.create_stream(&token).await;
-    (token, id)
+    app.sender_with_stream(500, Some("2020PROT01"), "Protocol")
+        .await
 }
 
 /// A sender whose token comes as a subprotocol sends; its viewers get the

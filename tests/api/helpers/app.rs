@@ -232,6 +232,19 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Signs in as a user (as [`TestApp::sign_in`]) who creates a stream;
+    /// returns the access token and the stream's ID.
+    pub async fn sender_with_stream(
+        &self,
+        account_id: u64,
+        wca_id: Option<&str>,
+        name: &str,
+    ) -> (String, String) {
+        let (token, _) = self.sign_in(account_id, wca_id, name).await;
+        let id = self.create_stream(&token).await;
+        (token, id)
+    }
+
     /// Opens a socket on a stream, with or without a token.
     pub async fn connect(&self, stream_id: &str, token: Option<&str>) -> WsClient {
         self.try_connect(stream_id, token)
