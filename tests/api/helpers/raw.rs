@@ -144,27 +144,9 @@ impl RawSocket {
     pub fn read_texts(&mut self, count: usize) -> Vec<String> {
         self.stream.set_read_timeout(Some(WAIT)).unwrap();
         let mut texts = Vec::with_capacity(count);
-        let mut header = [0u8; 2];
         while texts.len() < count {
-            self.stream
-                .read_exact(&mut header)
-                .expect("a frame within the wait bound");
-            let len = match header[1] & 0x7f {
-                126 => {
-                    let mut n = [0u8; 2];
-                    self.stream.read_exact(&mut n).unwrap();
-                    usize::from(u16::from_be_bytes(n))
-                }
-                127 => {
-                    let mut n = [0u8; 8];
-                    self.stream.read_exact(&mut n).unwrap();
-                    u64::from_be_bytes(n) as usize
-                }
-                n => usize::from(n),
-            };
-            let mut payload = vec![0u8; len];
-            self.stream.read_exact(&mut payload).unwrap();
-            match header[0] & 0x0f {
+            let (opcode, payload) = self.read_frame().expect("a frame within the wait bound");
+            match opcode {
                 0x1 => texts.push(String::from_utf8(payload).unwrap()),
                 0x9 => {}
                 op => panic!("unexpected frame with opcode {op}"),
@@ -187,32 +169,12 @@ impl RawSocket {
     pub fn next_close(&mut self, quiet: std::time::Duration) -> io::Result<Option<(u16, String)>> {
         self.stream.set_read_timeout(Some(quiet))?;
         loop {
-            let mut header = [0u8; 2];
-            match self.stream.read_exact(&mut header) {
-                Ok(()) => {}
+            let (opcode, payload) = match self.read_frame() {
+                Ok(frame) => frame,
                 Err(e) if ended(&e) => return Ok(None),
                 Err(e) => return Err(e),
-            }
-            let len = match header[1] & 0x7f {
-                126 => {
-                    let mut n = [0u8; 2];
-                    self.stream.read_exact(&mut n)?;
-                    usize::from(u16::from_be_bytes(n))
-                }
-                127 => {
-                    let mut n = [0u8; 8];
-                    self.stream.read_exact(&mut n)?;
-                    u64::from_be_bytes(n) as usize
-                }
-                n => usize::from(n),
             };
-            let mut payload = vec![0u8; len];
-            match self.stream.read_exact(&mut payload) {
-                Ok(()) => {}
-                Err(e) if ended(&e) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-            if header[0] & 0x0f == 0x8 {
+            if opcode == 0x8 {
                 let code = match payload.get(..2) {
                     Some(code) => u16::from_be_bytes([code[0], code[1]]),
                     None => 1005, // no status code in the frame (RFC 6455 §7.4.1)
@@ -246,28 +208,31 @@ impl RawSocket {
 
     /// The next frame's opcode and payload, within the wait bound.
     pub fn next_frame(&mut self) -> (u8, Vec<u8>) {
-        use std::io::Read;
         self.stream.set_read_timeout(Some(WAIT)).unwrap();
+        self.read_frame().expect("a frame within the wait bound")
+    }
+
+    /// Reads one frame from the server (unmasked, as a server sends them):
+    /// its opcode and payload, or the error of the first read that failed.
+    fn read_frame(&mut self) -> io::Result<(u8, Vec<u8>)> {
         let mut header = [0u8; 2];
-        self.stream
-            .read_exact(&mut header)
-            .expect("a frame within the wait bound");
+        self.stream.read_exact(&mut header)?;
         let len = match header[1] & 0x7f {
             126 => {
                 let mut n = [0u8; 2];
-                self.stream.read_exact(&mut n).unwrap();
+                self.stream.read_exact(&mut n)?;
                 usize::from(u16::from_be_bytes(n))
             }
             127 => {
                 let mut n = [0u8; 8];
-                self.stream.read_exact(&mut n).unwrap();
+                self.stream.read_exact(&mut n)?;
                 u64::from_be_bytes(n) as usize
             }
             n => usize::from(n),
         };
         let mut payload = vec![0u8; len];
-        self.stream.read_exact(&mut payload).unwrap();
-        (header[0] & 0x0f, payload)
+        self.stream.read_exact(&mut payload)?;
+        Ok((header[0] & 0x0f, payload))
     }
 
     /// Reads until the server ends the connection cleanly (a reset fails),
