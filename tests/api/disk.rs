@@ -111,6 +111,27 @@ fn stop(child: &mut KillOnDrop) {
     assert!(status.success(), "exit status {status}");
 }
 
+/// Starts the binary again on `disk`, with the fake WCA of `app` (whose
+/// users it signed in), once the last run has ended.
+fn restart(disk: &Tmpfs, app: TestApp) -> (KillOnDrop, TestApp, mpsc::Receiver<String>) {
+    let TestApp { wca, .. } = app;
+    start(disk, wca)
+}
+
+/// Kills the binary with SIGKILL, so that nothing gets written on the way
+/// out; checks that both journals hold only whole lines, and restarts.
+fn kill_and_restart(
+    child: &mut KillOnDrop,
+    disk: &Tmpfs,
+    app: TestApp,
+) -> (KillOnDrop, TestApp, mpsc::Receiver<String>) {
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    assert_whole_lines(disk, "users.jsonl");
+    assert_whole_lines(disk, "streams.jsonl");
+    restart(disk, app)
+}
+
 /// Signs in a new user numbered `n` (callback, then claim): the access
 /// token, or the refusal and, if only the claim was refused, the claim token.
 async fn sign_in_new(app: &TestApp, n: u64) -> Result<String, (Answer, Option<String>)> {
@@ -197,17 +218,48 @@ async fn assert_replay(app: &TestApp, id: &str, events: &[Value]) {
     }
 }
 
-/// The stream is listed with its sender, a new viewer is replayed `events`,
-/// `token` (the stream's sender) still sends, and each of `others`
-/// authenticates on its socket (none of it needs a write).
-async fn check_reads_work(
-    app: &TestApp,
-    id: &str,
-    sender_info: &Value,
-    events: &[Value],
-    token: &str,
-    others: &[String],
-) {
+/// What a test writes while the disk still has room, to read it back once
+/// the disk is full or read-only.
+struct Kept {
+    /// The sender's access token.
+    token: String,
+    /// The sender as the stream lists it.
+    info: Value,
+    /// Another user's access token.
+    other: String,
+    /// The sender's stream.
+    id: String,
+    /// The events the stream accepted.
+    events: [Value; 3],
+}
+
+/// Signs in a sender (`wca_id`, `name`) and another user, and has the
+/// sender record a stream with events.
+async fn keep(app: &TestApp, wca_id: &str, name: &str) -> Kept {
+    let (token, info) = app.sign_in(1, Some(wca_id), name).await;
+    let (other, _) = app.sign_in(2, None, "Other").await;
+    let (id, events) = stream_with_events(app, &token).await;
+    Kept {
+        token,
+        info,
+        other,
+        id,
+        events,
+    }
+}
+
+/// What `kept` holds still reads, none of it needing a write: the stream
+/// is listed with its sender, a new viewer is replayed its events, the
+/// sender still sends, and both users' tokens authenticate on its socket.
+async fn check_reads_work(app: &TestApp, kept: &Kept) {
+    let Kept {
+        token,
+        info: sender_info,
+        other,
+        id,
+        events,
+    } = kept;
+    let others = [token.clone(), other.clone()];
     let live = app.get("/v0/infra/liveness_check").await;
     assert_eq!(live.status, 200, "the liveness check answers");
     let listed = app.get("/v0/streams").await;
@@ -300,8 +352,7 @@ async fn a_disk_filling_up_during_sign_ins_loses_no_token() {
     child.wait().unwrap();
     assert_whole_lines(&disk, "users.jsonl");
 
-    let TestApp { wca, .. } = app;
-    let (_child, app, logs) = start(&disk, wca);
+    let (_child, app, logs) = restart(&disk, app);
     for (n, token) in tokens.iter().enumerate() {
         let answer = create_with(&app, token).await;
         assert_eq!(
@@ -329,26 +380,22 @@ async fn a_start_on_a_full_disk_serves_and_recovers() {
     };
     let mut filler = Filler::new(&disk);
     let (mut child, app, _logs) = start(&disk, FakeWca::start());
-    let (token, info) = app.sign_in(1, Some("2001FULL01"), "Full Disk").await;
-    let (other, _) = app.sign_in(2, None, "Other").await;
-    let (id, events) = stream_with_events(&app, &token).await;
+    let kept = keep(&app, "2001FULL01", "Full Disk").await;
     filler.fill();
     stop(&mut child);
 
-    let TestApp { wca, .. } = app;
-    let (mut child, app, _logs) = start(&disk, wca);
+    let (mut child, app, _logs) = restart(&disk, app);
     // Whatever the start freed (a compaction that shrank a file) is taken
     // up again.
     filler.fill();
-    check_reads_work(
-        &app,
-        &id,
-        &info,
-        &events,
-        &token,
-        &[token.clone(), other.clone()],
-    )
-    .await;
+    check_reads_work(&app, &kept).await;
+    let Kept {
+        token,
+        other,
+        id,
+        events,
+        ..
+    } = kept;
 
     let mut refused = None;
     for n in 0..SLACK_WRITES as u64 {
@@ -375,12 +422,7 @@ async fn a_start_on_a_full_disk_serves_and_recovers() {
     assert_eq!(create_with(&app, &other).await.status, 200);
     send_accepted(&app, &id, &token, &move_event(100)).await;
 
-    child.kill().expect("SIGKILL");
-    child.wait().unwrap();
-    assert_whole_lines(&disk, "users.jsonl");
-    assert_whole_lines(&disk, "streams.jsonl");
-    let TestApp { wca, .. } = app;
-    let (_child, app, _logs) = start(&disk, wca);
+    let (_child, app, _logs) = kill_and_restart(&mut child, &disk, app);
     assert_eq!(create_with(&app, &token_after).await.status, 200);
     // Recording went on once the disk had room.
     assert_replay(
@@ -401,24 +443,20 @@ async fn a_start_on_a_read_only_disk_serves_and_recovers() {
         return;
     };
     let (mut child, app, _logs) = start(&disk, FakeWca::start());
-    let (token, info) = app.sign_in(1, Some("2001READ01"), "Read Only").await;
-    let (other, _) = app.sign_in(2, None, "Other").await;
-    let (id, events) = stream_with_events(&app, &token).await;
+    let kept = keep(&app, "2001READ01", "Read Only").await;
     // Nothing may be open for writing when the disk turns read-only.
     stop(&mut child);
     disk.remount("ro");
 
-    let TestApp { wca, .. } = app;
-    let (mut child, app, _logs) = start(&disk, wca);
-    check_reads_work(
-        &app,
-        &id,
-        &info,
-        &events,
-        &token,
-        &[token.clone(), other.clone()],
-    )
-    .await;
+    let (mut child, app, _logs) = restart(&disk, app);
+    check_reads_work(&app, &kept).await;
+    let Kept {
+        token,
+        other,
+        id,
+        events,
+        ..
+    } = kept;
     let (answer, claim) = sign_in_new(&app, 1).await.expect_err("a read-only sign-in");
     assert!(claim.is_none(), "the callback itself is refused");
     assert_storage(&answer, "storage read-only");
@@ -433,12 +471,7 @@ async fn a_start_on_a_read_only_disk_serves_and_recovers() {
     let second = created.body["streamID"].as_str().unwrap().to_owned();
     send_accepted(&app, &id, &token, &move_event(100)).await;
 
-    child.kill().expect("SIGKILL");
-    child.wait().unwrap();
-    assert_whole_lines(&disk, "users.jsonl");
-    assert_whole_lines(&disk, "streams.jsonl");
-    let TestApp { wca, .. } = app;
-    let (_child, app, _logs) = start(&disk, wca);
+    let (_child, app, _logs) = kill_and_restart(&mut child, &disk, app);
     assert_eq!(create_with(&app, &token_after).await.status, 200);
     let listed = app.get("/v0/streams").await.body;
     let ids: Vec<&str> = listed["streams"]
@@ -504,8 +537,7 @@ async fn readiness_says_read_only_until_the_disk_is_writable() {
     stop(&mut child);
     disk.remount("ro");
 
-    let TestApp { wca, .. } = app;
-    let (_child, app, _logs) = start(&disk, wca);
+    let (_child, app, _logs) = restart(&disk, app);
     let not_ready = json!({"ready": false, "reason": "storage read-only"});
     assert_readiness(&app, 503, not_ready.clone()).await;
     assert_eq!(app.get("/v0/infra/liveness_check").await.status, 200);
