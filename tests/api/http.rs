@@ -131,14 +131,8 @@ async fn create_stream_answers_both_shapes() {
     assert_eq!(answer.body["senders"], serde_json::json!([user.clone()]));
     assert_eq!(answer.body["stream"]["senders"], serde_json::json!([user]));
 
-    let res = app
-        .client
-        .post(app.url("/v0/streams"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200, "a Bearer header works too");
+    let res = app.post_as("/v0/streams", &token).await;
+    assert_eq!(res.status, 200, "a Bearer header works too");
 }
 
 /// The list is `{"streams": [...]}` with each stream's senders as an array of public user info.

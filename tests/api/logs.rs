@@ -59,14 +59,8 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         .unwrap_or_else(|a| panic!("claim answered {}", a.status));
 
     let id = app.create_stream(&token).await;
-    let by_header = app
-        .client
-        .post(app.url("/v0/streams"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_header.status().as_u16(), 200, "a Bearer header works");
+    let by_header = app.post_as("/v0/streams", &token).await;
+    assert_eq!(by_header.status, 200, "a Bearer header works");
     let bad_token = format!("twizzle_access_token_{}", random_hex());
     let refused = app
         .post(&format!("/v0/streams?twizzleAccessToken={bad_token}"))

@@ -25,14 +25,8 @@ async fn tokens_survive_a_restart() {
     let TestApp { dir, wca, .. } = app;
 
     let app = spawn_app_in(Arc::clone(&dir), wca, |_| {}).await;
-    let res = app
-        .client
-        .post(app.url("/v0/streams"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200, "the token still works");
+    let res = app.post_as("/v0/streams", &token).await;
+    assert_eq!(res.status, 200, "the token still works");
     let answer = app
         .post(&format!("/v0/claim?claimToken={pending_claim}"))
         .await;
@@ -210,14 +204,8 @@ async fn check_stream_is_back(
     let mut sender = app.connect(id, Some(token)).await;
     sender.send_json(&move_event(9999)).await;
     assert_eq!(viewer.next_json().await, move_event(9999));
-    let res = app
-        .client
-        .post(app.url("/v0/streams"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200, "the token still works");
+    let res = app.post_as("/v0/streams", token).await;
+    assert_eq!(res.status, 200, "the token still works");
 }
 
 /// Each line of a stream's recording, parsed.

@@ -147,6 +147,11 @@ impl TestApp {
         answer(self.client.post(self.url(path)), "POST").await
     }
 
+    /// `POST path` with no body and `token` in a Bearer header, answered.
+    pub async fn post_as(&self, path: &str, token: &str) -> Answer {
+        answer(self.client.post(self.url(path)).bearer_auth(token), "POST").await
+    }
+
     /// A fresh OAuth code that signs `account` in.
     pub fn code_for(&self, account: WcaAccount) -> String {
         let n = self.next_code.get() + 1;
