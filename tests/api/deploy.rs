@@ -337,19 +337,55 @@ impl Drop for Caddy {
     }
 }
 
+/// A server with a signed-in sender's stream, and a Caddy in front of it.
+struct Proxied {
+    /// A client through Caddy.
+    through: TestApp,
+    /// The running Caddy.
+    caddy: Caddy,
+    /// The sender's access token.
+    token: String,
+    /// The sender's stream.
+    id: String,
+    /// The server, reached directly.
+    app: TestApp,
+}
+
+/// Starts a server, signs a sender in, creates its stream and puts a Caddy
+/// in front; `None` (having said why) if Caddy is missing or too old.
+async fn proxied() -> Option<Proxied> {
+    if !have("caddy") {
+        return None;
+    }
+    let app = spawn_app().await;
+    let (token, id) = app
+        .sender_with_stream(1, Some("2024CADY01"), "Cad Dy")
+        .await;
+    let caddy = Caddy::start(app.port);
+    let through = caddy.client_of(&app);
+    Some(Proxied {
+        through,
+        caddy,
+        token,
+        id,
+        app,
+    })
+}
+
 /// A sender and a viewer talk through a real Caddy (the shipped site block's
 /// `reverse_proxy`, on a loopback port instead of api.twizzle.net).
 #[actix_web::test]
 async fn a_stream_flows_through_caddy() {
-    if !have("caddy") {
+    let Some(Proxied {
+        through,
+        caddy,
+        token,
+        id,
+        app: _app,
+    }) = proxied().await
+    else {
         return;
-    }
-    let app = spawn_app().await;
-    let (token, _) = app.sign_in(1, Some("2024CADY01"), "Cad Dy").await;
-    let id = app.create_stream(&token).await;
-
-    let caddy = Caddy::start(app.port);
-    let through = caddy.client_of(&app);
+    };
     let listed = through.get("/v0/streams").await;
     assert_eq!(listed.status, 200, "{}", caddy.log());
     assert_eq!(listed.body["streams"][0]["streamID"], id.as_str());
@@ -373,14 +409,16 @@ async fn a_stream_flows_through_caddy() {
 /// (`stream_close_delay`): a viewer still hears the sender afterwards.
 #[actix_web::test]
 async fn sockets_outlive_a_caddy_reload() {
-    if !have("caddy") {
+    let Some(Proxied {
+        through,
+        caddy,
+        token,
+        id,
+        app: _app,
+    }) = proxied().await
+    else {
         return;
-    }
-    let app = spawn_app().await;
-    let (token, _) = app.sign_in(1, Some("2024CADY01"), "Cad Dy").await;
-    let id = app.create_stream(&token).await;
-    let caddy = Caddy::start(app.port);
-    let through = caddy.client_of(&app);
+    };
     let mut sender = through.connect(&id, Some(&token)).await;
     let mut viewer = through.connect(&id, None).await;
     sender.send_json(&reset_event(true)).await;
