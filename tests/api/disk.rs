@@ -248,6 +248,18 @@ async fn keep(app: &TestApp, wca_id: &str, name: &str) -> Kept {
     }
 }
 
+/// A new viewer of `kept`'s stream is replayed its reset and orientation,
+/// then the move sent once the disk was fine again: the recording went on.
+async fn assert_recording_went_on(app: &TestApp, kept: &Kept) {
+    let [reset, orientation, _] = &kept.events;
+    assert_replay(
+        app,
+        &kept.id,
+        &[reset.clone(), orientation.clone(), move_event(100)],
+    )
+    .await;
+}
+
 /// What `kept` holds still reads, none of it needing a write: the stream
 /// is listed with its sender, a new viewer is replayed its events, the
 /// sender still sends, and both users' tokens authenticate on its socket.
@@ -389,13 +401,6 @@ async fn a_start_on_a_full_disk_serves_and_recovers() {
     // up again.
     filler.fill();
     check_reads_work(&app, &kept).await;
-    let Kept {
-        token,
-        other,
-        id,
-        events,
-        ..
-    } = kept;
 
     let mut refused = None;
     for n in 0..SLACK_WRITES as u64 {
@@ -407,7 +412,7 @@ async fn a_start_on_a_full_disk_serves_and_recovers() {
     assert_storage(&refused.expect("a sign-in refused"), "storage full");
     let mut refused = None;
     for _ in 0..SLACK_WRITES {
-        let answer = create_with(&app, &other).await;
+        let answer = create_with(&app, &kept.other).await;
         if answer.status != 200 {
             refused = Some(answer);
             break;
@@ -419,18 +424,13 @@ async fn a_start_on_a_full_disk_serves_and_recovers() {
     let token_after = sign_in_new(&app, 1000)
         .await
         .unwrap_or_else(|(a, _)| panic!("sign-in with room again: {} {}", a.status, a.body));
-    assert_eq!(create_with(&app, &other).await.status, 200);
-    send_accepted(&app, &id, &token, &move_event(100)).await;
+    assert_eq!(create_with(&app, &kept.other).await.status, 200);
+    send_accepted(&app, &kept.id, &kept.token, &move_event(100)).await;
 
     let (_child, app, _logs) = kill_and_restart(&mut child, &disk, app);
     assert_eq!(create_with(&app, &token_after).await.status, 200);
     // Recording went on once the disk had room.
-    assert_replay(
-        &app,
-        &id,
-        &[events[0].clone(), events[1].clone(), move_event(100)],
-    )
-    .await;
+    assert_recording_went_on(&app, &kept).await;
 }
 
 /// A start on a read-only disk: the server starts, the stream and its
@@ -450,26 +450,19 @@ async fn a_start_on_a_read_only_disk_serves_and_recovers() {
 
     let (mut child, app, _logs) = restart(&disk, app);
     check_reads_work(&app, &kept).await;
-    let Kept {
-        token,
-        other,
-        id,
-        events,
-        ..
-    } = kept;
     let (answer, claim) = sign_in_new(&app, 1).await.expect_err("a read-only sign-in");
     assert!(claim.is_none(), "the callback itself is refused");
     assert_storage(&answer, "storage read-only");
-    assert_storage(&create_with(&app, &other).await, "storage read-only");
+    assert_storage(&create_with(&app, &kept.other).await, "storage read-only");
 
     disk.remount("rw");
     let token_after = sign_in_new(&app, 2)
         .await
         .unwrap_or_else(|(a, _)| panic!("sign-in on a writable disk: {} {}", a.status, a.body));
-    let created = create_with(&app, &other).await;
+    let created = create_with(&app, &kept.other).await;
     assert_eq!(created.status, 200, "{}", created.body);
     let second = created.body["streamID"].as_str().unwrap().to_owned();
-    send_accepted(&app, &id, &token, &move_event(100)).await;
+    send_accepted(&app, &kept.id, &kept.token, &move_event(100)).await;
 
     let (_child, app, _logs) = kill_and_restart(&mut child, &disk, app);
     assert_eq!(create_with(&app, &token_after).await.status, 200);
@@ -481,16 +474,11 @@ async fn a_start_on_a_read_only_disk_serves_and_recovers() {
         .filter_map(|s| s["streamID"].as_str())
         .collect();
     assert!(
-        ids.starts_with(&[id.as_str(), second.as_str()]),
+        ids.starts_with(&[kept.id.as_str(), second.as_str()]),
         "both streams are back: {ids:?}"
     );
     // Recording went on once the disk was writable.
-    assert_replay(
-        &app,
-        &id,
-        &[events[0].clone(), events[1].clone(), move_event(100)],
-    )
-    .await;
+    assert_recording_went_on(&app, &kept).await;
 }
 
 /// The readiness check answers `answer` (status and body).
