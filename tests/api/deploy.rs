@@ -466,20 +466,9 @@ async fn caddy_adds_security_headers_and_keeps_cors() {
     let through = caddy.client_of(&app);
     let origin = ("Origin", "https://twizzle.net");
 
-    let listed = answer_of(
-        through
-            .client
-            .get(through.url("/v0/streams"))
-            .insert_header(origin),
-    )
-    .await;
-    let missing = answer_of(
-        through
-            .client
-            .get(through.url("/v0/nothing"))
-            .insert_header(origin),
-    )
-    .await;
+    let get = |path: &str| answer_of(through.client.get(through.url(path)).insert_header(origin));
+    let listed = get("/v0/streams").await;
+    let missing = get("/v0/nothing").await;
     let preflight = answer_of(
         through
             .client
