@@ -347,8 +347,9 @@ struct Proxied {
     token: String,
     /// The sender's stream.
     id: String,
-    /// The server, reached directly.
-    app: TestApp,
+    /// The server behind Caddy: held only so that it runs as long as the
+    /// test.
+    _app: TestApp,
 }
 
 /// Starts a server, signs a sender in, creates its stream and puts a Caddy
@@ -368,7 +369,7 @@ async fn proxied() -> Option<Proxied> {
         caddy,
         token,
         id,
-        app,
+        _app: app,
     })
 }
 
@@ -376,22 +377,15 @@ async fn proxied() -> Option<Proxied> {
 /// `reverse_proxy`, on a loopback port instead of api.twizzle.net).
 #[actix_web::test]
 async fn a_stream_flows_through_caddy() {
-    let Some(Proxied {
-        through,
-        caddy,
-        token,
-        id,
-        app: _app,
-    }) = proxied().await
-    else {
+    let Some(p) = proxied().await else {
         return;
     };
-    let listed = through.get("/v0/streams").await;
-    assert_eq!(listed.status, 200, "{}", caddy.log());
-    assert_eq!(listed.body["streams"][0]["streamID"], id.as_str());
+    let listed = p.through.get("/v0/streams").await;
+    assert_eq!(listed.status, 200, "{}", p.caddy.log());
+    assert_eq!(listed.body["streams"][0]["streamID"], p.id.as_str());
 
-    let mut sender = through.connect(&id, Some(&token)).await;
-    let mut viewer = through.connect(&id, None).await;
+    let mut sender = p.through.connect(&p.id, Some(&p.token)).await;
+    let mut viewer = p.through.connect(&p.id, None).await;
     sender.send_json(&reset_event(true)).await;
     for n in 0..50 {
         sender.send_json(&move_event(n)).await;
@@ -400,7 +394,7 @@ async fn a_stream_flows_through_caddy() {
     for n in 0..50 {
         assert_eq!(viewer.next_json().await, move_event(n));
     }
-    let mut late = through.connect(&id, None).await;
+    let mut late = p.through.connect(&p.id, None).await;
     assert_eq!(late.next_json().await, reset_event(true));
     assert_eq!(late.next_json().await, move_event(49));
 }
@@ -409,26 +403,19 @@ async fn a_stream_flows_through_caddy() {
 /// (`stream_close_delay`): a viewer still hears the sender afterwards.
 #[actix_web::test]
 async fn sockets_outlive_a_caddy_reload() {
-    let Some(Proxied {
-        through,
-        caddy,
-        token,
-        id,
-        app: _app,
-    }) = proxied().await
-    else {
+    let Some(p) = proxied().await else {
         return;
     };
-    let mut sender = through.connect(&id, Some(&token)).await;
-    let mut viewer = through.connect(&id, None).await;
+    let mut sender = p.through.connect(&p.id, Some(&p.token)).await;
+    let mut viewer = p.through.connect(&p.id, None).await;
     sender.send_json(&reset_event(true)).await;
     assert_eq!(viewer.next_json().await, reset_event(true));
 
-    caddy.reload();
+    p.caddy.reload();
     sender.send_json(&move_event(1)).await;
     assert_eq!(viewer.next_json().await, move_event(1));
     // The new configuration serves too.
-    let mut late = through.connect(&id, None).await;
+    let mut late = p.through.connect(&p.id, None).await;
     assert_eq!(late.next_json().await, reset_event(true));
 }
 
