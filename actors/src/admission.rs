@@ -16,7 +16,7 @@ use crate::ids::{StreamId, UserId};
 use crate::stream::{Disconnect, Join, Leave, Outbound, SocketId, StreamActor};
 
 /// A socket admitted by the registry has gone; its slot is free.
-#[derive(Message)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct SocketClosed {
     /// The stream it was admitted to.
@@ -32,16 +32,13 @@ pub struct SocketClosed {
 pub struct Admission {
     /// The stream the socket was admitted to.
     stream: Addr<StreamActor>,
-    /// The stream's ID, for log lines.
-    stream_id: StreamId,
     /// The socket's number, which the stream knows it by.
     socket: SocketId,
     /// The socket's signed-in user, if any.
     user_id: Option<UserId>,
-    /// Whether it holds one of the stream's sender slots.
-    sender: bool,
-    /// The client address it is counted under.
-    client: IpAddr,
+    /// What the registry counted the socket under (stream, sender slot,
+    /// client address), and so what it is told when the ticket is dropped.
+    slot: SocketClosed,
     /// Told when the ticket is dropped.
     registry: Recipient<SocketClosed>,
 }
@@ -50,20 +47,16 @@ impl Admission {
     /// A ticket for `socket` of `stream`; made by the registry only.
     pub(crate) fn new(
         stream: Addr<StreamActor>,
-        stream_id: StreamId,
         socket: SocketId,
         user_id: Option<UserId>,
-        sender: bool,
-        client: IpAddr,
+        slot: SocketClosed,
         registry: Recipient<SocketClosed>,
     ) -> Admission {
         Admission {
             stream,
-            stream_id,
             socket,
             user_id,
-            sender,
-            client,
+            slot,
             registry,
         }
     }
@@ -75,7 +68,7 @@ impl Admission {
 
     /// The stream's ID.
     pub fn stream_id(&self) -> &StreamId {
-        &self.stream_id
+        &self.slot.stream_id
     }
 
     /// The socket's number in its stream.
@@ -90,7 +83,7 @@ impl Admission {
 
     /// Whether the socket was admitted as one of the stream's senders.
     pub fn sender(&self) -> bool {
-        self.sender
+        self.slot.sender
     }
 
     /// The `Join` that takes this socket into its stream.
@@ -116,10 +109,6 @@ impl Drop for Admission {
         self.stream.do_send(Leave {
             socket: self.socket,
         });
-        self.registry.do_send(SocketClosed {
-            stream_id: self.stream_id.clone(),
-            sender: self.sender,
-            client: self.client,
-        });
+        self.registry.do_send(self.slot.clone());
     }
 }

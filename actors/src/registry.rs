@@ -635,13 +635,16 @@ impl Handler<OpenSocket> for Registry {
         *self.sockets_per_client.entry(client).or_default() += 1;
         let socket = self.next_socket;
         self.next_socket += 1;
-        Ok(Admission::new(
-            entry.addr.clone(),
-            msg.stream_id,
-            socket,
-            msg.user_id,
+        let slot = SocketClosed {
+            stream_id: msg.stream_id,
             sender,
             client,
+        };
+        Ok(Admission::new(
+            entry.addr.clone(),
+            socket,
+            msg.user_id,
+            slot,
             ctx.address().recipient(),
         ))
     }
