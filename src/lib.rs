@@ -12,6 +12,7 @@
 //! - [`startup`]: [`startup::Application`] starts the actors, binds, serves.
 //! - [`routes`]: the HTTP handlers; they only pass messages to actors.
 //! - [`session`]: the WebSocket session actor, one per socket.
+//! - [`watch`]: the watch page, HTML, CSS and JavaScript inside the binary.
 //! - [`connection`]: socket options, and cutting a connection whose client
 //!   stopped reading.
 //! - [`inflow`]: keeps a socket's incoming bytes from running far ahead of
@@ -34,4 +35,5 @@ pub mod session;
 pub mod startup;
 pub mod testkit;
 pub mod time;
+pub mod watch;
 pub mod wca;

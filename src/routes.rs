@@ -121,6 +121,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(oauth_callback),
         ))
         .service(resource("/v0/claim", web::post().to(claim)))
+        .configure(|cfg| crate::watch::configure(cfg, resource))
         .default_service(web::to(not_found));
 }
 
@@ -159,7 +160,7 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 async fn welcome() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
-        .body("twizzle stream broker (api.twizzle.net): the API server behind twizzle.net/stream. See /v0/streams.\n")
+        .body("twizzle stream broker (api.twizzle.net): the API server behind twizzle.net/stream. Watch the streams at /watch/; the API is under /v0/ (e.g. /v0/streams).\n")
 }
 
 async fn liveness_check(state: web::Data<AppState>) -> HttpResponse {

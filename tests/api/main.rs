@@ -16,3 +16,4 @@ mod restart;
 mod sign_in;
 mod sockets;
 mod sockets_protocol;
+mod watch;
