@@ -491,6 +491,35 @@ async fn caddy_adds_security_headers_and_keeps_cors() {
     assert!(values(&preflight, "access-control-allow-headers")[0].contains("Authorization"));
 }
 
+/// Through Caddy the watch page keeps the broker's own policy, the one that
+/// lets it run its scripts and load cubing.js, as the one policy it has
+/// (two would both apply, and Caddy's would block the page); it gets the
+/// same security headers as every answer.
+#[actix_web::test]
+async fn caddy_keeps_the_watch_pages_policy() {
+    if !have("caddy") {
+        return;
+    }
+    let app = spawn_app().await;
+    let caddy = Caddy::start(app.port);
+    let through = caddy.client_of(&app);
+    for path in ["/watch/", "/watch/stream.js"] {
+        let answer = answer_of(through.client.get(through.url(path))).await;
+        assert_eq!(answer.status, 200, "{}", caddy.log());
+        assert_eq!(
+            values(&answer, "content-security-policy"),
+            [twizzle_api_server::watch::CONTENT_SECURITY_POLICY]
+        );
+        assert_eq!(values(&answer, "x-content-type-options"), ["nosniff"]);
+        assert_eq!(values(&answer, "referrer-policy"), ["no-referrer"]);
+        assert_eq!(
+            values(&answer, "strict-transport-security"),
+            ["max-age=31536000"]
+        );
+        assert!(values(&answer, "server").is_empty());
+    }
+}
+
 /// The server counts a client behind Caddy by the address Caddy forwards,
 /// never by one the client forges: with a budget of three requests, a
 /// client that sends a new `X-Forwarded-For` each time through Caddy still
