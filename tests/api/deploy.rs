@@ -244,12 +244,6 @@ struct Caddy {
     dir: TempDir,
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    free.local_addr().unwrap().port()
-}
-
 impl Caddy {
     /// Starts Caddy with the shipped Caddyfile's site block on a free
     /// loopback port instead of api.twizzle.net, proxying to `upstream`, and

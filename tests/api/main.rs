@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on port 0, a fake WCA on loopback, and
 //! awc's HTTP and WebSocket client.
 
+mod browser;
 mod busy;
 mod clients;
 mod closing;

@@ -4,12 +4,14 @@
 //!
 //! - `app.rs`: the settings, starting the server, its HTTP calls, sign-in.
 //! - `binary.rs`: the real binary as a child process, and its log lines.
+//! - `browser.rs`: a headless Chromium over WebDriver, for the watch page.
 //! - `ws.rs`: awc's WebSocket client, with a bounded wait for each frame.
 //! - `raw.rs`: sockets on plain TCP that misbehave on purpose.
 //! - `events.rs`: the events a test sends.
 
 mod app;
 mod binary;
+mod browser;
 mod events;
 mod raw;
 mod ws;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 pub use app::{spawn_app, spawn_app_in, spawn_app_on, spawn_app_with, Answer, TestApp};
 pub use binary::{assert_no_token_in, rest_of, start_binary, start_binary_with, KillOnDrop};
+pub use browser::{free_port, Browser};
 pub use events::{move_event, orientation_event, reset_event};
 pub use raw::{
     content_length, raw_upgrade, read_head, reset, status_of, upgrade_request, RawSocket,
