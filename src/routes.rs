@@ -248,6 +248,26 @@ struct TokenQuery {
     access_token: Option<String>,
 }
 
+/// `?since=N` of a socket or a recording: the offset of the last event
+/// the client has.
+#[derive(Deserialize)]
+struct SinceQuery {
+    since: Option<String>,
+}
+
+impl SinceQuery {
+    /// The offset, if one was given; 400 if it is not a non-negative integer.
+    fn since(&self) -> Result<Option<u64>, ApiError> {
+        match self.since.as_deref() {
+            None => Ok(None),
+            Some(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                text.parse().map(Some).map_err(|_| ApiError::BadSince)
+            }
+            Some(_) => Err(ApiError::BadSince),
+        }
+    }
+}
+
 /// The access token from `?twizzleAccessToken=` or `Authorization: Bearer`:
 /// `None` if there is none, an error if it cannot be one.
 fn access_token(req: &HttpRequest, query: &TokenQuery) -> Option<Result<AccessToken, ApiError>> {
@@ -335,11 +355,15 @@ async fn socket(
     payload: web::Payload,
     path: web::Path<String>,
     query: web::Query<TokenQuery>,
+    since: web::Query<SinceQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let answer = match StreamId::parse(&path) {
-        Some(stream_id) => open_socket(&req, payload, stream_id, &query, &state).await,
-        None => Err(ApiError::UnknownStream),
+    let answer = match (StreamId::parse(&path), since.since()) {
+        (_, Err(e)) => Err(e),
+        (Some(stream_id), Ok(since)) => {
+            open_socket(&req, payload, stream_id, &query, since, &state).await
+        }
+        (None, Ok(_)) => Err(ApiError::UnknownStream),
     };
     if let Err(e) = &answer {
         log::info!(
@@ -359,6 +383,7 @@ async fn open_socket(
     payload: web::Payload,
     stream_id: StreamId,
     query: &TokenQuery,
+    since: Option<u64>,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = match socket_token(req, query) {
@@ -387,6 +412,7 @@ async fn open_socket(
     let inflow = Inflow::new(limits.max_frame_bytes);
     let session = WsSession::new(SessionSetup {
         admission,
+        since,
         heartbeat: state.settings.heartbeat,
         mailbox_capacity: limits.mailbox_capacity(),
         cutoff: req

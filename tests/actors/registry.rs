@@ -226,15 +226,20 @@ async fn streams_record_into_the_data_directory() {
     let ticket = open_socket(&registry, &created.id).await.unwrap();
     let stream = ticket.stream();
     let sender = Peer::join(stream, Some(OWNER)).await;
+    let mut viewer = Peer::join(stream, None).await;
     let (r1, m2) = (reset(false, 1), mv(2));
     sender.publish(stream, &r1).await;
     sender.publish(stream, &m2).await;
+    // Relayed once recorded.
+    viewer.expect_all(&[&r1, &m2], "the viewer").await;
     let path = dir
         .path()
         .join(RECORDINGS_DIR)
         .join(format!("{}.log", created.id));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(text, format!("{}\n{}\n", r1.text, m2.text));
+    assert_eq!(
+        recorded_events(&path),
+        [(1, r1.text.to_string()), (2, m2.text.to_string())]
+    );
 }
 
 /// Streams started on other arbiters relay, end and report to the registry

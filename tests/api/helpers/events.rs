@@ -16,3 +16,26 @@ pub fn orientation_event(w: f64) -> Value {
 pub fn reset_event(tracking: bool) -> Value {
     json!({"event": "reset", "data": {"trackingOrientation": tracking}})
 }
+
+/// An event as its sender sent it: a frame or recording line without the
+/// `offset` and `receivedAt` the server adds.
+pub fn sent_part(frame: &Value) -> Value {
+    let mut event = frame.clone();
+    if let Some(fields) = event.as_object_mut() {
+        fields.remove("offset");
+        fields.remove("receivedAt");
+    }
+    event
+}
+
+/// Every line of the recording at `path`, parsed.
+pub fn recording_lines(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "whole lines: {text:?}"
+    );
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect()
+}
