@@ -19,7 +19,9 @@ use serde_json::json;
 use twizzle_actors::health::{CheckWritable, Ping, Pulse};
 use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
 use twizzle_actors::metrics::Metrics;
-use twizzle_actors::registry::{CreateStream, OpenSocket, Registry, StreamListBody};
+use twizzle_actors::registry::{
+    CreateStream, OpenSocket, Registry, StreamInfoBody, StreamListBody,
+};
 use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
 
@@ -113,6 +115,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         )
         .service(resource(
+            "/v0/streams/{stream_id}",
+            web::get().to(stream_info),
+        ))
+        .service(resource(
             "/v0/streams/{stream_id}/socket",
             web::get().to(socket),
         ))
@@ -133,7 +139,10 @@ fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
 /// The answer to a CORS preflight, on any path.
 fn preflight() -> HttpResponse {
     HttpResponse::NoContent()
-        .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
+        .insert_header((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, POST, DELETE, OPTIONS",
+        ))
         .insert_header((
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             "Authorization, Content-Type",
@@ -183,6 +192,13 @@ struct StreamInfo {
     #[serde(rename = "streamID")]
     stream_id: StreamId,
     senders: Vec<PublicUserInfo>,
+    /// Viewer sockets open now.
+    viewers: usize,
+    /// Whether a sender socket is open now.
+    live: bool,
+    /// When it was created, in ms since the Unix epoch.
+    #[serde(rename = "createdAt")]
+    created_at: u64,
 }
 
 /// Ready: every actor answers within [`READINESS_DEADLINE`] and every store
@@ -233,6 +249,20 @@ async fn not_ready(state: &AppState) -> Option<&'static str> {
         Err(StoreError::Failed(_)) => Some("storage failed"),
         Err(e) => Some(e.public_message()),
     }
+}
+
+async fn stream_info(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = StreamId::parse(&path).ok_or(ApiError::UnknownStream)?;
+    let body = state
+        .ask(&state.registry, StreamInfoBody { id })
+        .await?
+        .ok_or(ApiError::UnknownStream)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
 }
 
 async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -339,6 +369,9 @@ async fn create_stream(
     let stream = StreamInfo {
         stream_id: summary.id,
         senders: vec![user.info],
+        viewers: 0,
+        live: false,
+        created_at: summary.created_ms,
     };
     Ok(HttpResponse::Ok().json(json!({
         "streamID": stream.stream_id,

@@ -39,3 +39,30 @@ pub fn recording_lines(path: &std::path::Path) -> Vec<Value> {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
         .collect()
 }
+
+/// A `StreamInfo`, or an array of them, without the fields that change
+/// with time and traffic (`viewers`, `live`, `createdAt`), each checked
+/// for its type first.
+pub fn without_counts(info: &Value) -> Value {
+    if let Value::Array(infos) = info {
+        return Value::Array(infos.iter().map(without_counts).collect());
+    }
+    let mut info = info.clone();
+    let fields = info.as_object_mut().expect("a StreamInfo object");
+    let viewers = fields.remove("viewers");
+    let live = fields.remove("live");
+    let created = fields.remove("createdAt");
+    assert!(
+        viewers.as_ref().is_some_and(Value::is_u64),
+        "viewers: {viewers:?}"
+    );
+    assert!(
+        live.as_ref().is_some_and(Value::is_boolean),
+        "live: {live:?}"
+    );
+    assert!(
+        created.as_ref().is_some_and(Value::is_u64),
+        "createdAt: {created:?}"
+    );
+    info
+}
