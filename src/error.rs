@@ -57,6 +57,8 @@ pub enum ApiError {
     MissingClaimToken,
     /// The claim token is unknown, already used, or expired.
     InvalidClaimToken,
+    /// `since` is not a non-negative integer.
+    BadSince,
     /// The query string could not be read.
     BadQuery(String),
     /// No endpoint at this path.
@@ -105,6 +107,7 @@ impl ApiError {
                 "claim token is unknown, already used, or expired".to_owned()
             }
             ApiError::BadQuery(why) => format!("bad query string: {why}"),
+            ApiError::BadSince => "since must be a non-negative integer".to_owned(),
             ApiError::NoSuchEndpoint(path) => format!("no such endpoint: {path}"),
             ApiError::MethodNotAllowed => "method not allowed here".to_owned(),
             ApiError::ShuttingDown => "server restarting: try again in a moment".to_owned(),
@@ -137,7 +140,8 @@ impl ResponseError for ApiError {
             ApiError::NotAnUpgrade
             | ApiError::MissingCode
             | ApiError::MissingClaimToken
-            | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadQuery(_)
+            | ApiError::BadSince => StatusCode::BAD_REQUEST,
             ApiError::TooManyStreams { .. }
             | ApiError::TooManySenderSockets { .. }
             | ApiError::TooManyClientSockets { .. }

@@ -19,7 +19,9 @@ use serde_json::json;
 use twizzle_actors::health::{CheckWritable, Ping, Pulse};
 use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
 use twizzle_actors::metrics::Metrics;
-use twizzle_actors::registry::{CreateStream, OpenSocket, Registry, StreamListBody};
+use twizzle_actors::registry::{
+    CreateStream, OpenSocket, Registry, StreamInfoBody, StreamListBody,
+};
 use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
 
@@ -113,6 +115,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         )
         .service(resource(
+            "/v0/streams/{stream_id}",
+            web::get().to(stream_info),
+        ))
+        .service(resource(
             "/v0/streams/{stream_id}/socket",
             web::get().to(socket),
         ))
@@ -134,7 +140,10 @@ fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
 /// The answer to a CORS preflight, on any path.
 fn preflight() -> HttpResponse {
     HttpResponse::NoContent()
-        .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
+        .insert_header((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, POST, DELETE, OPTIONS",
+        ))
         .insert_header((
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             "Authorization, Content-Type",
@@ -184,6 +193,13 @@ struct StreamInfo {
     #[serde(rename = "streamID")]
     stream_id: StreamId,
     senders: Vec<PublicUserInfo>,
+    /// Viewer sockets open now.
+    viewers: usize,
+    /// Whether a sender socket is open now.
+    live: bool,
+    /// When it was created, in ms since the Unix epoch.
+    #[serde(rename = "createdAt")]
+    created_at: u64,
 }
 
 /// Ready: every actor answers within [`READINESS_DEADLINE`] and every store
@@ -236,6 +252,20 @@ async fn not_ready(state: &AppState) -> Option<&'static str> {
     }
 }
 
+async fn stream_info(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = StreamId::parse(&path).ok_or(ApiError::UnknownStream)?;
+    let body = state
+        .ask(&state.registry, StreamInfoBody { id })
+        .await?
+        .ok_or(ApiError::UnknownStream)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
+}
+
 async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = state.ask(&state.registry, StreamListBody).await?;
     Ok(HttpResponse::Ok()
@@ -247,6 +277,26 @@ async fn list_streams(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
 struct TokenQuery {
     #[serde(rename = "twizzleAccessToken")]
     access_token: Option<String>,
+}
+
+/// `?since=N` of a socket or a recording: the offset of the last event
+/// the client has.
+#[derive(Deserialize)]
+struct SinceQuery {
+    since: Option<String>,
+}
+
+impl SinceQuery {
+    /// The offset, if one was given; 400 if it is not a non-negative integer.
+    fn since(&self) -> Result<Option<u64>, ApiError> {
+        match self.since.as_deref() {
+            None => Ok(None),
+            Some(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                text.parse().map(Some).map_err(|_| ApiError::BadSince)
+            }
+            Some(_) => Err(ApiError::BadSince),
+        }
+    }
 }
 
 /// The access token from `?twizzleAccessToken=` or `Authorization: Bearer`:
@@ -320,6 +370,9 @@ async fn create_stream(
     let stream = StreamInfo {
         stream_id: summary.id,
         senders: vec![user.info],
+        viewers: 0,
+        live: false,
+        created_at: summary.created_ms,
     };
     Ok(HttpResponse::Ok().json(json!({
         "streamID": stream.stream_id,
@@ -336,11 +389,15 @@ async fn socket(
     payload: web::Payload,
     path: web::Path<String>,
     query: web::Query<TokenQuery>,
+    since: web::Query<SinceQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let answer = match StreamId::parse(&path) {
-        Some(stream_id) => open_socket(&req, payload, stream_id, &query, &state).await,
-        None => Err(ApiError::UnknownStream),
+    let answer = match (StreamId::parse(&path), since.since()) {
+        (_, Err(e)) => Err(e),
+        (Some(stream_id), Ok(since)) => {
+            open_socket(&req, payload, stream_id, &query, since, &state).await
+        }
+        (None, Ok(_)) => Err(ApiError::UnknownStream),
     };
     if let Err(e) = &answer {
         log::info!(
@@ -360,6 +417,7 @@ async fn open_socket(
     payload: web::Payload,
     stream_id: StreamId,
     query: &TokenQuery,
+    since: Option<u64>,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = match socket_token(req, query) {
@@ -388,6 +446,7 @@ async fn open_socket(
     let inflow = Inflow::new(limits.max_frame_bytes);
     let session = WsSession::new(SessionSetup {
         admission,
+        since,
         heartbeat: state.settings.heartbeat,
         mailbox_capacity: limits.mailbox_capacity(),
         cutoff: req

@@ -46,6 +46,8 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub struct SessionSetup {
     /// The socket's ticket: its stream, its slot, its number there.
     pub admission: Admission,
+    /// For a viewer resuming, the offset of the last event it has.
+    pub since: Option<u64>,
     /// How often to ping.
     pub heartbeat: Duration,
     /// Mailbox capacity: unsent events queued before the stream drops the
@@ -64,6 +66,8 @@ pub struct WsSession {
     /// The socket's ticket; dropped with the session, which frees the slot
     /// and takes the socket out of its stream.
     admission: Admission,
+    /// For a viewer resuming, the offset of the last event it has.
+    since: Option<u64>,
     /// Set once the stream has taken the socket in.
     joined: Option<Joined>,
     /// When the client was last heard from (any frame, pongs included).
@@ -90,6 +94,7 @@ impl WsSession {
     pub fn new(setup: SessionSetup) -> WsSession {
         WsSession {
             admission: setup.admission,
+            since: setup.since,
             joined: None,
             last_heard: Instant::now(),
             heartbeat: setup.heartbeat,
@@ -206,8 +211,13 @@ impl Handler<Outbound> for WsSession {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
-            Outbound::Event(_) if self.closing => {}
+            Outbound::Event(_) | Outbound::Batch(_) if self.closing => {}
             Outbound::Event(text) => ctx.text(text),
+            Outbound::Batch(texts) => {
+                for text in texts {
+                    ctx.text(text);
+                }
+            }
             Outbound::Close(close) => self.close_with(ctx, close),
         }
     }
@@ -270,7 +280,9 @@ impl WsSession {
             .cutoff
             .clone()
             .map(|cutoff| cutoff as Arc<dyn Disconnect>);
-        let join = self.admission.join(ctx.address().recipient(), disconnect);
+        let join = self
+            .admission
+            .join(ctx.address().recipient(), disconnect, self.since);
         let joining = self.admission.stream().send(join);
         ctx.wait(joining.into_actor(self).map(|answer, session, ctx| {
             match answer {

@@ -86,17 +86,20 @@ impl Admission {
         self.slot.sender
     }
 
-    /// The `Join` that takes this socket into its stream.
+    /// The `Join` that takes this socket into its stream; a viewer that
+    /// resumes gives the offset of the last event it has as `since`.
     pub fn join(
         &self,
         outbox: Recipient<Outbound>,
         disconnect: Option<Arc<dyn Disconnect>>,
+        since: Option<u64>,
     ) -> Join {
         Join {
             socket: self.socket,
             outbox,
             user_id: self.user_id.clone(),
             disconnect,
+            since,
         }
     }
 }

@@ -43,11 +43,68 @@ pub fn error_frame(message: &str) -> ByteString {
 
 /// Parses and checks one text frame from a sender.
 pub fn parse_event(frame: &str) -> Result<Event, Refusal> {
+    check_message(parse_object(frame)?)
+}
+
+/// The frame a socket gets for an accepted event: its text with the
+/// event's offset added as a last top-level field,
+/// `{"event":…,"data":…,"offset":42}`. One copy per event, shared by
+/// every socket.
+pub fn with_offset(text: &str, offset: u64) -> ByteString {
+    let body = text.strip_suffix('}').unwrap_or(text);
+    let mut frame = String::with_capacity(text.len() + 32);
+    frame.push_str(body);
+    frame.push_str(",\"offset\":");
+    frame.push_str(&offset.to_string());
+    frame.push('}');
+    ByteString::from(frame)
+}
+
+/// One line of a recording for an accepted event, newline included:
+/// `{"offset":42,"receivedAt":1764547200000,"event":…,"data":…}`, which is
+/// also the line `GET /v0/streams/{id}/recording` answers with.
+pub fn recorded_line(text: &str, offset: u64, received_ms: u64) -> String {
+    let body = text.strip_prefix('{').unwrap_or(text);
+    format!("{{\"offset\":{offset},\"receivedAt\":{received_ms},{body}\n")
+}
+
+/// A recording's line read back.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    /// Its offset; `None` in a line recorded before offsets existed, whose
+    /// offset is its position in the recording.
+    pub offset: Option<u64>,
+    /// When it was received, in ms since the Unix epoch; `None` in a line
+    /// recorded before that was kept.
+    pub received_ms: Option<u64>,
+    /// The event, encoded as a sender's is.
+    pub event: Event,
+}
+
+/// Parses one recording line, either kind: with `offset` and `receivedAt`,
+/// or (recorded before offsets existed) a bare `{"event":…,"data":…}`.
+pub fn parse_recorded(line: &str) -> Result<RecordedEvent, Refusal> {
+    let mut message = parse_object(line)?;
+    let number = |value: Option<Value>| value.and_then(|v| v.as_u64());
+    let offset = number(message.remove("offset"));
+    let received_ms = number(message.remove("receivedAt"));
+    Ok(RecordedEvent {
+        offset,
+        received_ms,
+        event: check_message(message)?,
+    })
+}
+
+fn parse_object(frame: &str) -> Result<Map<String, Value>, Refusal> {
     let value: Value =
         serde_json::from_str(frame).map_err(|e| format!("frame is not valid JSON: {e}"))?;
-    let Value::Object(mut message) = value else {
+    let Value::Object(message) = value else {
         return Err(r#"expected a JSON object {"event": ..., "data": ...}"#.to_owned());
     };
+    Ok(message)
+}
+
+fn check_message(mut message: Map<String, Value>) -> Result<Event, Refusal> {
     let name = match message.get("event") {
         Some(Value::String(name)) => name.clone(),
         Some(other) => {
@@ -195,6 +252,31 @@ mod tests {
             &*r.text,
             r#"{"event":"reset","data":{"trackingOrientation":false}}"#
         );
+    }
+
+    #[test]
+    fn an_offset_goes_last_in_the_frame_and_first_in_the_recording() {
+        let r = parse_event(r#"{"event":"reset","data":{"trackingOrientation":true}}"#).unwrap();
+        let frame = with_offset(&r.text, 42);
+        assert_eq!(
+            &*frame,
+            r#"{"event":"reset","data":{"trackingOrientation":true},"offset":42}"#
+        );
+        let line = recorded_line(&r.text, 42, 1_764_547_200_000);
+        assert_eq!(
+            line,
+            "{\"offset\":42,\"receivedAt\":1764547200000,\"event\":\"reset\",\"data\":{\"trackingOrientation\":true}}\n"
+        );
+        let back = parse_recorded(line.trim_end()).unwrap();
+        assert_eq!(
+            (back.offset, back.received_ms),
+            (Some(42), Some(1_764_547_200_000))
+        );
+        assert_eq!(back.event.text, r.text);
+        let old = parse_recorded(&r.text).unwrap();
+        assert_eq!((old.offset, old.received_ms), (None, None));
+        assert_eq!(old.event.text, r.text);
+        assert!(parse_recorded(r#"{"offset":1,"event":"chat","data":{}}"#).is_err());
     }
 
     #[test]

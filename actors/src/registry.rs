@@ -72,7 +72,14 @@ pub struct StreamSummary {
     pub id: StreamId,
     /// Users allowed to send; the creator first.
     pub senders: Vec<UserId>,
+    /// When it was created, in ms since the Unix epoch.
+    pub created_ms: u64,
 }
+
+/// How stale the viewer counts in the encoded list may be: the list is
+/// encoded again for a count that changed at most this often, so sockets
+/// coming and going do not cost an encoding each.
+pub const LISTED_COUNTS_STALE: Duration = Duration::from_millis(250);
 
 /// Why the registry refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,11 +126,21 @@ pub struct CreateStream {
 pub struct ListStreams;
 
 /// The open streams, oldest first, as the body of `GET /v0/streams`:
-/// `{"streams":[{"streamID":…,"senders":[public user info,…]},…]}`.
+/// `{"streams":[StreamInfo,…]}`, a `StreamInfo` being
+/// `{"streamID","senders":[public user info,…],"viewers","live","createdAt"}`.
 /// Encoded once after each change; answering it copies nothing.
 #[derive(Message)]
 #[rtype(result = "ByteString")]
 pub struct StreamListBody;
+
+/// One open stream's `StreamInfo`, encoded as in the list; `None` if no
+/// open stream has that ID.
+#[derive(Message)]
+#[rtype(result = "Option<ByteString>")]
+pub struct StreamInfoBody {
+    /// The stream's ID.
+    pub id: StreamId,
+}
 
 /// Finds an open stream.
 #[derive(Message)]
@@ -169,6 +186,10 @@ struct Entry {
     seq: u64,
     /// Sender sockets admitted and not yet closed.
     sender_sockets: usize,
+    /// Viewer sockets admitted and not yet closed.
+    viewer_sockets: usize,
+    /// When it was created, in ms since the Unix epoch.
+    created_ms: u64,
 }
 
 impl Entry {
@@ -180,12 +201,29 @@ impl Entry {
     }
 }
 
-/// One stream of the encoded list; the same fields the list always had.
+/// One stream of the encoded list: the fields the list always had, and
+/// the viewer count, whether a sender is connected, and its creation time.
 #[derive(Serialize)]
 struct Listed<'a> {
     #[serde(rename = "streamID")]
     stream_id: &'a StreamId,
     senders: &'a [PublicUserInfo],
+    viewers: usize,
+    live: bool,
+    #[serde(rename = "createdAt")]
+    created_at: u64,
+}
+
+impl<'a> Listed<'a> {
+    fn of(id: &'a StreamId, entry: &'a Entry) -> Listed<'a> {
+        Listed {
+            stream_id: id,
+            senders: &entry.senders,
+            viewers: entry.viewer_sockets,
+            live: entry.sender_sockets > 0,
+            created_at: entry.created_ms,
+        }
+    }
 }
 
 /// Creates, lists and finds streams; admits sockets.
@@ -194,9 +232,11 @@ pub struct Registry {
     streams: HashMap<StreamId, Entry>,
     /// Open streams' IDs by creation number: the order they are listed in.
     order: BTreeMap<u64, StreamId>,
-    /// [`StreamListBody`]'s answer; `None` from a change until it is next
-    /// asked for.
-    listing: Option<ByteString>,
+    /// [`StreamListBody`]'s answer and when it was encoded; `None` from a
+    /// change until it is next asked for.
+    listing: Option<(ByteString, Instant)>,
+    /// Set when a count in the list changed since it was encoded.
+    counts_changed: bool,
     /// Users' public info for restored streams, and news of its changes.
     users: Option<Addr<TokenActor>>,
     /// Open streams by creator, for the per-user limit.
@@ -236,6 +276,7 @@ impl Registry {
             streams: HashMap::new(),
             order: BTreeMap::new(),
             listing: None,
+            counts_changed: false,
             users: None,
             streams_per_user: HashMap::new(),
             sockets: 0,
@@ -263,15 +304,28 @@ impl Registry {
         StreamSummary {
             id: id.clone(),
             senders: entry.sender_ids(),
+            created_ms: entry.created_ms,
         }
     }
 
-    /// The encoded list, encoded now if it changed since it was last asked for.
+    /// The encoded list, encoded now if it changed since it was last asked
+    /// for (a count, if it changed more than [`LISTED_COUNTS_STALE`] ago).
     fn listing(&mut self) -> ByteString {
-        let (order, streams) = (&self.order, &self.streams);
-        self.listing
-            .get_or_insert_with(|| encode_listing(order, streams))
-            .clone()
+        let stale = self.counts_changed
+            && self
+                .listing
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() >= LISTED_COUNTS_STALE);
+        if stale {
+            self.listing = None;
+        }
+        if let Some((body, _)) = &self.listing {
+            return body.clone();
+        }
+        let body = encode_listing(&self.order, &self.streams);
+        self.listing = Some((body.clone(), Instant::now()));
+        self.counts_changed = false;
+        body
     }
 
     /// Replaces each sender's public info by the one in `infos` for the
@@ -326,6 +380,7 @@ impl Registry {
         &mut self,
         id: StreamId,
         senders: Vec<PublicUserInfo>,
+        created_ms: u64,
         idle_since_ms: u64,
         ctx: &mut Context<Self>,
     ) -> StreamSummary {
@@ -360,6 +415,8 @@ impl Registry {
             senders,
             seq: self.next_seq,
             sender_sockets: 0,
+            viewer_sockets: 0,
+            created_ms,
         };
         self.next_seq += 1;
         let summary = Self::summary(&id, &entry);
@@ -393,7 +450,7 @@ impl Registry {
                 self.keep(change, ctx);
             }
             let senders = record.senders.iter().map(PublicUserInfo::unknown).collect();
-            self.launch(record.id, senders, idle_since_ms, ctx);
+            self.launch(record.id, senders, record.created_ms, idle_since_ms, ctx);
             restored += 1;
         }
         if restored > 0 {
@@ -459,13 +516,7 @@ fn encode_listing(
 ) -> ByteString {
     let listed: Vec<Listed<'_>> = order
         .values()
-        .filter_map(|id| {
-            let entry = streams.get(id)?;
-            Some(Listed {
-                stream_id: id,
-                senders: &entry.senders,
-            })
-        })
+        .filter_map(|id| Some(Listed::of(id, streams.get(id)?)))
         .collect();
     ByteString::from(serde_json::json!({ "streams": listed }).to_string())
 }
@@ -537,7 +588,13 @@ impl Handler<CreateStream> for Registry {
             move |kept, registry, ctx| {
                 registry.settings.metrics.state_synced(asked.elapsed());
                 kept.map_err(RegistryError::Storage)?;
-                let summary = registry.launch(record.id, vec![msg.owner], record.created_ms, ctx);
+                let summary = registry.launch(
+                    record.id,
+                    vec![msg.owner],
+                    record.created_ms,
+                    record.created_ms,
+                    ctx,
+                );
                 log::info!("stream {} created by {}", summary.id, summary.senders[0]);
                 Ok(summary)
             },
@@ -563,6 +620,16 @@ impl Handler<StreamListBody> for Registry {
 
     fn handle(&mut self, _: StreamListBody, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.listing())
+    }
+}
+
+impl Handler<StreamInfoBody> for Registry {
+    type Result = Option<ByteString>;
+
+    fn handle(&mut self, msg: StreamInfoBody, _: &mut Self::Context) -> Self::Result {
+        let entry = self.streams.get(&msg.id)?;
+        let info = serde_json::to_value(Listed::of(&msg.id, entry)).ok()?;
+        Some(ByteString::from(info.to_string()))
     }
 }
 
@@ -630,7 +697,10 @@ impl Handler<OpenSocket> for Registry {
                 return Err(RegistryError::TooManySenderSockets { limit });
             }
             entry.sender_sockets += 1;
+        } else {
+            entry.viewer_sockets += 1;
         }
+        self.counts_changed = true;
         self.sockets += 1;
         *self.sockets_per_client.entry(client).or_default() += 1;
         let socket = self.next_socket;
@@ -669,10 +739,14 @@ impl Handler<SocketClosed> for Registry {
                 self.sockets_per_client.remove(&msg.client);
             }
         }
-        if msg.sender {
-            if let Some(entry) = self.streams.get_mut(&msg.stream_id) {
-                entry.sender_sockets = entry.sender_sockets.saturating_sub(1);
-            }
+        if let Some(entry) = self.streams.get_mut(&msg.stream_id) {
+            let count = if msg.sender {
+                &mut entry.sender_sockets
+            } else {
+                &mut entry.viewer_sockets
+            };
+            *count = count.saturating_sub(1);
+            self.counts_changed = true;
         }
     }
 }

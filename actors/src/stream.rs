@@ -15,12 +15,14 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::close::{self, Close};
-use crate::event::{error_frame, Event};
+use crate::event::{error_frame, recorded_line, with_offset, Event, EventKind};
 use crate::ids::{StreamId, UserId};
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::replay::Replay;
-use crate::store::RecordingStore;
+use crate::store::journal::epoch_ms;
+use crate::store::recording::frame_of;
+use crate::store::{Chunk, Cursor, Kept, RecordingStore, StoreError};
 
 /// Messages a stream's mailbox holds before publishing senders must wait.
 pub const MAILBOX_CAPACITY: usize = 1024;
@@ -52,6 +54,20 @@ impl StreamLimits {
 
 /// The message of the error frame for an event over the sender's rate.
 pub const RATE_LIMITED: &str = "rate limit exceeded";
+/// The message of the error frame for an event refused because the
+/// recording is this far behind (a stalled disk).
+pub const STORAGE_BUSY: &str = "storage busy";
+/// Events accepted and waiting to be recorded (and then relayed) at most;
+/// past it, a stalled disk costs senders their events, not memory.
+pub const MAX_UNRECORDED: usize = 4096;
+/// Events one write records at most, and so relays at once: after a stall
+/// the events waiting go out in steps that viewers' queues can take.
+pub const WRITE_BATCH: usize = 64;
+/// Recorded events one read for a resuming viewer fetches.
+pub const CATCH_UP_CHUNK: usize = 256;
+/// Live events held for a viewer while it catches up, at most; past it the
+/// viewer is dropped as too slow, as one whose queue is full.
+pub const CATCH_UP_HELD: usize = 1024;
 
 /// Identifies a socket within the server; the registry hands them out.
 pub type SocketId = u64;
@@ -62,6 +78,10 @@ pub type SocketId = u64;
 pub enum Outbound {
     /// An event to write to the socket as a text frame.
     Event(ByteString),
+    /// Events to write in order: part of a recording a resuming viewer
+    /// catches up on. Sent one batch at a time, each once the socket took
+    /// the last, so a viewer catching up holds at most one in memory.
+    Batch(Vec<ByteString>),
     /// Close the socket with this code and reason.
     Close(Close),
 }
@@ -88,6 +108,10 @@ pub struct Join {
     pub user_id: Option<UserId>,
     /// Cuts the connection when its client stops reading.
     pub disconnect: Option<Arc<dyn Disconnect>>,
+    /// For a viewer resuming: the offset of the last event it has. It gets
+    /// every event after it instead of the replay (or, if some are no
+    /// longer kept, a `gap` frame and then the replay). Senders ignore it.
+    pub since: Option<u64>,
 }
 
 /// The answer to a [`Join`].
@@ -205,6 +229,13 @@ pub struct StreamSetup {
     pub idle_since: Option<SystemTime>,
 }
 
+/// Deletes what the stream recorded so far; the stream goes on, its replay
+/// for late viewers kept, and records again from its next event. Answered
+/// once the deletion is on disk.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct ClearRecording;
+
 /// One joined socket.
 struct Member {
     /// Where its events go.
@@ -213,9 +244,51 @@ struct Member {
     sender: Option<UserId>,
     /// Cuts its connection if it stops reading.
     disconnect: Option<Arc<dyn Disconnect>>,
+    /// Set while a resuming viewer is sent recorded events.
+    catch_up: Option<CatchUp>,
+}
+
+/// A resuming viewer's way through the recording.
+struct CatchUp {
+    /// The offset of the last event it was sent.
+    after: u64,
+    /// The last event it is sent from the recording; later ones come live.
+    until: u64,
+    /// Where the next read goes on from.
+    cursor: Cursor,
+    /// Live events relayed meanwhile, sent once it has caught up.
+    held: Vec<ByteString>,
+}
+
+/// An accepted event on its way: recorded first, then relayed.
+struct Unrecorded {
+    /// The socket it came from; it gets no echo.
+    from: SocketId,
+    /// Its kind, for the replay.
+    kind: EventKind,
+    /// Its offset.
+    offset: u64,
+    /// `{"event":…,"data":…}`, as the sender's event was encoded.
+    text: ByteString,
+    /// The frame sockets get, with its offset.
+    frame: ByteString,
+    /// When it was received, in ms since the Unix epoch, for its recording.
+    received_ms: u64,
+    /// When its frame arrived, for the fan-out time.
+    received: Instant,
+    /// Whether it went to the recording (within its quota).
+    recorded: bool,
 }
 
 /// One stream: its sockets, its replay, its countdown and recording.
+///
+/// An accepted event is recorded before it is relayed, so that an event
+/// any socket saw is in the recording (in the kernel, which a `kill -9`
+/// does not lose) and a viewer's replay after a restart is never older
+/// than what it was shown. The recording is written on the store's own
+/// threads: the events accepted meanwhile queue up and go to the
+/// recording in one write once the last one finished, and the stream's
+/// thread never waits for a disk.
 pub struct StreamActor {
     /// The stream's ID.
     id: StreamId,
@@ -225,10 +298,28 @@ pub struct StreamActor {
     members: HashMap<SocketId, Member>,
     /// How many joined sockets are senders; the countdown runs while this is zero.
     connected_senders: usize,
-    /// The last reset, orientation and move, and the reset loop guard.
+    /// The replay as of the last relayed event: what viewers get and the
+    /// snapshot keeps.
     replay: Replay,
+    /// The replay as of the last accepted event, relayed or not: it gives
+    /// offsets and applies the reset loop guard in the order events came.
+    head: Replay,
+    /// Accepted events waiting for the write in flight to finish.
+    unrecorded: Vec<Unrecorded>,
+    /// Whether a write (and its events' relay) is in flight.
+    writing: bool,
+    /// Sessions waiting for the recording to be cleared.
+    clearing: Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
+    /// Told once nothing is waiting to be recorded.
+    flushed: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Which offsets the recording holds.
+    kept: Kept,
+    /// Bytes handed to the recording, for its quota.
+    recorded_bytes: u64,
     /// Events accepted when the last snapshot was kept.
     checkpointed: u64,
+    /// Whether a snapshot is being written.
+    checkpointing: bool,
     /// How long the stream lives without a connected sender.
     idle_timeout: Duration,
     /// The running idle countdown, if no sender is connected.
@@ -243,14 +334,16 @@ pub struct StreamActor {
     budgets: HashMap<UserId, TokenBucket>,
     /// The error frame for an event over the rate, encoded once.
     rate_limited: ByteString,
+    /// The error frame for an event refused while the recording is behind.
+    storage_busy: ByteString,
     /// Set once the recording reached its quota: events are no longer
-    /// recorded, and the snapshot is kept after each one instead, so that
-    /// the replay still survives a crash.
+    /// recorded, and the snapshot is kept with each write instead, so that
+    /// the replay and the offsets still survive a crash.
     recording_full: bool,
     /// Told when the stream goes idle or live, expires, and stops.
     registry: Option<Recipient<StreamNotice>>,
     /// Set once the stream is ending, to how its sockets are closed: it
-    /// takes no new sockets then, and tells them why.
+    /// takes no new sockets or events then, and tells them why.
     ending: Option<Close>,
     /// Since when no sender has been connected, for the first countdown.
     idle_since: Option<SystemTime>,
@@ -265,7 +358,15 @@ impl StreamActor {
             members: HashMap::new(),
             connected_senders: 0,
             replay: Replay::default(),
+            head: Replay::default(),
+            unrecorded: Vec::new(),
+            writing: false,
+            clearing: Vec::new(),
+            flushed: Vec::new(),
+            kept: Kept::default(),
+            recorded_bytes: 0,
             checkpointed: 0,
+            checkpointing: false,
             idle_timeout: setup.idle_timeout,
             countdown: None,
             recording: setup.recording,
@@ -273,6 +374,7 @@ impl StreamActor {
             metrics: setup.metrics,
             budgets: HashMap::new(),
             rate_limited: error_frame(RATE_LIMITED),
+            storage_busy: error_frame(STORAGE_BUSY),
             recording_full: false,
             registry: setup.registry,
             ending: None,
@@ -298,24 +400,37 @@ impl StreamActor {
                 Some(registry) => registry.do_send(StreamNotice::Expired {
                     id: actor.id.clone(),
                 }),
-                None => ctx.wait(actor.end(close::STREAM_ENDED)),
+                None => {
+                    let end = actor.end(close::STREAM_ENDED);
+                    ctx.spawn(end);
+                }
             }
         }));
     }
 
-    /// Keeps the replay and syncs the recording, then closes every socket
-    /// with `close` and stops: the recording is on disk before the sockets
-    /// hear of the end, and before a shutdown goes on.
+    /// Records and relays what was accepted, keeps the replay and syncs the
+    /// recording, then closes every socket with `close` and stops: the
+    /// recording is on disk before the sockets hear of the end, and before
+    /// a shutdown goes on.
     fn end(&mut self, close: Close) -> impl ActorFuture<Self, Output = ()> {
         self.ending = Some(close);
-        let checkpoint = self.recording.checkpoint(&self.replay.snapshot());
-        let sync = self.recording.sync();
+        let flushed = self.flushed();
         async move {
-            // Each store logs its own failure; the end goes on regardless.
-            let _ = checkpoint.await;
-            let _ = sync.await;
+            let _ = flushed.await;
         }
         .into_actor(self)
+        .then(|(), actor, _| {
+            let checkpoint = actor
+                .recording
+                .checkpoint(&actor.replay.snapshot(), actor.kept);
+            let sync = actor.recording.sync();
+            async move {
+                // Each store logs its own failure; the end goes on regardless.
+                let _ = checkpoint.await;
+                let _ = sync.await;
+            }
+            .into_actor(actor)
+        })
         .map(move |(), actor, ctx| {
             for (_, member) in actor.members.drain() {
                 actor.metrics.role(member.sender.is_some()).dec();
@@ -326,6 +441,17 @@ impl StreamActor {
             actor.connected_senders = 0;
             ctx.stop();
         })
+    }
+
+    /// Resolves once every accepted event was recorded and relayed.
+    fn flushed(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.writing || !self.unrecorded.is_empty() {
+            self.flushed.push(tx);
+        } else {
+            let _ = tx.send(());
+        }
+        rx
     }
 
     fn remove(&mut self, socket: SocketId, ctx: &mut Context<Self>) -> Option<Member> {
@@ -354,23 +480,159 @@ impl StreamActor {
     /// Keeps a snapshot of the replay if events came since the last one.
     fn checkpoint(&mut self, ctx: &mut Context<Self>) {
         let accepted = self.replay.accepted();
-        if accepted == self.checkpointed {
+        // Past the quota every write keeps a snapshot of its own.
+        if accepted == self.checkpointed || self.checkpointing || self.recording_full {
             return;
         }
-        let kept = self.recording.checkpoint(&self.replay.snapshot());
-        ctx.spawn(kept.into_actor(self).map(move |kept, actor, _| {
+        self.checkpointing = true;
+        let kept = self
+            .recording
+            .checkpoint(&self.replay.snapshot(), self.kept);
+        ctx.spawn(kept.into_actor(self).map(move |kept, actor, ctx| {
+            actor.checkpointing = false;
             if kept.is_ok() {
                 actor.checkpointed = accepted;
             }
+            actor.write_next(ctx);
         }));
+    }
+
+    /// Starts the next write, unless one is in flight: a clearing asked
+    /// for, else every accepted event not yet recorded, in one write.
+    /// Their relay follows once it finished.
+    fn write_next(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || (self.checkpointing && self.snapshot_next()) {
+            // A write that keeps a snapshot waits for the one being kept:
+            // two at once could land in either order.
+            return;
+        }
+        if !self.clearing.is_empty() {
+            self.writing = true;
+            let kept = Kept::from_next(self.replay.accepted() + 1);
+            let cleared = self.recording.clear(&self.replay.snapshot(), kept);
+            ctx.spawn(cleared.into_actor(self).map(move |cleared, actor, ctx| {
+                actor.writing = false;
+                if cleared.is_ok() {
+                    log::info!("stream {}: recording deleted", actor.id);
+                    actor.kept = kept;
+                    actor.recorded_bytes = 0;
+                    actor.recording_full = false;
+                    actor.checkpointed = actor.replay.accepted();
+                }
+                for waiter in actor.clearing.drain(..) {
+                    let _ = waiter.send(cleared.clone());
+                }
+                actor.write_next(ctx);
+            }));
+            return;
+        }
+        if self.unrecorded.is_empty() {
+            for waiter in self.flushed.drain(..) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
+        let take = self.unrecorded.len().min(WRITE_BATCH);
+        let mut batch: Vec<Unrecorded> = self.unrecorded.drain(..take).collect();
+        let mut lines = Vec::new();
+        for event in &mut batch {
+            if self.recording_full {
+                break;
+            }
+            let line = recorded_line(&event.text, event.offset, event.received_ms);
+            let bytes = line.len() as u64;
+            if self.recorded_bytes.saturating_add(bytes) > self.limits.max_recording_bytes {
+                self.recording_full = true;
+                self.metrics.limit_hit("recording_bytes");
+                log::warn!(
+                    "stream {}: recording stopped at its quota of {} bytes",
+                    self.id,
+                    self.limits.max_recording_bytes
+                );
+                break;
+            }
+            self.recorded_bytes += bytes;
+            lines.extend_from_slice(line.as_bytes());
+            event.recorded = true;
+        }
+        let attempted = lines.len() as u64;
+        let appended = (!lines.is_empty()).then(|| self.recording.append(lines));
+        // Events past the quota are kept only in the snapshot, which must
+        // then hold them before they are relayed.
+        let mut kept = self.kept;
+        for event in batch.iter().filter(|e| e.recorded) {
+            kept.extend(event.offset);
+        }
+        let snapshot = batch
+            .iter()
+            .any(|e| !e.recorded)
+            .then(|| self.recording.checkpoint(&self.head.snapshot(), kept));
+        self.writing = true;
+        let written = async move {
+            let appended = match appended {
+                Some(append) => append.await,
+                None => Ok(()),
+            };
+            if let Some(snapshot) = snapshot {
+                let _ = snapshot.await;
+            }
+            appended
+        };
+        ctx.spawn(written.into_actor(self).map(move |appended, actor, ctx| {
+            actor.writing = false;
+            match appended {
+                Ok(()) => {
+                    actor.kept = kept;
+                    actor.metrics.recording_bytes.inc_by(attempted);
+                }
+                // Logged by the recording. The events are relayed all the
+                // same; the recording has a hole where they would be.
+                Err(_) => actor.recorded_bytes -= attempted,
+            }
+            for event in batch {
+                actor.relay(event, ctx);
+            }
+            actor.write_next(ctx);
+        }));
+    }
+
+    /// Whether the next write keeps a snapshot: a clearing does, and so do
+    /// events past the quota.
+    fn snapshot_next(&self) -> bool {
+        let waiting: u64 = self
+            .unrecorded
+            .iter()
+            .map(|e| e.text.len() as u64 + 64)
+            .sum();
+        !self.clearing.is_empty()
+            || self.recording_full
+            || self.recorded_bytes.saturating_add(waiting) > self.limits.max_recording_bytes
+    }
+
+    /// Relays a recorded event to every socket but its sender's.
+    fn relay(&mut self, event: Unrecorded, ctx: &mut Context<Self>) {
+        self.replay
+            .remember(event.kind, event.offset, event.frame.clone());
+        self.fan_out(event.from, &event.frame, ctx);
+        let took = event.received.elapsed();
+        self.metrics.fanout_seconds.observe(took.as_secs_f64());
     }
 
     /// Hands `text` to every socket but `from`; drops those that are full or gone.
     fn fan_out(&mut self, from: SocketId, text: &ByteString, ctx: &mut Context<Self>) {
         let mut dropped = Vec::new();
         let mut delivered = 0;
-        for (&socket, member) in &self.members {
+        for (&socket, member) in &mut self.members {
             if socket == from {
+                continue;
+            }
+            if let Some(catch_up) = &mut member.catch_up {
+                if catch_up.held.len() < CATCH_UP_HELD {
+                    catch_up.held.push(text.clone());
+                    delivered += 1;
+                } else {
+                    dropped.push((socket, true));
+                }
                 continue;
             }
             match member.outbox.try_send(Outbound::Event(text.clone())) {
@@ -382,25 +644,142 @@ impl StreamActor {
         // One add per event, not one per delivery.
         self.metrics.deliveries.inc_by(delivered);
         for (socket, full) in dropped {
-            let Some(member) = self.remove(socket, ctx) else {
-                continue;
-            };
-            if full {
-                self.metrics.limit_hit("queued_events");
-                log::info!(
-                    "stream {}: dropping socket {socket}: {}",
-                    self.id,
-                    close::TOO_SLOW.reason
-                );
-                // The close frame reaches a client that reads again; one
-                // that does not is cut off, since its session cannot run.
-                member.outbox.do_send(Outbound::Close(close::TOO_SLOW));
-                if let Some(disconnect) = &member.disconnect {
-                    disconnect.disconnect();
-                }
+            self.drop_member(socket, full, ctx);
+        }
+    }
+
+    /// Takes a socket out; one that fell behind is told so and cut off.
+    fn drop_member(&mut self, socket: SocketId, too_slow: bool, ctx: &mut Context<Self>) {
+        let Some(member) = self.remove(socket, ctx) else {
+            return;
+        };
+        if too_slow {
+            self.metrics.limit_hit("queued_events");
+            log::info!(
+                "stream {}: dropping socket {socket}: {}",
+                self.id,
+                close::TOO_SLOW.reason
+            );
+            // The close frame reaches a client that reads again; one
+            // that does not is cut off, since its session cannot run.
+            member.outbox.do_send(Outbound::Close(close::TOO_SLOW));
+            if let Some(disconnect) = &member.disconnect {
+                disconnect.disconnect();
             }
         }
     }
+
+    /// What a joining viewer gets first: the replay, every event since its
+    /// `since` (started here, sent as it is read), or a gap and the replay.
+    fn welcome(&mut self, socket: SocketId, since: Option<u64>, ctx: &mut Context<Self>) {
+        let latest = self.replay.accepted();
+        let Some(member) = self.members.get_mut(&socket) else {
+            return;
+        };
+        match since {
+            None => {
+                for text in self.replay.frames() {
+                    // At most three messages, so `do_send` cannot grow a
+                    // mailbox without bound, and the replay is never cut short.
+                    member.outbox.do_send(Outbound::Event(text.clone()));
+                }
+            }
+            Some(since) if since >= latest => {}
+            Some(since) if self.kept.covers(since, latest) => {
+                member.catch_up = Some(CatchUp {
+                    after: since,
+                    until: latest,
+                    cursor: Cursor::default(),
+                    held: Vec::new(),
+                });
+                self.catch_up(socket, ctx);
+            }
+            Some(since) => {
+                let frames = gap_then_replay(&self.replay, since, latest);
+                member.outbox.do_send(Outbound::Batch(frames));
+            }
+        }
+    }
+
+    /// Reads the next part of the recording for a viewer catching up.
+    fn catch_up(&mut self, socket: SocketId, ctx: &mut Context<Self>) {
+        let Some(catch_up) = self.members.get(&socket).and_then(|m| m.catch_up.as_ref()) else {
+            return;
+        };
+        let read = self
+            .recording
+            .read(catch_up.after, catch_up.cursor, CATCH_UP_CHUNK);
+        ctx.spawn(read.into_actor(self).map(move |read, actor, ctx| {
+            actor.caught_up_with(socket, read, ctx);
+        }));
+    }
+
+    /// Sends a viewer what was read for it, then reads on, or ends its
+    /// catching up: with the live events held meanwhile, or, if the
+    /// recording has a hole, a gap frame and the replay first.
+    fn caught_up_with(
+        &mut self,
+        socket: SocketId,
+        read: Result<Chunk, StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let replay = &self.replay;
+        let Some(member) = self.members.get_mut(&socket) else {
+            return;
+        };
+        let Some(catch_up) = member.catch_up.as_mut() else {
+            return;
+        };
+        let mut frames = Vec::new();
+        let mut hole = read.is_err();
+        if let Ok(chunk) = &read {
+            for event in chunk
+                .events
+                .iter()
+                .take_while(|e| e.offset <= catch_up.until)
+            {
+                if event.offset != catch_up.after + 1 {
+                    hole = true;
+                    break;
+                }
+                frames.push(frame_of(event));
+                catch_up.after = event.offset;
+            }
+            catch_up.cursor = chunk.next;
+            // The recording ended before the viewer caught up.
+            hole |= chunk.done && catch_up.after < catch_up.until && frames.is_empty();
+        }
+        let finished = hole || catch_up.after >= catch_up.until;
+        if hole {
+            frames.extend(gap_then_replay(replay, catch_up.after, catch_up.until));
+        }
+        if finished {
+            let held = std::mem::take(&mut catch_up.held);
+            member.catch_up = None;
+            frames.extend(held);
+        }
+        let sent = member.outbox.send(Outbound::Batch(frames));
+        ctx.spawn(sent.into_actor(self).map(move |sent, actor, ctx| {
+            if sent.is_err() {
+                actor.drop_member(socket, false, ctx);
+            } else if !finished {
+                actor.catch_up(socket, ctx);
+            }
+        }));
+    }
+}
+
+/// A `gap` frame for the events after `after` up to `until`, then the
+/// replay's frames among them: the state as of `until` for a viewer that
+/// cannot have every event.
+fn gap_then_replay(replay: &Replay, after: u64, until: u64) -> Vec<ByteString> {
+    let gap = format!(
+        r#"{{"event":"gap","data":{{"from":{},"to":{until}}}}}"#,
+        after + 1
+    );
+    let mut frames = vec![ByteString::from(gap)];
+    frames.extend(replay.frames_between(after, until).cloned());
+    frames
 }
 
 impl Actor for StreamActor {
@@ -416,9 +795,12 @@ impl Actor for StreamActor {
         ctx.wait(opened.into_actor(self).map(|opened, actor, _| {
             // A recording that cannot be opened has logged why; the stream
             // goes on live, without its earlier replay.
-            if let Ok(replay) = opened {
-                actor.checkpointed = replay.accepted();
-                actor.replay = replay;
+            if let Ok(opened) = opened {
+                actor.checkpointed = opened.replay.accepted();
+                actor.head = opened.replay.clone();
+                actor.replay = opened.replay;
+                actor.kept = opened.kept;
+                actor.recorded_bytes = opened.bytes;
             }
         }));
         let since = self.idle_since.unwrap_or_else(SystemTime::now);
@@ -446,20 +828,15 @@ impl Handler<Join> for StreamActor {
             });
         }
         let sender = msg.user_id.filter(|user| self.senders.contains(user));
-        self.metrics.role(sender.is_some()).inc();
-        if sender.is_some() {
+        let is_sender = sender.is_some();
+        self.metrics.role(is_sender).inc();
+        if is_sender {
             self.connected_senders += 1;
             if let Some(countdown) = self.countdown.take() {
                 ctx.cancel_future(countdown);
                 self.notify(StreamNotice::Live {
                     id: self.id.clone(),
                 });
-            }
-        } else {
-            for text in self.replay.frames() {
-                // At most three messages, so `do_send` cannot grow a mailbox
-                // without bound, and the replay is never cut short.
-                msg.outbox.do_send(Outbound::Event(text.clone()));
             }
         }
         self.members.insert(
@@ -468,11 +845,15 @@ impl Handler<Join> for StreamActor {
                 outbox: msg.outbox,
                 sender,
                 disconnect: msg.disconnect,
+                catch_up: None,
             },
         );
+        if !is_sender {
+            self.welcome(msg.socket, msg.since, ctx);
+        }
         Ok(Joined {
             socket: msg.socket,
-            sender: self.members[&msg.socket].sender.is_some(),
+            sender: is_sender,
         })
     }
 }
@@ -489,6 +870,10 @@ impl Handler<Publish> for StreamActor {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        if self.ending.is_some() {
+            // Its socket is about to hear that the stream ended.
+            return;
+        }
         let Some(member) = self.members.get(&msg.socket) else {
             return;
         };
@@ -507,53 +892,53 @@ impl Handler<Publish> for StreamActor {
                 .try_send(Outbound::Event(self.rate_limited.clone()));
             return;
         }
-        if !self.replay.accept(&msg.event) {
-            self.metrics.rejected("reset_loop");
+        if self.unrecorded.len() >= MAX_UNRECORDED {
+            self.metrics.rejected("storage_busy");
+            let _ = member
+                .outbox
+                .try_send(Outbound::Event(self.storage_busy.clone()));
             return;
         }
+        let Some(offset) = self.head.admit(msg.event.kind) else {
+            self.metrics.rejected("reset_loop");
+            return;
+        };
         self.metrics.events_accepted.inc();
-        // Recorded before it is relayed: an event any socket saw is in the
-        // kernel, so a viewer's replay after a `kill -9` is never older
-        // than what it was shown.
-        self.record(&msg.event.text, ctx);
-        self.fan_out(msg.socket, &msg.event.text, ctx);
-        let took = msg.received.elapsed();
-        self.metrics.fanout_seconds.observe(took.as_secs_f64());
+        let frame = with_offset(&msg.event.text, offset);
+        self.head.remember(msg.event.kind, offset, frame.clone());
+        self.unrecorded.push(Unrecorded {
+            from: msg.socket,
+            kind: msg.event.kind,
+            offset,
+            text: msg.event.text,
+            frame,
+            received_ms: epoch_ms(SystemTime::now()),
+            received: msg.received,
+            recorded: false,
+        });
+        self.write_next(ctx);
     }
 }
 
-impl StreamActor {
-    /// Hands an accepted event to the recording, within its quota. A failed
-    /// append has been logged by the recording; the event is relayed and in
-    /// the replay all the same.
-    fn record(&mut self, text: &str, ctx: &mut Context<Self>) {
-        if !self.recording_full {
-            let line = text.len() as u64 + 1;
-            if self.recording.recorded_bytes().saturating_add(line)
-                <= self.limits.max_recording_bytes
-            {
-                if self.recording.append(text).is_ok() {
-                    self.metrics.recording_bytes.inc_by(line);
-                }
-                return;
-            }
-            self.recording_full = true;
-            self.metrics.limit_hit("recording_bytes");
-            log::warn!(
-                "stream {}: recording stopped at its quota of {} bytes",
-                self.id,
-                self.limits.max_recording_bytes
-            );
-        }
-        self.checkpoint(ctx);
+impl Handler<ClearRecording> for StreamActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, _: ClearRecording, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.clearing.push(tx);
+        self.write_next(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Failed("the stream ended".to_owned())))
+        })
     }
 }
 
 impl Handler<EndStream> for StreamActor {
-    type Result = AtomicResponse<Self, ()>;
+    type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: EndStream, _: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(Box::pin(self.end(msg.close)))
+        Box::pin(self.end(msg.close))
     }
 }
 

@@ -78,7 +78,7 @@ async fn a_session_dropped_with_its_join_pending_leaves_no_phantom_sender() {
         let ticket = open_socket_as(&registry, &created.id, Some(OWNER))
             .await
             .unwrap();
-        let join = ticket.join(outbox.clone().recipient(), None);
+        let join = ticket.join(outbox.clone().recipient(), None, None);
         let mut joining = Box::pin(ticket.stream().send(join));
         assert!(
             joining.as_mut().poll(&mut cx).is_pending(),

@@ -7,6 +7,7 @@
 //! - `support.rs`: the bounded wait, the test channel, stand-in sockets,
 //!   event builders, stream and registry helpers, temporary directories.
 //! - `stream.rs`: the stream actor.
+//! - `resume.rs`: viewers resuming with `since`, gaps, and a stalled recording.
 //! - `registry.rs`: the registry.
 //! - `admission.rs`: socket tickets, their slots and their pending joins.
 //! - `tokens.rs`: the token actor.
@@ -15,5 +16,6 @@ mod support;
 
 mod admission;
 mod registry;
+mod resume;
 mod stream;
 mod tokens;

@@ -226,15 +226,20 @@ async fn streams_record_into_the_data_directory() {
     let ticket = open_socket(&registry, &created.id).await.unwrap();
     let stream = ticket.stream();
     let sender = Peer::join(stream, Some(OWNER)).await;
+    let mut viewer = Peer::join(stream, None).await;
     let (r1, m2) = (reset(false, 1), mv(2));
     sender.publish(stream, &r1).await;
     sender.publish(stream, &m2).await;
+    // Relayed once recorded.
+    viewer.expect_all(&[&r1, &m2], "the viewer").await;
     let path = dir
         .path()
         .join(RECORDINGS_DIR)
         .join(format!("{}.log", created.id));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(text, format!("{}\n{}\n", r1.text, m2.text));
+    assert_eq!(
+        recorded_events(&path),
+        [(1, r1.text.to_string()), (2, m2.text.to_string())]
+    );
 }
 
 /// Streams started on other arbiters relay, end and report to the registry
@@ -554,10 +559,10 @@ fn listed_sender(info: &PublicUserInfo) -> String {
     )
 }
 
-/// The list body is the one the API always answered, byte for byte: the
-/// open streams oldest first, each with its senders' public info, keys in
-/// the same order; it follows creations, ends and changes to a sender's
-/// info.
+/// The list body is the one the API always answered, byte for byte, with
+/// the fields added since (keys in order): the open streams oldest first,
+/// each with its senders' public info; it follows creations, ends and
+/// changes to a sender's info.
 #[actix::test]
 async fn the_list_body_follows_creations_ends_and_renames() {
     let registry = start(settings());
@@ -569,16 +574,17 @@ async fn the_list_body_follows_creations_ends_and_renames() {
         let create = registry.send(CreateStream {
             owner: owner.clone(),
         });
-        ids.push(within("CreateStream", create).await.unwrap().unwrap().id);
+        ids.push(within("CreateStream", create).await.unwrap().unwrap());
     }
-    let body = |streams: &[(&StreamId, &PublicUserInfo)]| {
+    let body = |streams: &[(&StreamSummary, &PublicUserInfo)]| {
         let streams: Vec<String> = streams
             .iter()
-            .map(|(id, sender)| {
+            .map(|(stream, sender)| {
                 format!(
-                    r#"{{"senders":[{}],"streamID":"{}"}}"#,
+                    r#"{{"createdAt":{},"live":false,"senders":[{}],"streamID":"{}","viewers":0}}"#,
+                    stream.created_ms,
                     listed_sender(sender),
-                    id.as_str()
+                    stream.id.as_str()
                 )
             })
             .collect();
@@ -589,7 +595,7 @@ async fn the_list_body_follows_creations_ends_and_renames() {
         body(&[(&ids[0], &ana), (&ids[1], &bo), (&ids[2], &ana)])
     );
 
-    let stream = find(&registry, &ids[1]).await.unwrap();
+    let stream = find(&registry, &ids[1].id).await.unwrap();
     end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED.reason).await;
     stopped(&stream).await;
     assert_eq!(

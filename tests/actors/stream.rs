@@ -6,7 +6,6 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 
 use twizzle_actors::close;
-use twizzle_actors::store::recording::LocalRecording;
 use twizzle_actors::stream::{
     Leave, Outbound, StreamActor, StreamLimits, StreamNotice, StreamSetup, StreamStatus,
 };
@@ -21,7 +20,7 @@ const TOO_SLOW: &str = close::TOO_SLOW.reason;
 /// A stream setup recording into `dir`, and the recording's path there.
 fn recorded_in(dir: &std::path::Path) -> (StreamSetup, std::path::PathBuf) {
     let mut config = setup();
-    config.recording = Box::new(LocalRecording::new(dir, &config.id));
+    config.recording = Box::new(local_recording(dir, &config.id));
     let path = dir.join(format!("{}.log", config.id));
     (config, path)
 }
@@ -474,9 +473,11 @@ async fn full_socket_is_dropped_and_others_get_everything() {
     loop {
         match stuck_inbox.next("the stuck socket's queue").await {
             Outbound::Event(text) => {
-                assert_eq!(text, events[queued].text, "stuck socket, event {queued}");
+                let (text, _) = without_offset(&text);
+                assert_eq!(text, *events[queued].text, "stuck socket, event {queued}");
                 queued += 1;
             }
+            Outbound::Batch(batch) => panic!("a batch for a socket that did not resume: {batch:?}"),
             Outbound::Close(got) => {
                 assert_eq!((got.code, got.reason), (CLOSE_POLICY, TOO_SLOW));
                 break;
@@ -518,7 +519,7 @@ async fn recording_appends_accepted_events_as_json_lines() {
     std::fs::write(&path, format!("{earlier}\n")).unwrap();
     let stream = StreamActor::new(config).start();
     let sender = Peer::join(&stream, Some(OWNER)).await;
-    let viewer = Peer::join(&stream, None).await;
+    let mut viewer = Peer::join(&stream, None).await;
 
     let (m1, r1, o1, r3, m2) = (
         mv(1),
@@ -534,22 +535,31 @@ async fn recording_appends_accepted_events_as_json_lines() {
     viewer.publish(&stream, &mv(99)).await;
     sender.publish(&stream, &r3).await;
     sender.publish(&stream, &m2).await;
-    // Each publish was handled before its answer; the lines are written
-    // without buffering, so they are in the file now.
-    status(&stream).await;
+    // An event is relayed once it is recorded: once the viewer has them
+    // all, they are in the file.
+    let mut offsets = Vec::new();
+    for event in [&m1, &r1, &o1, &r3, &m2] {
+        offsets.push(viewer.expect(event, "the viewer").await);
+    }
+    assert_eq!(
+        offsets,
+        [2, 3, 4, 5, 6],
+        "offsets go on after the earlier line"
+    );
 
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.ends_with('\n'), "{text:?}");
-    let lines: Vec<&str> = text.lines().collect();
-    let expected: Vec<&str> = [&m1, &r1, &o1, &r3, &m2]
+    let events = recorded_events(&path);
+    assert_eq!(events[0], (1, earlier.to_owned()));
+    let expected: Vec<(u64, String)> = [&m1, &r1, &o1, &r3, &m2]
         .iter()
-        .map(|event| &*event.text)
+        .zip(2..)
+        .map(|(event, offset)| (offset, event.text.to_string()))
         .collect();
-    assert_eq!(lines[0], earlier);
-    assert_eq!(lines[1..], expected[..]);
-    for line in &lines {
+    assert_eq!(events[1..], expected[..]);
+    for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(value["offset"].is_u64(), "{line}");
+        assert!(value["receivedAt"].is_u64(), "{line}");
         assert!(value["event"].is_string(), "{line}");
         assert!(value["data"].is_object(), "{line}");
     }
@@ -602,24 +612,18 @@ async fn restart_rebuilds_the_replay_from_the_recording() {
     let sender = Peer::join(&stream, Some(OWNER)).await;
     sender.publish(&stream, &reset(false, 7)).await;
     sender.publish(&stream, &mv(8)).await;
-    viewer
+    let offset = viewer
         .expect(&mv(8), "the repeated reset was dropped")
         .await;
+    assert_eq!(offset, 7, "offsets go on from the recording's");
 
-    let lines: Vec<String> = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let events = recorded_events(&path);
     assert_eq!(
-        lines.len(),
+        events.len(),
         recorded.len() + 1,
         "the torn line is gone, the new move appended"
     );
-    for line in &lines {
-        serde_json::from_str::<serde_json::Value>(line).expect("a whole JSON line");
-    }
-    assert_eq!(lines.last().unwrap(), &*mv(8).text);
+    assert_eq!(events.last().unwrap(), &(7, mv(8).text.to_string()));
 }
 
 /// Past its quota a recording stops growing, whole lines only; viewers
@@ -646,23 +650,30 @@ async fn a_recording_stops_at_its_quota_and_the_replay_survives() {
         .expect_all(&all, "every event, recorded or not")
         .await;
 
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.len() <= 1000, "{} bytes recorded", text.len());
-    assert!(text.ends_with('\n'));
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    assert!(bytes <= 1000, "{bytes} bytes recorded");
+    let kept = recorded_events(&path);
+    assert!(
+        !kept.is_empty() && kept.len() < events.len(),
+        "{} kept",
+        kept.len()
+    );
     assert_eq!(
-        text.lines().collect::<Vec<_>>(),
-        events[..text.lines().count()]
+        kept,
+        events[..kept.len()]
             .iter()
-            .map(|e| &*e.text)
+            .zip(1..)
+            .map(|(e, offset)| (offset, e.text.to_string()))
             .collect::<Vec<_>>()
     );
 
     let again = StreamActor::new(StreamSetup {
         id: id.clone(),
-        recording: Box::new(LocalRecording::new(dir.path(), &id)),
+        recording: Box::new(local_recording(dir.path(), &id)),
         ..setup()
     })
     .start();
     let mut late = Peer::join(&again, None).await;
-    late.expect(&mv(30), "the last move, past the quota").await;
+    let offset = late.expect(&mv(30), "the last move, past the quota").await;
+    assert_eq!(offset, 30, "offsets survive past the quota");
 }

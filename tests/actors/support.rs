@@ -170,8 +170,18 @@ where
     M: Message<Result = ()> + Send + Unpin + 'static,
 {
     let (post, inbox) = channel();
-    (Probe { post }.start(), inbox)
+    // A session's mailbox holds a few hundred events: a stream relays the
+    // events of one write at once, before the probe (on the same thread
+    // here) has had a turn.
+    let addr = Probe::create(|ctx| {
+        ctx.set_mailbox_capacity(PROBE_CAPACITY);
+        Probe { post }
+    });
+    (addr, inbox)
 }
+
+/// How many messages a probe's mailbox holds.
+pub const PROBE_CAPACITY: usize = 512;
 
 /// A stand-in socket whose actor handles nothing until released, with a
 /// mailbox of `capacity`: a client that stopped reading.
@@ -233,6 +243,8 @@ pub struct Peer {
     pub sender: bool,
     /// Everything the stream sent it.
     pub inbox: Inbox<Outbound>,
+    /// Frames of a batch not yet looked at.
+    batched: std::collections::VecDeque<String>,
     /// Keeps the stand-in socket's address alive for the test.
     _addr: Addr<Probe<Outbound>>,
 }
@@ -248,7 +260,39 @@ impl Peer {
             id: joined.socket,
             sender: joined.sender,
             inbox,
+            batched: Default::default(),
             _addr: addr,
+        }
+    }
+
+    /// Joins a new stand-in viewer to `stream` that resumes after offset `since`.
+    pub async fn resume(stream: &Addr<StreamActor>, since: u64) -> Peer {
+        let (addr, inbox) = probe::<Outbound>();
+        let join = stream.send(Join {
+            socket: next_socket(),
+            outbox: addr.clone().recipient(),
+            user_id: None,
+            disconnect: None,
+            since: Some(since),
+        });
+        let joined = within("the stream to answer a join", join)
+            .await
+            .expect("the stream is running")
+            .expect("the stream has not ended");
+        Peer {
+            id: joined.socket,
+            sender: joined.sender,
+            inbox,
+            batched: Default::default(),
+            _addr: addr,
+        }
+    }
+
+    /// Asserts that nothing came to this socket by now.
+    pub fn expect_nothing_yet(&mut self, what: &str) {
+        assert!(self.batched.is_empty(), "{what}: got {:?}", self.batched);
+        if let Some(got) = self.inbox.try_next() {
+            panic!("{what}: got {got:?}");
         }
     }
 
@@ -257,10 +301,34 @@ impl Peer {
         publish(stream, self.id, event).await;
     }
 
-    /// Asserts that the next thing this socket gets is `event`.
-    pub async fn expect(&mut self, event: &Event, what: &str) {
-        let got = self.inbox.next(what).await;
-        assert_eq!(got, Outbound::Event(event.text.clone()), "{what}");
+    /// Asserts that the next thing this socket gets is `event`, with an
+    /// offset; returns the offset.
+    pub async fn expect(&mut self, event: &Event, what: &str) -> u64 {
+        let got = self.next_frame(what).await;
+        let (text, offset) = without_offset(&got);
+        assert_eq!(text, *event.text, "{what}");
+        offset.unwrap_or_else(|| panic!("{what}: no offset in {got}"))
+    }
+
+    /// The next frame this socket gets: an event on its own or the first of
+    /// a batch (the rest come next).
+    pub async fn next_frame(&mut self, what: &str) -> String {
+        if let Some(text) = self.batched.pop_front() {
+            return text;
+        }
+        loop {
+            match self.inbox.next(what).await {
+                Outbound::Event(text) => return text.to_string(),
+                Outbound::Batch(texts) => {
+                    self.batched
+                        .extend(texts.iter().map(|text| text.to_string()));
+                    if let Some(text) = self.batched.pop_front() {
+                        return text;
+                    }
+                }
+                Outbound::Close(close) => panic!("{what}: closed with {close:?}"),
+            }
+        }
     }
 
     /// Asserts that the next things this socket gets are `events`, in order.
@@ -290,6 +358,7 @@ pub async fn join_with(
         outbox,
         user_id: user.map(self::user),
         disconnect: None,
+        since: None,
     });
     match within("the stream to answer a join", join).await {
         Ok(Ok(joined)) => Ok(joined),
@@ -425,4 +494,49 @@ pub fn reset(tracking_orientation: bool, n: u64) -> Event {
     event(&format!(
         r#"{{"event":"reset","data":{{"trackingOrientation":{tracking_orientation},"n":{n}}}}}"#
     ))
+}
+
+/// A frame's event text without its `offset`, and the offset: a frame
+/// ends with `,"offset":N}`.
+pub fn without_offset(frame: &str) -> (String, Option<u64>) {
+    let Some((text, tail)) = frame.rsplit_once(",\"offset\":") else {
+        return (frame.to_owned(), None);
+    };
+    match tail.strip_suffix('}').and_then(|n| n.parse().ok()) {
+        Some(offset) => (format!("{text}}}"), Some(offset)),
+        None => (frame.to_owned(), None),
+    }
+}
+
+/// The events of a recording file, as their senders' events are encoded,
+/// each with its offset (its position, for lines recorded without one).
+pub fn recorded_events(path: &std::path::Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+    let mut position = 0;
+    text.lines()
+        .map(|line| {
+            // A line recorded before offsets existed may not be an event
+            // as checked now; it still has its position.
+            match twizzle_actors::event::parse_recorded(line) {
+                Ok(recorded) => {
+                    position = recorded.offset.unwrap_or(position + 1);
+                    (position, recorded.event.text.to_string())
+                }
+                Err(_) => {
+                    position += 1;
+                    (position, line.to_owned())
+                }
+            }
+        })
+        .collect()
+}
+
+/// The recording `LocalRecording` in `dir` for stream `id`, on threads of its own.
+pub fn local_recording(
+    dir: &std::path::Path,
+    id: &twizzle_actors::ids::StreamId,
+) -> twizzle_actors::store::recording::LocalRecording {
+    use twizzle_actors::store::disk::Disk;
+    twizzle_actors::store::recording::LocalRecording::new(dir, id, Disk::new(1), Disk::new(1))
 }

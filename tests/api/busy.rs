@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use twizzle_actors::ids::StreamId;
-use twizzle_actors::replay::{Replay, Snapshot};
+use twizzle_actors::replay::Snapshot;
 use twizzle_actors::store::memory::{MemoryStreams, MemoryUsers, NoRecording};
 use twizzle_actors::store::{
-    RecordingStore, StoreError, StoreFuture, Stores, StreamChange, StreamRecord, StreamStore,
-    UserChange, UserState, UserStore,
+    Chunk, Cursor, Kept, Opened, RecordingStore, StoreFuture, Stores, StreamChange, StreamRecord,
+    StreamStore, UserChange, UserState, UserStore,
 };
 
 use crate::helpers::*;
@@ -144,6 +144,16 @@ impl StreamStore for GatedStreams {
             inner: NoRecording,
         })
     }
+
+    fn read_recording(
+        &mut self,
+        id: &StreamId,
+        after: u64,
+        cursor: Cursor,
+        max: usize,
+    ) -> StoreFuture<Option<Chunk>> {
+        self.inner.read_recording(id, after, cursor, max)
+    }
 }
 
 /// A recording that keeps nothing, whose appends wait at `gate`.
@@ -153,7 +163,7 @@ struct GatedRecording {
 }
 
 impl RecordingStore for GatedRecording {
-    fn open(&mut self) -> StoreFuture<Replay> {
+    fn open(&mut self) -> StoreFuture<Opened> {
         self.inner.open()
     }
 
@@ -161,17 +171,27 @@ impl RecordingStore for GatedRecording {
         self.inner.recorded_bytes()
     }
 
-    fn append(&mut self, text: &str) -> Result<(), StoreError> {
+    /// Waits on the calling thread: a store that blocks its caller, as a
+    /// broken implementation might.
+    fn append(&mut self, lines: Vec<u8>) -> StoreFuture<()> {
         self.gate.pass();
-        self.inner.append(text)
+        self.inner.append(lines)
     }
 
-    fn checkpoint(&mut self, snapshot: &Snapshot) -> StoreFuture<()> {
-        self.inner.checkpoint(snapshot)
+    fn checkpoint(&mut self, snapshot: &Snapshot, kept: Kept) -> StoreFuture<()> {
+        self.inner.checkpoint(snapshot, kept)
+    }
+
+    fn clear(&mut self, snapshot: &Snapshot, kept: Kept) -> StoreFuture<()> {
+        self.inner.clear(snapshot, kept)
     }
 
     fn sync(&mut self) -> StoreFuture<()> {
         self.inner.sync()
+    }
+
+    fn read(&self, after: u64, cursor: Cursor, max: usize) -> StoreFuture<Chunk> {
+        self.inner.read(after, cursor, max)
     }
 }
 

@@ -277,7 +277,7 @@ async fn check_reads_work(app: &TestApp, kept: &Kept) {
     let listed = app.get("/v0/streams").await;
     assert_eq!(listed.status, 200);
     assert_eq!(
-        listed.body["streams"],
+        without_counts(&listed.body["streams"]),
         json!([{"streamID": id, "senders": [sender_info]}])
     );
     assert_replay(app, id, events).await;

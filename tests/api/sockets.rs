@@ -63,11 +63,16 @@ async fn late_viewers_get_the_replay_first() {
         witness.next_json().await;
     }
     let mut late = app.connect(&id, None).await;
+    // Replayed events carry the offsets they were relayed with.
     assert_eq!(late.next_json().await, reset_event(true));
+    assert_eq!(late.last_offset, Some(2));
     assert_eq!(late.next_json().await, orientation_event(0.2));
+    assert_eq!(late.last_offset, Some(5));
     assert_eq!(late.next_json().await, move_event(2));
+    assert_eq!(late.last_offset, Some(4));
     sender.send_json(&move_event(3)).await;
     assert_eq!(late.next_json().await, move_event(3));
+    assert_eq!(late.last_offset, Some(6));
 
     // A sender that connects gets no replay: the first thing it sees is live.
     let mut late_sender = app.connect(&id, Some(&token)).await;
@@ -254,13 +259,68 @@ async fn accepted_events_are_recorded() {
         viewer.next_json().await;
     }
     let path = app.dir.path().join("log/streams").join(format!("{id}.log"));
-    let text = std::fs::read_to_string(&path).expect("the recording exists");
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let lines = recording_lines(&path);
     assert_eq!(
-        lines,
+        lines.iter().map(sent_part).collect::<Vec<_>>(),
         vec![reset_event(false), move_event(1), orientation_event(1.0)]
     );
+    let offsets: Vec<_> = lines.iter().map(|l| l["offset"].as_u64()).collect();
+    assert_eq!(offsets, [Some(1), Some(2), Some(3)]);
+    assert!(lines.iter().all(|l| l["receivedAt"].as_u64().is_some()));
+}
+
+/// A viewer whose connection dropped resumes with `?since=` the offset of
+/// the last event it got: it gets what was sent meanwhile, once and in
+/// order, then live events, and no replay.
+#[actix_web::test]
+async fn a_viewer_resumes_after_a_dropped_connection() {
+    let app = spawn_app().await;
+    let (token, id) = stream_with_sender(&app).await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    for n in 1..=5 {
+        sender.send_json(&move_event(n)).await;
+    }
+    for n in 1..=5 {
+        assert_eq!(viewer.next_json().await, move_event(n));
+    }
+    let last = viewer.last_offset.expect("offsets");
+    drop(viewer);
+    for n in 6..=10 {
+        sender.send_json(&move_event(n)).await;
+    }
+    // A witness that got them all, so they are recorded.
+    let mut witness = app.try_resume(&id, "0").await.expect("the socket opens");
+    for n in 1..=10 {
+        assert_eq!(witness.next_json().await, move_event(n));
+    }
+    let mut viewer = app
+        .try_resume(&id, &last.to_string())
+        .await
+        .expect("the socket opens");
+    for n in 6..=10 {
+        assert_eq!(viewer.next_json().await, move_event(n));
+        assert_eq!(viewer.last_offset, Some(n));
+    }
+    sender.send_json(&move_event(11)).await;
+    assert_eq!(viewer.next_json().await, move_event(11));
+    assert_eq!(viewer.last_offset, Some(11));
+}
+
+/// `since` that is not a non-negative integer is refused with 400.
+#[actix_web::test]
+async fn a_bad_since_is_refused() {
+    let app = spawn_app().await;
+    let (_, id) = stream_with_sender(&app).await;
+    for bad in ["-1", "abc", "", "1.5", "%201", "99999999999999999999999"] {
+        let res = app
+            .get(&format!("/v0/streams/{id}/socket?since={bad}"))
+            .await;
+        assert_eq!(res.status, 400, "since={bad}");
+        assert_eq!(
+            res.body["error"], "since must be a non-negative integer",
+            "since={bad}"
+        );
+    }
+    assert!(app.try_resume(&id, "0").await.is_ok());
 }

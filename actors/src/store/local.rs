@@ -20,11 +20,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::disk::{Disk, READ_THREADS, WRITE_THREADS};
 use super::journal::{epoch_ms, Journal};
-use super::recording::LocalRecording;
+use super::recording::{read_chunk, recording_path, LocalRecording};
 use super::{
-    done, ClaimRecord, RecordingStore, StoreError, StoreFuture, StreamChange, StreamRecord,
-    StreamStore, UserChange, UserRecord, UserState, UserStore,
+    done, Chunk, ClaimRecord, Cursor, RecordingStore, StoreError, StoreFuture, StreamChange,
+    StreamRecord, StreamStore, UserChange, UserRecord, UserState, UserStore,
 };
 use crate::ids::{StreamId, UserId};
 use crate::secrets::TokenHash;
@@ -272,6 +273,10 @@ pub struct LocalStreams {
     live: LiveStreams,
     /// Where the recordings are.
     recordings: PathBuf,
+    /// The threads that write recordings.
+    disk: Disk,
+    /// The threads that read them.
+    reads: Disk,
 }
 
 /// The open streams of a journal.
@@ -300,6 +305,8 @@ impl LocalStreams {
             journal: open_compacted(&path, &live.lines()),
             live,
             recordings,
+            disk: Disk::new(WRITE_THREADS),
+            reads: Disk::new(READ_THREADS),
         })
     }
 }
@@ -429,7 +436,26 @@ impl StreamStore for LocalStreams {
     }
 
     fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send> {
-        Box::new(LocalRecording::new(&self.recordings, id))
+        Box::new(LocalRecording::new(
+            &self.recordings,
+            id,
+            self.disk.clone(),
+            self.reads.clone(),
+        ))
+    }
+
+    fn read_recording(
+        &mut self,
+        id: &StreamId,
+        after: u64,
+        cursor: Cursor,
+        max: usize,
+    ) -> StoreFuture<Option<Chunk>> {
+        let path = recording_path(&self.recordings, id);
+        let read = self
+            .reads
+            .run(move || read_chunk(&path, after, cursor, max));
+        Box::pin(async move { Ok(read.await??) })
     }
 }
 

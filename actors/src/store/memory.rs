@@ -2,11 +2,11 @@
 //! need no files, and a server run without a data directory.
 
 use super::{
-    done, RecordingStore, StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore,
-    UserChange, UserState, UserStore,
+    done, Chunk, Cursor, Kept, Opened, RecordingStore, StoreFuture, StreamChange, StreamRecord,
+    StreamStore, UserChange, UserState, UserStore,
 };
 use crate::ids::StreamId;
-use crate::replay::{Replay, Snapshot};
+use crate::replay::Snapshot;
 
 /// Users and claims in memory only: the token actor's own maps are all there is.
 #[derive(Debug, Default)]
@@ -54,6 +54,16 @@ impl StreamStore for MemoryStreams {
     fn recording(&mut self, _: &StreamId) -> Box<dyn RecordingStore + Send> {
         Box::new(NoRecording)
     }
+
+    fn read_recording(
+        &mut self,
+        _: &StreamId,
+        _: u64,
+        _: Cursor,
+        _: usize,
+    ) -> StoreFuture<Option<Chunk>> {
+        done(Ok(None))
+    }
 }
 
 /// A recording that keeps nothing.
@@ -61,23 +71,35 @@ impl StreamStore for MemoryStreams {
 pub struct NoRecording;
 
 impl RecordingStore for NoRecording {
-    fn open(&mut self) -> StoreFuture<Replay> {
-        done(Ok(Replay::default()))
+    fn open(&mut self) -> StoreFuture<Opened> {
+        done(Ok(Opened::default()))
     }
 
     fn recorded_bytes(&self) -> u64 {
         0
     }
 
-    fn append(&mut self, _: &str) -> Result<(), StoreError> {
-        Ok(())
+    fn append(&mut self, _: Vec<u8>) -> StoreFuture<()> {
+        done(Ok(()))
     }
 
-    fn checkpoint(&mut self, _: &Snapshot) -> StoreFuture<()> {
+    fn checkpoint(&mut self, _: &Snapshot, _: Kept) -> StoreFuture<()> {
+        done(Ok(()))
+    }
+
+    fn clear(&mut self, _: &Snapshot, _: Kept) -> StoreFuture<()> {
         done(Ok(()))
     }
 
     fn sync(&mut self) -> StoreFuture<()> {
         done(Ok(()))
+    }
+
+    fn read(&self, _: u64, cursor: Cursor, _: usize) -> StoreFuture<Chunk> {
+        done(Ok(Chunk {
+            events: Vec::new(),
+            next: cursor,
+            done: true,
+        }))
     }
 }

@@ -22,12 +22,14 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 
+use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{StreamId, UserId};
 use crate::replay::{Replay, Snapshot};
 use crate::secrets::TokenHash;
 
+pub mod disk;
 pub mod journal;
 pub mod local;
 pub mod memory;
@@ -203,26 +205,141 @@ pub trait StreamStore {
     /// The recording of stream `id`, not yet opened. `Send`, since the
     /// stream it is for runs on another thread.
     fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send>;
+
+    /// Reads up to `max` events after offset `after` of stream `id`'s
+    /// recording, open or ended, from `cursor` on; `None` if none is kept.
+    fn read_recording(
+        &mut self,
+        id: &StreamId,
+        after: u64,
+        cursor: Cursor,
+        max: usize,
+    ) -> StoreFuture<Option<Chunk>>;
+}
+
+/// Which offsets a recording holds without a hole: every one from `from`
+/// to `to`. Events before `from` may be kept too, behind a hole (a failed
+/// write, a deleted recording), or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The first offset of the run.
+    pub from: u64,
+    /// The last offset of the run; below `from` when nothing is kept.
+    pub to: u64,
+}
+
+impl Default for Kept {
+    fn default() -> Kept {
+        Kept { from: 1, to: 0 }
+    }
+}
+
+impl Kept {
+    /// Nothing kept, and the next event recorded will be `next`.
+    pub fn from_next(next: u64) -> Kept {
+        Kept {
+            from: next,
+            to: next.saturating_sub(1),
+        }
+    }
+
+    /// The event at `offset` was recorded: the run grows, or a new one
+    /// starts there.
+    pub fn extend(&mut self, offset: u64) {
+        if offset != self.to + 1 {
+            self.from = offset;
+        }
+        self.to = offset;
+    }
+
+    /// Whether every event after `after` up to `until` is kept.
+    pub fn covers(&self, after: u64, until: u64) -> bool {
+        after >= until || (self.from <= after + 1 && until <= self.to)
+    }
+}
+
+/// What an opened recording holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// The replay as of its last event.
+    pub replay: Replay,
+    /// The offsets it holds.
+    pub kept: Kept,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+/// One recorded event, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Its offset.
+    pub offset: u64,
+    /// When it was received, in ms since the Unix epoch; `None` for events
+    /// recorded before that was kept.
+    pub received_ms: Option<u64>,
+    /// The event as senders' events are encoded: `{"event":…,"data":…}`.
+    pub text: ByteString,
+}
+
+/// Where a read of a recording goes on from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// The byte the next read starts at; `None` before the first read, which
+    /// finds it.
+    pub byte: Option<u64>,
+    /// The offset of the line before it, for lines recorded without one.
+    pub position: u64,
+}
+
+/// Part of a recording, read in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// The events read.
+    pub events: Vec<Recorded>,
+    /// Where the next read goes on from.
+    pub next: Cursor,
+    /// Whether the read reached the recording's end (as far as it is
+    /// written now).
+    pub done: bool,
 }
 
 /// One stream's recording: every accepted event in order, and a small
 /// snapshot of its replay so that a restored stream need not read it all.
+///
+/// The stream makes one call at a time that writes ([`append`],
+/// [`checkpoint`], [`clear`]) and waits for it before the next, so a store
+/// need not order them itself.
+///
+/// [`append`]: RecordingStore::append
+/// [`checkpoint`]: RecordingStore::checkpoint
+/// [`clear`]: RecordingStore::clear
 pub trait RecordingStore {
     /// Opens the recording; resolves to the replay as of its last event.
-    fn open(&mut self) -> StoreFuture<Replay>;
+    fn open(&mut self) -> StoreFuture<Opened>;
 
     /// Bytes recorded so far, for the per-stream quota.
     fn recorded_bytes(&self) -> u64;
 
-    /// Appends one accepted event's frame text. It need not be durable yet
-    /// (see [`RecordingStore::sync`]), so this is cheap enough for every event.
-    fn append(&mut self, text: &str) -> Result<(), StoreError>;
+    /// Appends recording lines (see [`crate::event::recorded_line`]), in
+    /// order, in one write. Resolves once they are written, which need not
+    /// be durable yet (see [`RecordingStore::sync`]); until then, the
+    /// stream relays none of those events.
+    fn append(&mut self, lines: Vec<u8>) -> StoreFuture<()>;
 
-    /// Keeps `snapshot` as the replay as of the last event appended.
-    fn checkpoint(&mut self, snapshot: &Snapshot) -> StoreFuture<()>;
+    /// Keeps `snapshot` as the replay as of the last event appended, and
+    /// `kept` as the offsets the recording holds.
+    fn checkpoint(&mut self, snapshot: &Snapshot, kept: Kept) -> StoreFuture<()>;
+
+    /// Deletes every event recorded so far, keeping `snapshot` and `kept`
+    /// as in [`RecordingStore::checkpoint`]; the recording goes on with the
+    /// next event.
+    fn clear(&mut self, snapshot: &Snapshot, kept: Kept) -> StoreFuture<()>;
 
     /// Resolves once everything appended is durable.
     fn sync(&mut self) -> StoreFuture<()>;
+
+    /// Reads up to `max` events after offset `after`, from `cursor` on.
+    fn read(&self, after: u64, cursor: Cursor, max: usize) -> StoreFuture<Chunk>;
 }
 
 /// The stores a server runs with.

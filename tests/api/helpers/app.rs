@@ -269,6 +269,20 @@ impl TestApp {
         }
         WsClient::connect(url).await
     }
+
+    /// Opens a viewer's socket that resumes with `?since={since}`; the
+    /// refusal if it was refused.
+    pub async fn try_resume(
+        &self,
+        stream_id: &str,
+        since: &str,
+    ) -> Result<WsClient, awc::error::WsClientError> {
+        let url = format!(
+            "ws://127.0.0.1:{}/v0/streams/{stream_id}/socket?since={since}",
+            self.port
+        );
+        WsClient::connect(url).await
+    }
 }
 
 /// Sends `request` (a `method` request) and reads its answer.

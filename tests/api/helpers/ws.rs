@@ -12,6 +12,8 @@ use super::WAIT;
 /// A test's end of a WebSocket.
 pub struct WsClient {
     framed: Framed<BoxedSocket, Codec>,
+    /// The offset of the last event frame [`WsClient::next_json`] read.
+    pub last_offset: Option<u64>,
 }
 
 /// What a socket saw next.
@@ -32,7 +34,10 @@ pub enum Seen {
 impl WsClient {
     /// A client on a socket opened elsewhere (with headers of a test's own).
     pub fn from_framed(framed: Framed<BoxedSocket, Codec>) -> WsClient {
-        WsClient { framed }
+        WsClient {
+            framed,
+            last_offset: None,
+        }
     }
 
     /// Opens a socket to `url` (`ws://…`); the refusal if the upgrade was refused.
@@ -42,7 +47,10 @@ impl WsClient {
             .max_frame_size(1 << 24)
             .connect()
             .await?;
-        Ok(WsClient { framed })
+        Ok(WsClient {
+            framed,
+            last_offset: None,
+        })
     }
 
     /// Opens a socket to `url` offering `protocols`; the answer's headers
@@ -57,7 +65,13 @@ impl WsClient {
             .max_frame_size(1 << 24)
             .connect()
             .await?;
-        Ok((response.headers().clone(), WsClient { framed }))
+        Ok((
+            response.headers().clone(),
+            WsClient {
+                framed,
+                last_offset: None,
+            },
+        ))
     }
 
     /// Sends a text frame.
@@ -100,8 +114,28 @@ impl WsClient {
         }
     }
 
-    /// The next frame, which must be a JSON text frame.
+    /// The next frame, which must be a JSON text frame, as the existing
+    /// client reads it: an event frame's `offset` is checked (each event
+    /// has one) and taken off, into [`WsClient::last_offset`].
     pub async fn next_json(&mut self) -> Value {
+        let mut frame = self.next_frame().await;
+        let is_event = matches!(
+            frame["event"].as_str(),
+            Some("move" | "orientation" | "reset")
+        );
+        if is_event {
+            let offset = frame
+                .as_object_mut()
+                .and_then(|f| f.remove("offset"))
+                .and_then(|o| o.as_u64())
+                .unwrap_or_else(|| panic!("an event frame without an offset: {frame}"));
+            self.last_offset = Some(offset);
+        }
+        frame
+    }
+
+    /// The next frame, which must be a JSON text frame, whole.
+    pub async fn next_frame(&mut self) -> Value {
         match self.next().await {
             Seen::Text(text) => serde_json::from_str(&text).expect("a JSON frame"),
             other => panic!("expected a text frame, saw {other:?}"),
