@@ -33,7 +33,6 @@ fn listed(id: &str) -> String {
 /// as a link to its page, with the sender's name as text (markup in a
 /// name stays text), and whether a sender is connected.
 #[actix_web::test]
-#[ignore = "needs the `live` and `viewers` fields of StreamInfo on the server"]
 async fn the_list_shows_a_new_stream() {
     let Some(browser) = Browser::start().await else {
         return;
@@ -92,7 +91,6 @@ async fn the_list_shows_a_new_stream() {
 /// move object or its notation as a string); the sender's name and the
 /// viewers are shown. A screenshot is left for a person to look at.
 #[actix_web::test]
-#[ignore = "needs GET /v0/streams/{id} with `live` and `viewers` on the server"]
 async fn a_stream_shows_its_moves_live() {
     let Some(browser) = Browser::start().await else {
         return;
@@ -157,7 +155,6 @@ async fn a_stream_shows_its_moves_live() {
 /// once the sender is back, and `#moves` has every move sent before and
 /// after the restart exactly once, in order.
 #[actix_web::test]
-#[ignore = "needs event offsets and `?since=` resuming on the server"]
 async fn a_restart_loses_no_move_and_repeats_none() {
     let Some(browser) = Browser::start().await else {
         return;
