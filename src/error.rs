@@ -59,6 +59,8 @@ pub enum ApiError {
     InvalidClaimToken,
     /// `since` is not a non-negative integer.
     BadSince,
+    /// The user is not a sender of the stream they want to change.
+    NotASender,
     /// The query string could not be read.
     BadQuery(String),
     /// No endpoint at this path.
@@ -108,6 +110,7 @@ impl ApiError {
             }
             ApiError::BadQuery(why) => format!("bad query string: {why}"),
             ApiError::BadSince => "since must be a non-negative integer".to_owned(),
+            ApiError::NotASender => "only a sender of this stream may do that".to_owned(),
             ApiError::NoSuchEndpoint(path) => format!("no such endpoint: {path}"),
             ApiError::MethodNotAllowed => "method not allowed here".to_owned(),
             ApiError::ShuttingDown => "server restarting: try again in a moment".to_owned(),
@@ -150,7 +153,7 @@ impl ResponseError for ApiError {
             | ApiError::SignInNotConfigured
             | ApiError::ShuttingDown
             | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::WcaFailed => StatusCode::FORBIDDEN,
+            ApiError::WcaFailed | ApiError::NotASender => StatusCode::FORBIDDEN,
             ApiError::Storage(StoreError::Failed(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -194,6 +197,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::TooManySenderSockets { limit }
             }
             RegistryError::ShuttingDown => ApiError::ShuttingDown,
+            RegistryError::NotASender => ApiError::NotASender,
             RegistryError::Storage(e) => ApiError::Storage(e),
         }
     }

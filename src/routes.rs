@@ -20,9 +20,12 @@ use twizzle_actors::health::{CheckWritable, Ping, Pulse};
 use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
 use twizzle_actors::metrics::Metrics;
 use twizzle_actors::registry::{
-    CreateStream, OpenSocket, Registry, StreamInfoBody, StreamListBody,
+    CreateStream, DeleteRecording, OpenSocket, ReadRecording, RecordingsBody, Registry,
+    StreamInfoBody, StreamListBody,
 };
+use twizzle_actors::store::recording::line_of;
 use twizzle_actors::store::StoreError;
+use twizzle_actors::store::{Chunk, Cursor};
 use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
 
 use crate::client::ClientAddr;
@@ -118,6 +121,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v0/streams/{stream_id}",
             web::get().to(stream_info),
         ))
+        .service(
+            web::resource("/v0/streams/{stream_id}/recording")
+                .route(web::get().to(recording))
+                .route(web::delete().to(delete_recording))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(resource("/v0/recordings", web::get().to(list_recordings)))
         .service(resource(
             "/v0/streams/{stream_id}/socket",
             web::get().to(socket),
@@ -260,6 +270,87 @@ async fn stream_info(
         .ask(&state.registry, StreamInfoBody { id })
         .await?
         .ok_or(ApiError::UnknownStream)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
+}
+
+/// Events one read of a recording download fetches.
+const RECORDING_CHUNK: usize = 512;
+
+/// A stream's recording as NDJSON, read and sent a chunk at a time, so a
+/// long recording is never in memory whole and a slow client holds only
+/// the chunk it is being sent.
+async fn recording(
+    path: web::Path<String>,
+    since: web::Query<SinceQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let after = since.since()?.unwrap_or(0);
+    let id = StreamId::parse(&path).ok_or(ApiError::UnknownStream)?;
+    let first = read_recording(&state, &id, after, Cursor::default()).await?;
+    let chunks = futures_util::stream::unfold(Some(first), move |next| {
+        let (state, id) = (state.clone(), id.clone());
+        async move {
+            let chunk = next?;
+            let mut body = String::new();
+            let mut after = after;
+            for event in &chunk.events {
+                body.push_str(&line_of(event));
+                after = event.offset;
+            }
+            let then = if chunk.done {
+                None
+            } else {
+                match read_recording(&state, &id, after, chunk.next).await {
+                    Ok(chunk) => Some(chunk),
+                    Err(e) => {
+                        // Too late for a status: the download ends short,
+                        // which its client sees as a cut-off body.
+                        log::warn!("stream {id}: recording download cut short: {e}");
+                        return Some((Err(actix_web::error::ErrorServiceUnavailable(e)), None));
+                    }
+                }
+            };
+            Some((Ok::<_, actix_web::Error>(web::Bytes::from(body)), then))
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(chunks))
+}
+
+async fn read_recording(
+    state: &AppState,
+    id: &StreamId,
+    after: u64,
+    cursor: Cursor,
+) -> Result<Chunk, ApiError> {
+    let read = ReadRecording {
+        id: id.clone(),
+        after,
+        cursor,
+        max: RECORDING_CHUNK,
+    };
+    Ok(state.ask(&state.registry, read).await??)
+}
+
+async fn delete_recording(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = access_token(&req, &query).ok_or(ApiError::MissingAccessToken)?;
+    let user = authenticate(&state, token).await?;
+    let id = StreamId::parse(&path).ok_or(ApiError::UnknownStream)?;
+    let delete = DeleteRecording { id, user: user.id };
+    state.ask(&state.registry, delete).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn list_recordings(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = state.ask(&state.registry, RecordingsBody).await??;
     Ok(HttpResponse::Ok()
         .insert_header(header::ContentType::json())
         .body(body))

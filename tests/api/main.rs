@@ -12,6 +12,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod races;
+mod recordings;
 mod restart;
 mod sign_in;
 mod sockets;

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::{Disk, READ_THREADS, WRITE_THREADS};
 use super::journal::{epoch_ms, Journal};
-use super::recording::{read_chunk, recording_path, LocalRecording};
+use super::recording::{read_chunk, recording_path, recording_size, LocalRecording};
 use super::{
-    done, Chunk, ClaimRecord, Cursor, RecordingStore, StoreError, StoreFuture, StreamChange,
-    StreamRecord, StreamStore, UserChange, UserRecord, UserState, UserStore,
+    done, Chunk, ClaimRecord, Cursor, EndedRecording, RecordingStore, StoreError, StoreFuture,
+    StreamChange, StreamRecord, StreamStore, UserChange, UserRecord, UserState, UserStore,
 };
 use crate::ids::{StreamId, UserId};
 use crate::secrets::TokenHash;
@@ -261,8 +261,16 @@ enum StreamLine {
     Live { id: StreamId },
     /// The last sender left a stream.
     Idle { id: StreamId, since_ms: u64 },
-    /// A stream ended.
-    End { id: StreamId },
+    /// A stream ended; its recording is kept until it is forgotten.
+    End {
+        id: StreamId,
+        /// When, in ms since the Unix epoch; missing in lines from before
+        /// recordings were listed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ended_ms: Option<u64>,
+    },
+    /// An ended stream's recording was deleted.
+    Forget { id: StreamId },
 }
 
 /// Open streams in `streams.jsonl`, and their recordings in `log/streams/`.
@@ -279,13 +287,15 @@ pub struct LocalStreams {
     reads: Disk,
 }
 
-/// The open streams of a journal.
+/// The open streams of a journal, and the ended ones whose recordings are kept.
 #[derive(Default)]
 struct LiveStreams {
     /// The open streams by ID.
     open: HashMap<StreamId, StreamRecord>,
     /// Their creation order, for a stable listing after a restart.
     order: Vec<StreamId>,
+    /// Ended streams whose recordings are kept.
+    ended: HashMap<StreamId, EndedStream>,
 }
 
 impl LocalStreams {
@@ -301,6 +311,7 @@ impl LocalStreams {
         for line in Journal::read::<StreamLine>(&path)? {
             live.remember(line);
         }
+        live.match_recordings(&recordings);
         Ok(LocalStreams {
             journal: open_compacted(&path, &live.lines()),
             live,
@@ -312,6 +323,43 @@ impl LocalStreams {
 }
 
 impl LiveStreams {
+    /// Makes the ended streams those whose recordings are in `dir`: an
+    /// entry whose file is gone goes, and a recording of a stream that is
+    /// neither open nor known ended (kept from before ended streams were
+    /// journaled) is listed with no senders, as of its file's last write.
+    fn match_recordings(&mut self, dir: &Path) {
+        self.ended.retain(|id, _| recording_path(dir, id).is_file());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_suffix(".log"))
+                .and_then(StreamId::parse)
+            else {
+                continue;
+            };
+            if self.open.contains_key(&id) || self.ended.contains_key(&id) {
+                continue;
+            }
+            let written = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .map_or(0, epoch_ms);
+            self.ended.insert(
+                id,
+                EndedStream {
+                    senders: Vec::new(),
+                    created_ms: written,
+                    ended_ms: written,
+                },
+            );
+        }
+    }
+
     fn remember(&mut self, line: StreamLine) {
         match line {
             StreamLine::Stream {
@@ -339,10 +387,19 @@ impl LiveStreams {
                     record.idle_since_ms = Some(since_ms);
                 }
             }
-            StreamLine::End { id } => {
-                if self.open.remove(&id).is_some() {
+            StreamLine::End { id, ended_ms } => {
+                if let Some(record) = self.open.remove(&id) {
                     self.order.retain(|open| *open != id);
+                    let ended = EndedStream {
+                        senders: record.senders,
+                        created_ms: record.created_ms,
+                        ended_ms: ended_ms.unwrap_or(record.created_ms),
+                    };
+                    self.ended.insert(id, ended);
                 }
+            }
+            StreamLine::Forget { id } => {
+                self.ended.remove(&id);
             }
         }
     }
@@ -374,8 +431,49 @@ impl LiveStreams {
                 };
                 [created, state]
             })
+            .chain(self.ended.iter().flat_map(|(id, ended)| {
+                let created = StreamLine::Stream {
+                    id: id.clone(),
+                    senders: ended.senders.clone(),
+                    created_ms: ended.created_ms,
+                };
+                let end = StreamLine::End {
+                    id: id.clone(),
+                    ended_ms: Some(ended.ended_ms),
+                };
+                [created, end]
+            }))
             .collect()
     }
+
+    /// How many lines a compacted journal holds.
+    fn len(&self) -> usize {
+        2 * (self.open.len() + self.ended.len())
+    }
+}
+
+impl LocalStreams {
+    /// Forgets an ended stream whose recording went; a failure to note it
+    /// is logged, and the next start finds the file gone all the same.
+    fn forget(&mut self, id: StreamId) {
+        if self.live.ended.remove(&id).is_none() {
+            return;
+        }
+        if let Err(e) = self.journal.append_unsynced(&StreamLine::Forget { id }) {
+            write_failed(&self.journal, e);
+        }
+    }
+}
+
+/// An ended stream whose recording is kept.
+#[derive(Debug, Clone)]
+struct EndedStream {
+    /// Its senders.
+    senders: Vec<UserId>,
+    /// When it was created, in ms since the Unix epoch.
+    created_ms: u64,
+    /// When it ended.
+    ended_ms: u64,
 }
 
 impl StreamStore for LocalStreams {
@@ -395,7 +493,13 @@ impl StreamStore for LocalStreams {
             ),
             StreamChange::Live(id) => (StreamLine::Live { id }, false),
             StreamChange::Idle { id, since_ms } => (StreamLine::Idle { id, since_ms }, false),
-            StreamChange::Ended(id) => (StreamLine::End { id }, false),
+            StreamChange::Ended(id) => (
+                StreamLine::End {
+                    id,
+                    ended_ms: Some(epoch_ms(SystemTime::now())),
+                },
+                false,
+            ),
         };
         // A creation is synced before the stream's ID is handed out: a short
         // write on the registry's own thread; streams run elsewhere. The
@@ -410,7 +514,7 @@ impl StreamStore for LocalStreams {
             return done(Err(write_failed(&self.journal, e)));
         }
         self.live.remember(line);
-        if due(&self.journal, 2 * self.live.open.len()) {
+        if due(&self.journal, self.live.len()) {
             compact(&mut self.journal, &self.live.lines());
         }
         done(Ok(()))
@@ -425,10 +529,62 @@ impl StreamStore for LocalStreams {
     }
 
     fn sweep_recordings(&mut self, keep: Duration) -> StoreFuture<usize> {
-        done(sweep(&self.recordings, keep, &self.live.open).map_err(|e| {
-            log::warn!("{}: sweep failed: {e}", self.recordings.display());
-            StoreError::from(e)
-        }))
+        let deleted = match sweep(&self.recordings, keep, &self.live.open) {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                log::warn!("{}: sweep failed: {e}", self.recordings.display());
+                return done(Err(StoreError::from(e)));
+            }
+        };
+        let count = deleted.len();
+        for id in deleted {
+            self.forget(id);
+        }
+        done(Ok(count))
+    }
+
+    fn ended_recordings(&mut self) -> StoreFuture<Vec<EndedRecording>> {
+        let dir = self.recordings.clone();
+        let ended: Vec<(StreamId, EndedStream)> = self
+            .live
+            .ended
+            .iter()
+            .map(|(id, ended)| (id.clone(), ended.clone()))
+            .collect();
+        let sized = self.reads.run(move || {
+            let mut kept = Vec::new();
+            for (id, ended) in ended {
+                match recording_size(&dir, &id) {
+                    Ok(Some((events, bytes))) => kept.push(EndedRecording {
+                        id,
+                        senders: ended.senders,
+                        created_ms: ended.created_ms,
+                        ended_ms: ended.ended_ms,
+                        events,
+                        bytes,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("stream {id}: cannot size its recording: {e}"),
+                }
+            }
+            kept
+        });
+        Box::pin(sized)
+    }
+
+    fn ended_senders(&mut self, id: &StreamId) -> Option<Vec<UserId>> {
+        self.live.ended.get(id).map(|ended| ended.senders.clone())
+    }
+
+    fn delete_recording(&mut self, id: &StreamId) -> StoreFuture<()> {
+        let path = recording_path(&self.recordings, id);
+        if let Err(e) = remove_recording(&path) {
+            log::warn!("stream {id}: cannot delete its recording: {e}");
+            return done(Err(StoreError::from(e)));
+        }
+        log::info!("stream {id}: recording deleted");
+        self.forget(id.clone());
+        done(Ok(()))
     }
 
     fn check_writable(&mut self) -> StoreFuture<()> {
@@ -462,9 +618,13 @@ impl StreamStore for LocalStreams {
 /// Deletes from `dir` each recording (and its snapshot) of a stream not in
 /// `open` whose file was last written more than `keep` ago. A recording's
 /// last write is its stream's end, or near it (the end syncs it).
-fn sweep(dir: &Path, keep: Duration, open: &HashMap<StreamId, StreamRecord>) -> io::Result<usize> {
+fn sweep(
+    dir: &Path,
+    keep: Duration,
+    open: &HashMap<StreamId, StreamRecord>,
+) -> io::Result<Vec<StreamId>> {
     let now = SystemTime::now();
-    let mut deleted = 0;
+    let mut deleted = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let Some(id) = path
@@ -482,15 +642,20 @@ fn sweep(dir: &Path, keep: Duration, open: &HashMap<StreamId, StreamRecord>) -> 
         if now.duration_since(written).unwrap_or_default() < keep {
             continue;
         }
-        std::fs::remove_file(&path)?;
-        match std::fs::remove_file(path.with_extension("snapshot")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_recording(&path)?;
         log::info!("stream {id}: recording deleted after the retention period");
-        deleted += 1;
+        deleted.push(id);
     }
     Ok(deleted)
+}
+
+/// Deletes a recording and its snapshot.
+fn remove_recording(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    match std::fs::remove_file(path.with_extension("snapshot")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -164,6 +164,23 @@ pub struct StreamRecord {
     pub idle_since_ms: Option<u64>,
 }
 
+/// An ended stream whose recording is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedRecording {
+    /// The stream's ID.
+    pub id: StreamId,
+    /// Its senders; none for a recording kept from before they were.
+    pub senders: Vec<UserId>,
+    /// When the stream was created, in ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When it ended.
+    pub ended_ms: u64,
+    /// Events recorded.
+    pub events: u64,
+    /// Bytes recorded.
+    pub bytes: u64,
+}
+
 /// One change to the open streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamChange {
@@ -206,6 +223,15 @@ pub trait StreamStore {
     /// stream it is for runs on another thread.
     fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send>;
 
+    /// The ended streams whose recordings are kept, with their sizes.
+    fn ended_recordings(&mut self) -> StoreFuture<Vec<EndedRecording>>;
+
+    /// The senders of ended stream `id`, if its recording is kept.
+    fn ended_senders(&mut self, id: &StreamId) -> Option<Vec<UserId>>;
+
+    /// Deletes the recording of ended stream `id`.
+    fn delete_recording(&mut self, id: &StreamId) -> StoreFuture<()>;
+
     /// Reads up to `max` events after offset `after` of stream `id`'s
     /// recording, open or ended, from `cursor` on; `None` if none is kept.
     fn read_recording(
@@ -226,11 +252,18 @@ pub struct Kept {
     pub from: u64,
     /// The last offset of the run; below `from` when nothing is kept.
     pub to: u64,
+    /// How many events the recording holds, the run and any before it.
+    #[serde(default)]
+    pub events: u64,
 }
 
 impl Default for Kept {
     fn default() -> Kept {
-        Kept { from: 1, to: 0 }
+        Kept {
+            from: 1,
+            to: 0,
+            events: 0,
+        }
     }
 }
 
@@ -240,6 +273,7 @@ impl Kept {
         Kept {
             from: next,
             to: next.saturating_sub(1),
+            events: 0,
         }
     }
 
@@ -250,6 +284,7 @@ impl Kept {
             self.from = offset;
         }
         self.to = offset;
+        self.events += 1;
     }
 
     /// Whether every event after `after` up to `until` is kept.

@@ -152,6 +152,45 @@ impl TestApp {
         answer(self.client.post(self.url(path)).bearer_auth(token), "POST").await
     }
 
+    /// `DELETE path`, with `token` in a Bearer header if there is one, answered.
+    pub async fn delete_as(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut request = self.client.delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request, "DELETE").await
+    }
+
+    /// `GET path` of an NDJSON body: the status, the content type, and
+    /// each line parsed.
+    pub async fn get_ndjson(&self, path: &str) -> (u16, String, Vec<Value>) {
+        let mut res = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
+        let kind = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = res.body().limit(1 << 26).await.expect("a body");
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let lines = if res.status().is_success() {
+            assert!(
+                text.is_empty() || text.ends_with('\n'),
+                "whole lines: {text:?}"
+            );
+            text.lines()
+                .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+                .collect()
+        } else {
+            vec![serde_json::from_str(&text).unwrap_or(Value::String(text))]
+        };
+        (res.status().as_u16(), kind, lines)
+    }
+
     /// A fresh OAuth code that signs `account` in.
     pub fn code_for(&self, account: WcaAccount) -> String {
         let n = self.next_code.get() + 1;
