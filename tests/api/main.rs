@@ -5,6 +5,7 @@ mod busy;
 mod clients;
 mod closing;
 mod deploy;
+mod dev_sign_in;
 mod disk;
 mod helpers;
 mod http;
