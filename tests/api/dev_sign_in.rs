@@ -20,11 +20,6 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-/// A server on loopback with no WCA client secret: the development sign-in is on.
-async fn spawn_dev_app() -> TestApp {
-    spawn_app_with(|s| s.wca.client_secret = None).await
-}
-
 /// `GET /v0/auth/dev?name=<name, encoded>`, answered.
 async fn dev_get(app: &TestApp, name: &str) -> Answer {
     app.get(&format!("/v0/auth/dev?name={}", encode(name)))

@@ -4,6 +4,7 @@
 mod busy;
 mod clients;
 mod closing;
+mod demo;
 mod deploy;
 mod dev_sign_in;
 mod disk;
