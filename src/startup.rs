@@ -216,6 +216,9 @@ impl Application {
         deadline: Duration,
     ) -> io::Result<Application> {
         let actors = Actors::start_with(&settings, stores);
+        if settings.wca.client_secret.is_none() {
+            log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
+        }
         match connection::raise_open_file_limit() {
             Ok(limit) if (limit as usize) < settings.limits.max_sockets => log::warn!(
                 "open-file limit {limit} is below --max-sockets {}: raise LimitNOFILE",
@@ -227,9 +230,6 @@ impl Application {
         let listener = TcpListener::bind(&settings.bind)?;
         let port = listener.local_addr()?.port();
         let dev_sign_in = settings.dev_sign_in(listener.local_addr()?.ip());
-        if settings.wca.client_secret.is_none() {
-            log::warn!("no WCA client secret is configured: sign-in will answer 503 (set TWIZZLE_WCA_APPLICATION_CLIENT_SECRET or _FILE)");
-        }
         log::info!(
             "listening on {} (data in {})",
             listener.local_addr()?,
