@@ -5,6 +5,7 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use twizzle_actors::ids::DevNameError;
 use twizzle_actors::registry::RegistryError;
 use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::TokenError;
@@ -53,6 +54,8 @@ pub enum ApiError {
     WcaFailed,
     /// No WCA client secret is configured.
     SignInNotConfigured,
+    /// The development sign-in's name is missing or not a valid name.
+    BadDevName(DevNameError),
     /// Claiming needs a claim token.
     MissingClaimToken,
     /// The claim token is unknown, already used, or expired.
@@ -104,6 +107,7 @@ impl ApiError {
             ApiError::SignInNotConfigured => {
                 "WCA sign-in is not configured on this server".to_owned()
             }
+            ApiError::BadDevName(why) => why.to_string(),
             ApiError::MissingClaimToken => "claimToken was not provided".to_owned(),
             ApiError::InvalidClaimToken => {
                 "claim token is unknown, already used, or expired".to_owned()
@@ -142,6 +146,7 @@ impl ResponseError for ApiError {
             ApiError::UnknownStream | ApiError::NoSuchEndpoint(_) => StatusCode::NOT_FOUND,
             ApiError::NotAnUpgrade
             | ApiError::MissingCode
+            | ApiError::BadDevName(_)
             | ApiError::MissingClaimToken
             | ApiError::BadQuery(_)
             | ApiError::BadSince => StatusCode::BAD_REQUEST,

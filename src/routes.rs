@@ -17,7 +17,9 @@ use futures_util::future::{join3, join_all};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use twizzle_actors::health::{CheckWritable, Ping, Pulse};
-use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
+use twizzle_actors::ids::{
+    AccessToken, ClaimToken, DevName, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX,
+};
 use twizzle_actors::metrics::Metrics;
 use twizzle_actors::registry::{
     CreateStream, DeleteRecording, OpenSocket, ReadRecording, RecordingsBody, Registry,
@@ -26,7 +28,9 @@ use twizzle_actors::registry::{
 use twizzle_actors::store::recording::line_of;
 use twizzle_actors::store::StoreError;
 use twizzle_actors::store::{Chunk, Cursor};
-use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
+use twizzle_actors::tokens::{
+    Authenticate, AuthenticatedUser, DevSignIn, RedeemClaim, SignIn, TokenActor,
+};
 
 use crate::client::ClientAddr;
 use crate::config::Settings;
@@ -587,15 +591,45 @@ async fn oauth_callback(
         ApiError::WcaFailed
     })?;
     let claim_token = state.ask(&state.tokens, SignIn { profile }).await??;
+    Ok(claim_redirect(&state, &claim_token))
+}
+
+/// The answer to a sign-in: a redirect to the client app with the claim
+/// token added to its query.
+fn claim_redirect(state: &AppState, claim_token: &ClaimToken) -> HttpResponse {
     let target = with_query_param(
         &state.settings.client_app_url,
         "claimToken",
         claim_token.expose(),
     );
     log::info!("sign-in: claim token {claim_token} issued");
-    Ok(HttpResponse::Found()
+    HttpResponse::Found()
         .insert_header((header::LOCATION, target))
-        .finish())
+        .finish()
+}
+
+/// Registers the development sign-in, `GET /v0/auth/dev?name=NAME`; only
+/// where [`Settings::dev_sign_in`] allows it. Elsewhere the path is unknown
+/// (404) like any other.
+pub fn configure_dev_sign_in(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v0/auth/dev", web::get().to(dev_sign_in)));
+}
+
+#[derive(Deserialize)]
+struct DevSignInQuery {
+    name: Option<String>,
+}
+
+/// Signs in the development user `name` (found or created) and answers as
+/// the OAuth callback does.
+async fn dev_sign_in(
+    query: web::Query<DevSignInQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let text = query.into_inner().name.unwrap_or_default();
+    let name = DevName::parse(&text).map_err(ApiError::BadDevName)?;
+    let claim_token = state.ask(&state.tokens, DevSignIn { name }).await??;
+    Ok(claim_redirect(&state, &claim_token))
 }
 
 /// `url` with `name=value` added to its query, before any fragment.

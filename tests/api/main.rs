@@ -4,7 +4,9 @@
 mod busy;
 mod clients;
 mod closing;
+mod demo;
 mod deploy;
+mod dev_sign_in;
 mod disk;
 mod helpers;
 mod http;

@@ -661,6 +661,7 @@ fn remove_recording(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Identity;
     use crate::testkit::{TempDir, Tmpfs};
 
     /// What a local store's future resolves to: at once, as they do.
@@ -670,6 +671,76 @@ mod tests {
             std::task::Poll::Ready(result) => result,
             std::task::Poll::Pending => panic!("a local store's call waits"),
         }
+    }
+
+    /// A user line as the journal held it before development users
+    /// existed; the hash is of no token in particular.
+    const OLD_USER_LINE: &str = r#"{"t":"user","id":"user_00000000000000aa","wca_account":42,"wca_id":"2015ABCD01","name":"Ana","token_hashes":["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],"sealed_token":null}"#;
+
+    #[test]
+    fn user_lines_from_before_development_users_load_and_are_written_alike() {
+        let line: UserLine = serde_json::from_str(OLD_USER_LINE).unwrap();
+        let UserLine::User(user) = &line else {
+            panic!("a user line, read as {line:?}");
+        };
+        assert_eq!(user.identity, Identity::Wca { wca_account: 42 });
+        assert_eq!(user.name, "Ana");
+        assert_eq!(user.token_hashes.len(), 1);
+        let written: serde_json::Value = serde_json::to_value(&line).unwrap();
+        let old: serde_json::Value = serde_json::from_str(OLD_USER_LINE).unwrap();
+        assert_eq!(written, old, "a WCA user is written as before");
+    }
+
+    #[test]
+    fn development_users_round_trip_apart_from_wca_accounts() {
+        let dev = UserRecord {
+            id: UserId::random(),
+            identity: Identity::Dev {
+                dev_name: crate::ids::DevName::parse("42").unwrap(),
+            },
+            wca_id: None,
+            name: "42".to_owned(),
+            token_hashes: Vec::new(),
+            sealed_token: None,
+        };
+        let text = serde_json::to_string(&UserLine::User(dev.clone())).unwrap();
+        assert!(text.contains(r#""dev_name":"42""#), "{text}");
+        assert!(!text.contains("wca_account"), "{text}");
+        match serde_json::from_str(&text).unwrap() {
+            UserLine::User(back) => assert_eq!(back, dev),
+            other => panic!("a user line, read as {other:?}"),
+        }
+        // A line with a name that is not one, or with neither kind, is not a user.
+        for bad in [
+            r#"{"t":"user","id":"user_00000000000000aa","dev_name":"a\u0007","wca_id":null,"name":"a","token_hashes":[],"sealed_token":null}"#,
+            r#"{"t":"user","id":"user_00000000000000aa","wca_id":null,"name":"a","token_hashes":[],"sealed_token":null}"#,
+        ] {
+            assert!(serde_json::from_str::<UserLine>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn development_users_survive_a_reopen() {
+        let dir = TempDir::new("local-dev-users");
+        let name = crate::ids::DevName::parse("Zoë Ünal").unwrap();
+        let dev = UserRecord {
+            id: UserId::random(),
+            identity: Identity::Dev { dev_name: name },
+            wca_id: None,
+            name: "Zoë Ünal".to_owned(),
+            token_hashes: Vec::new(),
+            sealed_token: None,
+        };
+        fs::write(dir.path().join(USERS_FILE), format!("{OLD_USER_LINE}\n")).unwrap();
+        let mut users = LocalUsers::open(dir.path()).unwrap();
+        now(users.apply(vec![UserChange::PutUser(dev.clone())])).unwrap();
+        drop(users);
+        let mut users = LocalUsers::open(dir.path()).unwrap();
+        let mut loaded = now(users.load()).unwrap().users;
+        loaded.sort_by_key(|user| user.name.clone());
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[0].identity, Identity::Wca { wca_account: 42 });
+        assert_eq!(loaded[1], dev);
     }
 
     #[test]

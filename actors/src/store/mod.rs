@@ -25,7 +25,7 @@ use std::pin::Pin;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{StreamId, UserId};
+use crate::ids::{DevName, StreamId, UserId};
 use crate::replay::{Replay, Snapshot};
 use crate::secrets::TokenHash;
 
@@ -89,16 +89,50 @@ impl From<io::Error> for StoreError {
     }
 }
 
+/// What a user signed in with: the one thing that finds them again at
+/// their next sign-in.
+///
+/// Kept flattened into the user's record under a key of its own per kind
+/// (`wca_account`, `dev_name`), so that the records written before
+/// development users existed, which all have `wca_account`, load as they
+/// are, and a WCA user's record is written as it always was. The kinds
+/// cannot collide: a development user is never found by a WCA account
+/// number, nor a WCA user by a name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Identity {
+    /// A WCA account.
+    Wca {
+        /// The WCA account number, which never changes.
+        wca_account: u64,
+    },
+    /// A development user, signed in by name alone (`GET /v0/auth/dev`).
+    Dev {
+        /// The name they signed in with.
+        dev_name: DevName,
+    },
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Wca { wca_account } => write!(f, "WCA account {wca_account}"),
+            Identity::Dev { dev_name } => write!(f, "development name {:?}", dev_name.as_str()),
+        }
+    }
+}
+
 /// A user as the token actor keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     /// The user's ID.
     pub id: UserId,
-    /// The WCA account number, which never changes.
-    pub wca_account: u64,
-    /// The WCA ID, if the account has one.
+    /// What they sign in with.
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// The WCA ID, if the account has one (a development user has none).
     pub wca_id: Option<String>,
-    /// The WCA name.
+    /// The WCA name, or a development user's name.
     pub name: String,
     /// Hashes of the user's valid access tokens, oldest first.
     pub token_hashes: Vec<TokenHash>,

@@ -59,6 +59,12 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Starts a server with the test settings but no WCA client secret, on
+/// loopback: one with the development sign-in.
+pub async fn spawn_dev_app() -> TestApp {
+    spawn_app_with(|s| s.wca.client_secret = None).await
+}
+
 /// Starts a server with the test settings, changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_in(Arc::new(TempDir::new("api")), FakeWca::start(), tweak).await
