@@ -334,12 +334,7 @@ impl LiveStreams {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|name| name.to_str())
-                .and_then(|name| name.strip_suffix(".log"))
-                .and_then(StreamId::parse)
-            else {
+            let Some(id) = recording_of(&path) else {
                 continue;
             };
             if self.open.contains_key(&id) || self.ended.contains_key(&id) {
@@ -627,12 +622,7 @@ fn sweep(
     let mut deleted = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .and_then(|name| name.strip_suffix(".log"))
-            .and_then(StreamId::parse)
-        else {
+        let Some(id) = recording_of(&path) else {
             continue;
         };
         if open.contains_key(&id) {
@@ -647,6 +637,14 @@ fn sweep(
         deleted.push(id);
     }
     Ok(deleted)
+}
+
+/// The stream whose recording is at `path`, if it is one (`{id}.log`).
+fn recording_of(path: &Path) -> Option<StreamId> {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_suffix(".log"))
+        .and_then(StreamId::parse)
 }
 
 /// Deletes a recording and its snapshot.
