@@ -184,13 +184,7 @@ impl TestApp {
         let body = res.body().limit(1 << 26).await.expect("a body");
         let text = String::from_utf8(body.to_vec()).unwrap();
         let lines = if res.status().is_success() {
-            assert!(
-                text.is_empty() || text.ends_with('\n'),
-                "whole lines: {text:?}"
-            );
-            text.lines()
-                .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
-                .collect()
+            super::events::json_lines(&text)
         } else {
             vec![serde_json::from_str(&text).unwrap_or(Value::String(text))]
         };
