@@ -467,6 +467,20 @@ pub fn usage() -> String {
 }
 
 impl Settings {
+    /// Whether the development sign-in (`GET /v0/auth/dev?name=NAME`, which
+    /// signs anyone in by a name of their choosing) is offered by a server
+    /// with these settings listening on `listening`: only with no WCA client
+    /// secret, without `--prod`, and on a loopback address, so that it is
+    /// there on a fresh checkout and nowhere a WCA sign-in or anyone else
+    /// could reach. `listening` is the address actually bound (a name such
+    /// as `localhost` in `--bind` resolves to it); an IPv4 address mapped
+    /// into IPv6 counts as the IPv4 address, and `0.0.0.0` or `::` (every
+    /// interface) is not loopback. `--prod` without a secret cannot start
+    /// from the command line; the settings are refused here too.
+    pub fn dev_sign_in(&self, listening: IpAddr) -> bool {
+        self.wca.client_secret.is_none() && !self.prod && listening.to_canonical().is_loopback()
+    }
+
     /// The local defaults: what the server runs with when nothing is set.
     pub fn local() -> Settings {
         // Nothing is read from outside: no flags, no environment, so no
@@ -820,6 +834,36 @@ mod tests {
             );
             assert!(help.contains(s.help), "--{} has no help line", s.flag);
         }
+    }
+
+    #[test]
+    fn the_development_sign_in_needs_no_secret_no_prod_and_loopback() {
+        let local = Settings::local();
+        for loopback in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(local.dev_sign_in(loopback.parse().unwrap()), "{loopback}");
+        }
+        for other in [
+            "0.0.0.0",
+            "::",
+            "192.168.1.20",
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ] {
+            assert!(!local.dev_sign_in(other.parse().unwrap()), "{other}");
+        }
+        let loopback = "127.0.0.1".parse().unwrap();
+        let with_secret = settings(&[], &[("TWIZZLE_WCA_APPLICATION_CLIENT_SECRET", "x")]);
+        assert!(!with_secret.dev_sign_in(loopback));
+        let prod = settings(
+            &["--prod"],
+            &[("TWIZZLE_WCA_APPLICATION_CLIENT_SECRET", "x")],
+        );
+        assert!(!prod.dev_sign_in(loopback));
+        // Not from the command line, but the settings are a plain struct.
+        let mut prod_without_secret = Settings::local();
+        prod_without_secret.prod = true;
+        assert!(!prod_without_secret.dev_sign_in(loopback));
     }
 
     #[test]

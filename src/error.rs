@@ -5,6 +5,7 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use twizzle_actors::ids::DevNameError;
 use twizzle_actors::registry::RegistryError;
 use twizzle_actors::store::StoreError;
 use twizzle_actors::tokens::TokenError;
@@ -53,12 +54,16 @@ pub enum ApiError {
     WcaFailed,
     /// No WCA client secret is configured.
     SignInNotConfigured,
+    /// The development sign-in's name is missing or not a valid name.
+    BadDevName(DevNameError),
     /// Claiming needs a claim token.
     MissingClaimToken,
     /// The claim token is unknown, already used, or expired.
     InvalidClaimToken,
     /// `since` is not a non-negative integer.
     BadSince,
+    /// The user is not a sender of the stream they want to change.
+    NotASender,
     /// The query string could not be read.
     BadQuery(String),
     /// No endpoint at this path.
@@ -102,12 +107,14 @@ impl ApiError {
             ApiError::SignInNotConfigured => {
                 "WCA sign-in is not configured on this server".to_owned()
             }
+            ApiError::BadDevName(why) => why.to_string(),
             ApiError::MissingClaimToken => "claimToken was not provided".to_owned(),
             ApiError::InvalidClaimToken => {
                 "claim token is unknown, already used, or expired".to_owned()
             }
             ApiError::BadQuery(why) => format!("bad query string: {why}"),
             ApiError::BadSince => "since must be a non-negative integer".to_owned(),
+            ApiError::NotASender => "only a sender of this stream may do that".to_owned(),
             ApiError::NoSuchEndpoint(path) => format!("no such endpoint: {path}"),
             ApiError::MethodNotAllowed => "method not allowed here".to_owned(),
             ApiError::ShuttingDown => "server restarting: try again in a moment".to_owned(),
@@ -139,6 +146,7 @@ impl ResponseError for ApiError {
             ApiError::UnknownStream | ApiError::NoSuchEndpoint(_) => StatusCode::NOT_FOUND,
             ApiError::NotAnUpgrade
             | ApiError::MissingCode
+            | ApiError::BadDevName(_)
             | ApiError::MissingClaimToken
             | ApiError::BadQuery(_)
             | ApiError::BadSince => StatusCode::BAD_REQUEST,
@@ -150,7 +158,7 @@ impl ResponseError for ApiError {
             | ApiError::SignInNotConfigured
             | ApiError::ShuttingDown
             | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::WcaFailed => StatusCode::FORBIDDEN,
+            ApiError::WcaFailed | ApiError::NotASender => StatusCode::FORBIDDEN,
             ApiError::Storage(StoreError::Failed(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -194,6 +202,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::TooManySenderSockets { limit }
             }
             RegistryError::ShuttingDown => ApiError::ShuttingDown,
+            RegistryError::NotASender => ApiError::NotASender,
             RegistryError::Storage(e) => ApiError::Storage(e),
         }
     }

@@ -20,8 +20,8 @@
 //! - [`wca`]: the WCA OAuth client used by the sign-in callback.
 //! - [`error`]: the one error type of the HTTP layer and its responses.
 //! - [`time`]: JavaScript-style date strings for the liveness check.
-//! - [`testkit`]: fixtures the tests and the benchmark share: a temporary
-//!   directory and a fake WCA.
+//! - [`testkit`]: fixtures the tests, the benchmark and the demo sender
+//!   share: a temporary directory, a fake WCA, a 3x3x3 cube.
 
 #![warn(missing_docs)]
 

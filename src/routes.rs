@@ -17,13 +17,20 @@ use futures_util::future::{join3, join_all};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use twizzle_actors::health::{CheckWritable, Ping, Pulse};
-use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX};
+use twizzle_actors::ids::{
+    AccessToken, ClaimToken, DevName, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX,
+};
 use twizzle_actors::metrics::Metrics;
 use twizzle_actors::registry::{
-    CreateStream, OpenSocket, Registry, StreamInfoBody, StreamListBody,
+    CreateStream, DeleteRecording, OpenSocket, ReadRecording, RecordingsBody, Registry,
+    StreamInfoBody, StreamListBody,
 };
+use twizzle_actors::store::recording::line_of;
 use twizzle_actors::store::StoreError;
-use twizzle_actors::tokens::{Authenticate, AuthenticatedUser, RedeemClaim, SignIn, TokenActor};
+use twizzle_actors::store::{Chunk, Cursor};
+use twizzle_actors::tokens::{
+    Authenticate, AuthenticatedUser, DevSignIn, RedeemClaim, SignIn, TokenActor,
+};
 
 use crate::client::ClientAddr;
 use crate::config::Settings;
@@ -118,6 +125,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v0/streams/{stream_id}",
             web::get().to(stream_info),
         ))
+        .service(
+            web::resource("/v0/streams/{stream_id}/recording")
+                .route(web::get().to(recording))
+                .route(web::delete().to(delete_recording))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(resource("/v0/recordings", web::get().to(list_recordings)))
         .service(resource(
             "/v0/streams/{stream_id}/socket",
             web::get().to(socket),
@@ -261,6 +275,87 @@ async fn stream_info(
         .ask(&state.registry, StreamInfoBody { id })
         .await?
         .ok_or(ApiError::UnknownStream)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(header::ContentType::json())
+        .body(body))
+}
+
+/// Events one read of a recording download fetches.
+const RECORDING_CHUNK: usize = 512;
+
+/// A stream's recording as NDJSON, read and sent a chunk at a time, so a
+/// long recording is never in memory whole and a slow client holds only
+/// the chunk it is being sent.
+async fn recording(
+    path: web::Path<String>,
+    since: web::Query<SinceQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let after = since.since()?.unwrap_or(0);
+    let id = StreamId::parse(&path).ok_or(ApiError::UnknownStream)?;
+    let first = read_recording(&state, &id, after, Cursor::default()).await?;
+    let chunks = futures_util::stream::unfold(Some(first), move |next| {
+        let (state, id) = (state.clone(), id.clone());
+        async move {
+            let chunk = next?;
+            let mut body = String::new();
+            let mut after = after;
+            for event in &chunk.events {
+                body.push_str(&line_of(event));
+                after = event.offset;
+            }
+            let then = if chunk.done {
+                None
+            } else {
+                match read_recording(&state, &id, after, chunk.next).await {
+                    Ok(chunk) => Some(chunk),
+                    Err(e) => {
+                        // Too late for a status: the download ends short,
+                        // which its client sees as a cut-off body.
+                        log::warn!("stream {id}: recording download cut short: {e}");
+                        return Some((Err(actix_web::error::ErrorServiceUnavailable(e)), None));
+                    }
+                }
+            };
+            Some((Ok::<_, actix_web::Error>(web::Bytes::from(body)), then))
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(chunks))
+}
+
+async fn read_recording(
+    state: &AppState,
+    id: &StreamId,
+    after: u64,
+    cursor: Cursor,
+) -> Result<Chunk, ApiError> {
+    let read = ReadRecording {
+        id: id.clone(),
+        after,
+        cursor,
+        max: RECORDING_CHUNK,
+    };
+    Ok(state.ask(&state.registry, read).await??)
+}
+
+async fn delete_recording(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = access_token(&req, &query).ok_or(ApiError::MissingAccessToken)?;
+    let user = authenticate(&state, token).await?;
+    let id = StreamId::parse(&path).ok_or(ApiError::UnknownStream)?;
+    let delete = DeleteRecording { id, user: user.id };
+    state.ask(&state.registry, delete).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn list_recordings(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = state.ask(&state.registry, RecordingsBody).await??;
     Ok(HttpResponse::Ok()
         .insert_header(header::ContentType::json())
         .body(body))
@@ -497,15 +592,45 @@ async fn oauth_callback(
         ApiError::WcaFailed
     })?;
     let claim_token = state.ask(&state.tokens, SignIn { profile }).await??;
+    Ok(claim_redirect(&state, &claim_token))
+}
+
+/// The answer to a sign-in: a redirect to the client app with the claim
+/// token added to its query.
+fn claim_redirect(state: &AppState, claim_token: &ClaimToken) -> HttpResponse {
     let target = with_query_param(
         &state.settings.client_app_url,
         "claimToken",
         claim_token.expose(),
     );
     log::info!("sign-in: claim token {claim_token} issued");
-    Ok(HttpResponse::Found()
+    HttpResponse::Found()
         .insert_header((header::LOCATION, target))
-        .finish())
+        .finish()
+}
+
+/// Registers the development sign-in, `GET /v0/auth/dev?name=NAME`; only
+/// where [`Settings::dev_sign_in`] allows it. Elsewhere the path is unknown
+/// (404) like any other.
+pub fn configure_dev_sign_in(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v0/auth/dev", web::get().to(dev_sign_in)));
+}
+
+#[derive(Deserialize)]
+struct DevSignInQuery {
+    name: Option<String>,
+}
+
+/// Signs in the development user `name` (found or created) and answers as
+/// the OAuth callback does.
+async fn dev_sign_in(
+    query: web::Query<DevSignInQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let text = query.into_inner().name.unwrap_or_default();
+    let name = DevName::parse(&text).map_err(ApiError::BadDevName)?;
+    let claim_token = state.ask(&state.tokens, DevSignIn { name }).await??;
+    Ok(claim_redirect(&state, &claim_token))
 }
 
 /// `url` with `name=value` added to its query, before any fragment.

@@ -229,21 +229,27 @@ impl Application {
         }
         let listener = TcpListener::bind(&settings.bind)?;
         let port = listener.local_addr()?.port();
+        let dev_sign_in = settings.dev_sign_in(listener.local_addr()?.ip());
         log::info!(
             "listening on {} (data in {})",
             listener.local_addr()?,
             settings.data_dir.display()
         );
-        Self::serve(listener, port, settings, actors, deadline)
+        if dev_sign_in {
+            log::info!("development sign-in is on (no WCA client secret, not --prod, loopback only): GET /v0/auth/dev?name=NAME signs anyone on this machine in as NAME");
+        }
+        Self::serve(listener, port, settings, actors, deadline, dev_sign_in)
     }
 
-    /// The HTTP server on `listener`, handing requests to `actors`.
+    /// The HTTP server on `listener`, handing requests to `actors`; with
+    /// the development sign-in if `dev_sign_in`.
     fn serve(
         listener: TcpListener,
         port: u16,
         settings: Settings,
         actors: Actors,
         deadline: Duration,
+        dev_sign_in: bool,
     ) -> io::Result<Application> {
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let Actors {
@@ -344,6 +350,11 @@ impl Application {
                             ))
                             .into()),
                         }
+                    }
+                })
+                .configure(|cfg| {
+                    if dev_sign_in {
+                        routes::configure_dev_sign_in(cfg);
                     }
                 })
                 .configure(routes::configure)

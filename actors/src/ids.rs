@@ -180,6 +180,105 @@ secret_token!(
     32
 );
 
+/// The most characters a [`DevName`] may have.
+pub const DEV_NAME_MAX_CHARS: usize = 40;
+
+/// The name a development user signs in with (see the development sign-in,
+/// `GET /v0/auth/dev`): 1 to [`DEV_NAME_MAX_CHARS`] printable characters,
+/// taken as given (not trimmed: `"Ana"` and `"Ana "` are two users).
+///
+/// Characters are Unicode scalar values, counted one by one, not bytes:
+/// `"Zoë"` is 3. Printable means any of them but a control character
+/// (general category Cc: U+0000 to U+001F and U+007F to U+009F) and the line
+/// and paragraph separators U+2028 and U+2029, which would break a name
+/// across lines wherever it is shown; and a name must show something, so one
+/// made only of whitespace is refused. Format characters such as U+200D, the
+/// joiner inside many emoji, are allowed.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DevName(String);
+
+/// Why a text is not a [`DevName`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevNameError {
+    /// No name at all, or an empty one.
+    Missing,
+    /// More than [`DEV_NAME_MAX_CHARS`] characters.
+    TooLong,
+    /// A control character or a line break.
+    NotPrintable,
+    /// Only whitespace.
+    Blank,
+}
+
+impl fmt::Display for DevNameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DevNameError::Missing => f.write_str("name was not provided"),
+            DevNameError::TooLong => {
+                write!(f, "name is longer than {DEV_NAME_MAX_CHARS} characters")
+            }
+            DevNameError::NotPrintable => {
+                f.write_str("name must be printable: no control characters or line breaks")
+            }
+            DevNameError::Blank => f.write_str("name must not be only whitespace"),
+        }
+    }
+}
+
+impl DevName {
+    /// `text` if it is a valid name, else why not.
+    pub fn parse(text: &str) -> Result<DevName, DevNameError> {
+        if text.is_empty() {
+            return Err(DevNameError::Missing);
+        }
+        if text.chars().count() > DEV_NAME_MAX_CHARS {
+            return Err(DevNameError::TooLong);
+        }
+        if text
+            .chars()
+            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+        {
+            return Err(DevNameError::NotPrintable);
+        }
+        if text.chars().all(char::is_whitespace) {
+            return Err(DevNameError::Blank);
+        }
+        Ok(DevName(text.to_owned()))
+    }
+
+    /// Its text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DevName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DevName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DevName({:?})", self.0)
+    }
+}
+
+impl TryFrom<String> for DevName {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<DevName, String> {
+        DevName::parse(&text).map_err(|e| e.to_string())
+    }
+}
+
+impl From<DevName> for String {
+    fn from(name: DevName) -> String {
+        name.0
+    }
+}
+
 /// What anyone may know of a user: shown as a stream's senders and on sign-in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicUserInfo {
@@ -260,6 +359,42 @@ mod tests {
         assert!(!format!("{:?}", Some(&claim)).contains(claim.expose()));
         assert_eq!(redacted("twizzle_access_token_0123"), "…0123");
         assert_eq!(redacted("ab"), "…ab");
+    }
+
+    #[test]
+    fn dev_names_are_1_to_40_printable_characters() {
+        for good in [
+            "A",
+            "Demo Cuber",
+            " Ana ",
+            "Zoë Ünal",
+            "陳小明",
+            "👩‍👩‍👧",
+            "a\u{00a0}b",
+            &"é".repeat(DEV_NAME_MAX_CHARS),
+        ] {
+            let name = DevName::parse(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+            assert_eq!(name.as_str(), good, "kept as given, not trimmed");
+        }
+        for (bad, why) in [
+            ("", DevNameError::Missing),
+            (&"a".repeat(DEV_NAME_MAX_CHARS + 1), DevNameError::TooLong),
+            (&"é".repeat(DEV_NAME_MAX_CHARS + 1), DevNameError::TooLong),
+            ("tab\there", DevNameError::NotPrintable),
+            ("line\nbreak", DevNameError::NotPrintable),
+            ("nul\0", DevNameError::NotPrintable),
+            ("del\u{7f}", DevNameError::NotPrintable),
+            ("c1\u{85}", DevNameError::NotPrintable),
+            ("sep\u{2028}", DevNameError::NotPrintable),
+            ("   ", DevNameError::Blank),
+            ("\u{3000}", DevNameError::Blank),
+        ] {
+            assert_eq!(DevName::parse(bad), Err(why), "{bad:?}");
+        }
+        let back: DevName = serde_json::from_str(r#""Zoë""#).unwrap();
+        assert_eq!(back.as_str(), "Zoë");
+        assert!(serde_json::from_str::<DevName>(r#""a\u0007""#).is_err());
+        assert_eq!(serde_json::to_string(&back).unwrap(), r#""Zoë""#);
     }
 
     #[test]

@@ -35,8 +35,13 @@ use crate::health::CheckWritable;
 use crate::ids::{PublicUserInfo, StreamId, UserId};
 use crate::metrics::Metrics;
 use crate::store::journal::epoch_ms;
-use crate::store::{StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore};
-use crate::stream::{EndStream, SocketId, StreamActor, StreamLimits, StreamNotice, StreamSetup};
+use crate::store::{
+    Chunk, Cursor, EndedRecording, StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore,
+};
+use crate::stream::{
+    ClearRecording, EndStream, GetRecordingSize, SocketId, StreamActor, StreamLimits, StreamNotice,
+    StreamSetup,
+};
 use crate::tokens::{LookupUsers, TokenActor, UserUpdated, WatchUsers};
 
 /// How the registry runs its streams.
@@ -108,6 +113,8 @@ pub enum RegistryError {
     },
     /// The server is shutting down and takes no new sockets or streams.
     ShuttingDown,
+    /// The user may not do that to this stream: they are not its sender.
+    NotASender,
     /// The stream could not be kept; it was not created.
     Storage(StoreError),
 }
@@ -162,6 +169,41 @@ pub struct OpenSocket {
     pub user_id: Option<UserId>,
     /// The client address the socket comes from.
     pub client: IpAddr,
+}
+
+/// Every kept recording, newest first, as the body of `GET /v0/recordings`:
+/// `{"recordings":[{"streamID","senders","createdAt","endedAt","events","bytes"},…]}`,
+/// `endedAt` null for a stream still open.
+#[derive(Message)]
+#[rtype(result = "Result<ByteString, RegistryError>")]
+pub struct RecordingsBody;
+
+/// Reads part of a stream's recording, open or ended: up to `max` events
+/// after offset `after`, from `cursor` on. `UnknownStream` if no recording
+/// of that stream is kept.
+#[derive(Message)]
+#[rtype(result = "Result<Chunk, RegistryError>")]
+pub struct ReadRecording {
+    /// The stream.
+    pub id: StreamId,
+    /// The offset the events read are after.
+    pub after: u64,
+    /// Where the last read ended; the default for the first.
+    pub cursor: Cursor,
+    /// Events to read at most.
+    pub max: usize,
+}
+
+/// Deletes a stream's recording, on behalf of `user`, who must be one of
+/// its senders. An open stream goes on, and records again from its next
+/// event.
+#[derive(Message)]
+#[rtype(result = "Result<(), RegistryError>")]
+pub struct DeleteRecording {
+    /// The stream.
+    pub id: StreamId,
+    /// Who asks.
+    pub user: UserId,
 }
 
 /// How many sockets hold a ticket now.
@@ -811,6 +853,158 @@ impl Handler<StreamNotice> for Registry {
                 if self.settings.recording_retention.is_zero() && !self.shutting_down {
                     self.sweep(ctx);
                 }
+            }
+        }
+    }
+}
+
+/// One kept recording, as `GET /v0/recordings` lists it.
+#[derive(Serialize)]
+struct ListedRecording {
+    #[serde(rename = "streamID")]
+    stream_id: StreamId,
+    senders: Vec<PublicUserInfo>,
+    #[serde(rename = "createdAt")]
+    created_at: u64,
+    #[serde(rename = "endedAt")]
+    ended_at: Option<u64>,
+    events: u64,
+    bytes: u64,
+}
+
+impl Handler<RecordingsBody> for Registry {
+    type Result = ResponseActFuture<Self, Result<ByteString, RegistryError>>;
+
+    fn handle(&mut self, _: RecordingsBody, _: &mut Self::Context) -> Self::Result {
+        // Open streams from here, their sizes from their actors (asked at
+        // once); ended ones from the store, their senders' names from the
+        // token actor, so that none goes stale on disk.
+        let open: Vec<_> = self
+            .streams
+            .iter()
+            .map(|(id, entry)| {
+                (
+                    id.clone(),
+                    entry.senders.clone(),
+                    entry.created_ms,
+                    entry.addr.send(GetRecordingSize),
+                )
+            })
+            .collect();
+        let ended = self.store.ended_recordings();
+        let users = self.users.clone();
+        Box::pin(
+            async move {
+                let mut listed = Vec::new();
+                for (id, senders, created_ms, size) in open {
+                    // A stream that stopped meanwhile is listed as ended next time.
+                    let Ok(size) = size.await else { continue };
+                    listed.push(ListedRecording {
+                        stream_id: id,
+                        senders,
+                        created_at: created_ms,
+                        ended_at: None,
+                        events: size.events,
+                        bytes: size.bytes,
+                    });
+                }
+                let ended: Vec<EndedRecording> = ended.await.map_err(RegistryError::Storage)?;
+                let mut user_ids: Vec<UserId> =
+                    ended.iter().flat_map(|r| r.senders.clone()).collect();
+                user_ids.sort_unstable();
+                user_ids.dedup();
+                let infos: HashMap<UserId, PublicUserInfo> = match users {
+                    Some(users) if !user_ids.is_empty() => users
+                        .send(LookupUsers { user_ids })
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|info| (info.twizzle_user_id.clone(), info))
+                        .collect(),
+                    _ => HashMap::new(),
+                };
+                for recording in ended {
+                    let senders = recording
+                        .senders
+                        .iter()
+                        .map(|id| {
+                            infos
+                                .get(id)
+                                .cloned()
+                                .unwrap_or_else(|| PublicUserInfo::unknown(id))
+                        })
+                        .collect();
+                    listed.push(ListedRecording {
+                        stream_id: recording.id,
+                        senders,
+                        created_at: recording.created_ms,
+                        ended_at: Some(recording.ended_ms),
+                        events: recording.events,
+                        bytes: recording.bytes,
+                    });
+                }
+                listed.sort_by(|a, b| {
+                    (b.created_at, &b.stream_id).cmp(&(a.created_at, &a.stream_id))
+                });
+                let body = serde_json::json!({ "recordings": listed });
+                Ok(ByteString::from(body.to_string()))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<ReadRecording> for Registry {
+    type Result = ResponseFuture<Result<Chunk, RegistryError>>;
+
+    fn handle(&mut self, msg: ReadRecording, _: &mut Self::Context) -> Self::Result {
+        let kept =
+            self.streams.contains_key(&msg.id) || self.store.ended_senders(&msg.id).is_some();
+        if !kept {
+            return Box::pin(std::future::ready(Err(RegistryError::UnknownStream)));
+        }
+        let read = self
+            .store
+            .read_recording(&msg.id, msg.after, msg.cursor, msg.max);
+        Box::pin(async move {
+            match read.await {
+                Ok(Some(chunk)) => Ok(chunk),
+                // An open stream that has recorded nothing yet.
+                Ok(None) => Ok(Chunk {
+                    events: Vec::new(),
+                    next: msg.cursor,
+                    done: true,
+                }),
+                Err(e) => Err(RegistryError::Storage(e)),
+            }
+        })
+    }
+}
+
+impl Handler<DeleteRecording> for Registry {
+    type Result = ResponseFuture<Result<(), RegistryError>>;
+
+    fn handle(&mut self, msg: DeleteRecording, _: &mut Self::Context) -> Self::Result {
+        let refused = |e| -> Self::Result { Box::pin(std::future::ready(Err(e))) };
+        if let Some(entry) = self.streams.get(&msg.id) {
+            if !entry.senders.iter().any(|s| s.twizzle_user_id == msg.user) {
+                return refused(RegistryError::NotASender);
+            }
+            let cleared = entry.addr.send(ClearRecording);
+            return Box::pin(async move {
+                match cleared.await {
+                    Ok(cleared) => cleared.map_err(RegistryError::Storage),
+                    // It ended meanwhile, and its sockets were closed.
+                    Err(_) => Err(RegistryError::UnknownStream),
+                }
+            });
+        }
+        match self.store.ended_senders(&msg.id) {
+            None => refused(RegistryError::UnknownStream),
+            Some(senders) if !senders.contains(&msg.user) => refused(RegistryError::NotASender),
+            Some(_) => {
+                let deleted = self.store.delete_recording(&msg.id);
+                Box::pin(async move { deleted.await.map_err(RegistryError::Storage) })
             }
         }
     }

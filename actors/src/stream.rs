@@ -229,6 +229,20 @@ pub struct StreamSetup {
     pub idle_since: Option<SystemTime>,
 }
 
+/// How much the stream's recording holds now.
+#[derive(Message)]
+#[rtype(result = "RecordingSize")]
+pub struct GetRecordingSize;
+
+/// The answer to [`GetRecordingSize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordingSize {
+    /// Events recorded.
+    pub events: u64,
+    /// Bytes recorded.
+    pub bytes: u64,
+}
+
 /// Deletes what the stream recorded so far; the stream goes on, its replay
 /// for late viewers kept, and records again from its next event. Answered
 /// once the deletion is on disk.
@@ -939,6 +953,17 @@ impl Handler<EndStream> for StreamActor {
 
     fn handle(&mut self, msg: EndStream, _: &mut Self::Context) -> Self::Result {
         Box::pin(self.end(msg.close))
+    }
+}
+
+impl Handler<GetRecordingSize> for StreamActor {
+    type Result = MessageResult<GetRecordingSize>;
+
+    fn handle(&mut self, _: GetRecordingSize, _: &mut Self::Context) -> Self::Result {
+        MessageResult(RecordingSize {
+            events: self.kept.events,
+            bytes: self.recording.recorded_bytes(),
+        })
     }
 }
 

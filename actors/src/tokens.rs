@@ -1,7 +1,7 @@
 //! The token actor: users, their access tokens, and one-time claim tokens.
 //!
-//! HTTP handlers ask it to sign a WCA account in, to redeem a claim token and
-//! to authenticate an access token. Everything it hands out is in its
+//! HTTP handlers ask it to sign a WCA account (or a development user) in,
+//! to redeem a claim token and to authenticate an access token. Everything it hands out is in its
 //! [`UserStore`] before the answer leaves; tokens are kept there only as
 //! hashes, and access tokens also sealed (see [`secrets`]).
 //!
@@ -14,11 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 
 use crate::health::CheckWritable;
-use crate::ids::{AccessToken, ClaimToken, PublicUserInfo, UserId};
+use crate::ids::{AccessToken, ClaimToken, DevName, PublicUserInfo, UserId};
 use crate::metrics::Metrics;
 use crate::secrets::{SealingKey, TokenHash};
 use crate::store::journal::epoch_ms;
-use crate::store::{ClaimRecord, StoreError, UserChange, UserRecord, UserState, UserStore};
+use crate::store::{
+    ClaimRecord, Identity, StoreError, UserChange, UserRecord, UserState, UserStore,
+};
 
 /// How often expired claim tokens are forgotten.
 const CLAIM_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -65,6 +67,17 @@ pub struct AuthenticatedUser {
 pub struct SignIn {
     /// The account the WCA vouched for.
     pub profile: WcaProfile,
+}
+
+/// Finds or creates the development user of this name and issues a claim
+/// token for them, as [`SignIn`] does for a WCA account. The user has no WCA
+/// ID and is shown as `"<name> (unverified)"`; the HTTP layer offers this
+/// only where the development sign-in is on.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<ClaimToken, TokenError>")]
+pub struct DevSignIn {
+    /// The name they sign in with, which finds them again next time.
+    pub name: DevName,
 }
 
 /// Redeems a claim token for the user's access token.
@@ -130,8 +143,9 @@ pub struct TokenActor {
     /// User IDs by access token hash. Looking a token up by its hash leaks
     /// nothing through timing about the tokens that exist.
     by_token: HashMap<TokenHash, UserId>,
-    /// User IDs by WCA account number.
-    by_wca_account: HashMap<u64, UserId>,
+    /// User IDs by what they sign in with: a WCA account number, or a
+    /// development user's name.
+    by_identity: HashMap<Identity, UserId>,
     /// Unredeemed claim tokens by hash.
     claims: HashMap<TokenHash, ClaimRecord>,
     /// How long a claim token may wait to be redeemed.
@@ -153,7 +167,7 @@ impl TokenActor {
         TokenActor {
             users: HashMap::new(),
             by_token: HashMap::new(),
-            by_wca_account: HashMap::new(),
+            by_identity: HashMap::new(),
             claims: HashMap::new(),
             claim_ttl,
             store,
@@ -199,8 +213,8 @@ impl TokenActor {
         for hash in &user.token_hashes {
             self.by_token.insert(hash.clone(), user.id.clone());
         }
-        self.by_wca_account
-            .insert(user.wca_account, user.id.clone());
+        self.by_identity
+            .insert(user.identity.clone(), user.id.clone());
         self.users.insert(user.id.clone(), user);
     }
 
@@ -255,6 +269,51 @@ impl TokenActor {
         self.claims.retain(|_, claim| claim.expires_ms > now);
     }
 
+    /// Finds the user of `identity` or creates one, gives them `wca_id` and
+    /// `name` (refreshed on every sign-in), and issues a claim token for
+    /// them; the change and the claim are kept before it is answered.
+    fn sign_in(
+        &mut self,
+        identity: Identity,
+        wca_id: Option<String>,
+        name: String,
+    ) -> AtomicResponse<Self, Result<ClaimToken, TokenError>> {
+        let existing = self
+            .by_identity
+            .get(&identity)
+            .and_then(|id| self.users.get(id));
+        let user = match existing {
+            Some(user) => UserRecord {
+                name,
+                wca_id,
+                ..user.clone()
+            },
+            None => UserRecord {
+                id: UserId::random(),
+                identity,
+                wca_id,
+                name,
+                token_hashes: Vec::new(),
+                sealed_token: None,
+            },
+        };
+        let mut changes = Vec::new();
+        if existing != Some(&user) {
+            if existing.is_none() {
+                log::info!("new user {} for {}", user.id, user.identity);
+            }
+            changes.push(UserChange::PutUser(user.clone()));
+        }
+        let claim_token = ClaimToken::random();
+        let ttl_ms = u64::try_from(self.claim_ttl.as_millis()).unwrap_or(u64::MAX);
+        changes.push(UserChange::PutClaim(ClaimRecord {
+            hash: TokenHash::of(claim_token.expose()),
+            user_id: user.id,
+            expires_ms: epoch_ms(SystemTime::now()).saturating_add(ttl_ms),
+        }));
+        self.commit(changes, claim_token)
+    }
+
     /// The user's access token: the sealed one if it opens and is still
     /// valid; else a new one, with the user changed to keep it (hashed and
     /// sealed), to be committed before the token is handed out.
@@ -302,41 +361,24 @@ impl Handler<SignIn> for TokenActor {
     type Result = AtomicResponse<Self, Result<ClaimToken, TokenError>>;
 
     fn handle(&mut self, msg: SignIn, _: &mut Self::Context) -> Self::Result {
-        let profile = msg.profile;
-        let existing = self
-            .by_wca_account
-            .get(&profile.account_id)
-            .and_then(|id| self.users.get(id));
-        let user = match existing {
-            Some(user) => UserRecord {
-                name: profile.name,
-                wca_id: profile.wca_id,
-                ..user.clone()
-            },
-            None => UserRecord {
-                id: UserId::random(),
-                wca_account: profile.account_id,
-                wca_id: profile.wca_id,
-                name: profile.name,
-                token_hashes: Vec::new(),
-                sealed_token: None,
-            },
+        let WcaProfile {
+            account_id,
+            wca_id,
+            name,
+        } = msg.profile;
+        let identity = Identity::Wca {
+            wca_account: account_id,
         };
-        let mut changes = Vec::new();
-        if existing != Some(&user) {
-            if existing.is_none() {
-                log::info!("new user {} for WCA account {}", user.id, user.wca_account);
-            }
-            changes.push(UserChange::PutUser(user.clone()));
-        }
-        let claim_token = ClaimToken::random();
-        let ttl_ms = u64::try_from(self.claim_ttl.as_millis()).unwrap_or(u64::MAX);
-        changes.push(UserChange::PutClaim(ClaimRecord {
-            hash: TokenHash::of(claim_token.expose()),
-            user_id: user.id,
-            expires_ms: epoch_ms(SystemTime::now()).saturating_add(ttl_ms),
-        }));
-        self.commit(changes, claim_token)
+        self.sign_in(identity, wca_id, name)
+    }
+}
+
+impl Handler<DevSignIn> for TokenActor {
+    type Result = AtomicResponse<Self, Result<ClaimToken, TokenError>>;
+
+    fn handle(&mut self, msg: DevSignIn, _: &mut Self::Context) -> Self::Result {
+        let name = msg.name.as_str().to_owned();
+        self.sign_in(Identity::Dev { dev_name: msg.name }, None, name)
     }
 }
 

@@ -1,12 +1,14 @@
-//! Fixtures the tests and the benchmark share: a temporary directory that
-//! removes itself, a small tmpfs (both from the actors crate), and a fake
-//! WCA on loopback.
+//! Fixtures the tests, the benchmark and the demo sender share: a temporary
+//! directory that removes itself, a small tmpfs (both from the actors
+//! crate), a fake WCA on loopback, and a 3x3x3 cube that computes the
+//! `binaryState` of a move event ([`cube`]).
 //!
 //! The server never uses them. They are part of the library so that the
-//! integration tests and `twizzle-bench` (a binary of this crate, which cannot
-//! reach code under `tests/`) sign in through the same fake and clean up the
-//! same way.
+//! integration tests and `twizzle-bench` and `twizzle-demo` (binaries of this
+//! crate, which cannot reach code under `tests/`) sign in through the same
+//! fake, clean up the same way, and agree on what a cube's state is.
 
+pub mod cube;
 mod fake_wca;
 
 pub use fake_wca::{FakeWca, FakeWcaBuilder, WcaAccount};

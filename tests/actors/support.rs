@@ -252,32 +252,22 @@ pub struct Peer {
 impl Peer {
     /// Joins a new stand-in socket to `stream` as `user`; panics if the stream ended.
     pub async fn join(stream: &Addr<StreamActor>, user: Option<&str>) -> Peer {
-        let (addr, inbox) = probe::<Outbound>();
-        let joined = join_with(stream, addr.clone().recipient(), user)
-            .await
-            .expect("the stream has not ended");
-        Peer {
-            id: joined.socket,
-            sender: joined.sender,
-            inbox,
-            batched: Default::default(),
-            _addr: addr,
-        }
+        Peer::join_since(stream, user, None).await
     }
 
     /// Joins a new stand-in viewer to `stream` that resumes after offset `since`.
     pub async fn resume(stream: &Addr<StreamActor>, since: u64) -> Peer {
+        Peer::join_since(stream, None, Some(since)).await
+    }
+
+    async fn join_since(
+        stream: &Addr<StreamActor>,
+        user: Option<&str>,
+        since: Option<u64>,
+    ) -> Peer {
         let (addr, inbox) = probe::<Outbound>();
-        let join = stream.send(Join {
-            socket: next_socket(),
-            outbox: addr.clone().recipient(),
-            user_id: None,
-            disconnect: None,
-            since: Some(since),
-        });
-        let joined = within("the stream to answer a join", join)
+        let joined = join_with_since(stream, addr.clone().recipient(), user, since)
             .await
-            .expect("the stream is running")
             .expect("the stream has not ended");
         Peer {
             id: joined.socket,
@@ -353,12 +343,22 @@ pub async fn join_with(
     outbox: Recipient<Outbound>,
     user: Option<&str>,
 ) -> Result<Joined, String> {
+    join_with_since(stream, outbox, user, None).await
+}
+
+/// [`join_with`], resuming after `since`.
+pub async fn join_with_since(
+    stream: &Addr<StreamActor>,
+    outbox: Recipient<Outbound>,
+    user: Option<&str>,
+    since: Option<u64>,
+) -> Result<Joined, String> {
     let join = stream.send(Join {
         socket: next_socket(),
         outbox,
         user_id: user.map(self::user),
         disconnect: None,
-        since: None,
+        since,
     });
     match within("the stream to answer a join", join).await {
         Ok(Ok(joined)) => Ok(joined),

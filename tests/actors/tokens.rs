@@ -7,12 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use actix::prelude::*;
-use twizzle_actors::ids::{AccessToken, ClaimToken, PublicUserInfo, UserId};
+use twizzle_actors::ids::{AccessToken, ClaimToken, DevName, PublicUserInfo, UserId};
 use twizzle_actors::store::local::USERS_FILE;
 use twizzle_actors::store::Stores;
 use twizzle_actors::tokens::{
-    Authenticate, AuthenticatedUser, Claimed, LookupUsers, RedeemClaim, SignIn, TokenActor,
-    TokenError, UserUpdated, WatchUsers, WcaProfile,
+    Authenticate, AuthenticatedUser, Claimed, DevSignIn, LookupUsers, RedeemClaim, SignIn,
+    TokenActor, TokenError, UserUpdated, WatchUsers, WcaProfile,
 };
 
 use crate::support::*;
@@ -48,6 +48,17 @@ fn profile(account_id: u64, wca_id: Option<&str>, name: &str) -> WcaProfile {
 
 async fn sign_in(tokens: &Addr<TokenActor>, profile: WcaProfile) -> String {
     within("SignIn", tokens.send(SignIn { profile }))
+        .await
+        .expect("the token actor is running")
+        .expect("sign-in succeeds")
+        .expose()
+        .to_owned()
+}
+
+/// Signs the development user `name` in; returns the claim token.
+async fn dev_sign_in(tokens: &Addr<TokenActor>, name: &str) -> String {
+    let name = DevName::parse(name).expect("a valid development name");
+    within("DevSignIn", tokens.send(DevSignIn { name }))
         .await
         .expect("the token actor is running")
         .expect("sign-in succeeds")
@@ -591,4 +602,130 @@ async fn watchers_hear_of_changes_to_public_info_only() {
         [renamed]
     );
     assert!(heard.try_next().is_none(), "heard once");
+}
+
+/// A development user signs in by name alone: unverified, no WCA ID, and
+/// their claim gives an access token like anyone's.
+#[actix::test]
+async fn a_development_user_signs_in_by_name() {
+    let dir = TempDir::new("tokens-dev");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let claim = dev_sign_in(&tokens, "Demo Cuber").await;
+    assert!(ClaimToken::parse(&claim).is_some());
+    let claimed = redeem(&tokens, &claim).await.unwrap();
+    assert_eq!(claimed.user.wca_id, None);
+    assert_eq!(claimed.user.name, "Demo Cuber (unverified)");
+    let me = authenticate(&tokens, claimed.access_token.expose())
+        .await
+        .unwrap();
+    assert_eq!(me.info, claimed.user);
+    assert_eq!(
+        redeem(&tokens, &claim).await,
+        Err(TokenError::InvalidClaimToken),
+        "the claim works once"
+    );
+}
+
+/// The same name finds the same user with the same access token; another
+/// name, or a WCA account whose number reads like the name, is someone else.
+#[actix::test]
+async fn the_same_development_name_is_the_same_user() {
+    let dir = TempDir::new("tokens-dev-same");
+    let tokens = open(dir.path(), CLAIM_TTL);
+    let (watcher, mut heard) = probe::<UserUpdated>();
+    within(
+        "WatchUsers",
+        tokens.send(WatchUsers {
+            watcher: watcher.recipient(),
+        }),
+    )
+    .await
+    .unwrap();
+
+    let first = redeem(&tokens, &dev_sign_in(&tokens, "42").await)
+        .await
+        .unwrap();
+    let again = redeem(&tokens, &dev_sign_in(&tokens, "42").await)
+        .await
+        .unwrap();
+    assert_eq!(again, first, "same user, same token, same info");
+
+    let wca = redeem(&tokens, &sign_in(&tokens, profile(42, None, "42")).await)
+        .await
+        .unwrap();
+    assert_ne!(wca.user.twizzle_user_id, first.user.twizzle_user_id);
+    assert!(wca.access_token != first.access_token);
+    assert_eq!(
+        wca.user.name, first.user.name,
+        "they look alike, and are two"
+    );
+
+    let spaced = redeem(&tokens, &dev_sign_in(&tokens, "42 ").await)
+        .await
+        .unwrap();
+    assert_ne!(spaced.user.twizzle_user_id, first.user.twizzle_user_id);
+    assert_eq!(spaced.user.name, "42  (unverified)");
+
+    // No sign-in so far changed what is shown of anyone: the first change
+    // heard is the WCA user's rename.
+    sign_in(&tokens, profile(42, Some("2020FORT01"), "Forty Two")).await;
+    assert_eq!(
+        heard.next("the rename").await,
+        UserUpdated {
+            info: PublicUserInfo::new(&wca.user.twizzle_user_id, Some("2020FORT01"), "Forty Two")
+        },
+        "the first thing heard"
+    );
+    let wca = redeem(
+        &tokens,
+        &sign_in(&tokens, profile(42, Some("2020FORT01"), "Forty Two")).await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        redeem(&tokens, &dev_sign_in(&tokens, "42").await)
+            .await
+            .unwrap(),
+        first,
+        "the WCA user's rename left the development user as it was"
+    );
+    for (user, token) in [(&first, &first.access_token), (&wca, &wca.access_token)] {
+        assert_eq!(
+            authenticate(&tokens, token.expose()).await.unwrap().info,
+            user.user
+        );
+    }
+}
+
+/// A development user survives a restart: the same name finds the same
+/// user and the same access token, and their token still authenticates.
+#[actix::test]
+async fn development_users_survive_a_restart() {
+    let dir = TempDir::new("tokens-dev-restart");
+    let before = open(dir.path(), CLAIM_TTL);
+    let zoe = redeem(&before, &dev_sign_in(&before, "Zoë 🧊").await)
+        .await
+        .unwrap();
+    let ana = redeem(&before, &sign_in(&before, profile(1, None, "Zoë 🧊")).await)
+        .await
+        .unwrap();
+    let pending = dev_sign_in(&before, "Zoë 🧊").await;
+
+    let after = open(dir.path(), CLAIM_TTL);
+    assert_eq!(
+        authenticate(&after, zoe.access_token.expose())
+            .await
+            .unwrap()
+            .info,
+        zoe.user
+    );
+    assert_eq!(redeem(&after, &pending).await.unwrap(), zoe);
+    let again = redeem(&after, &dev_sign_in(&after, "Zoë 🧊").await)
+        .await
+        .unwrap();
+    assert_eq!(again, zoe);
+    let wca_again = redeem(&after, &sign_in(&after, profile(1, None, "Zoë 🧊")).await)
+        .await
+        .unwrap();
+    assert_eq!(wca_again, ana, "the WCA user is still apart");
 }

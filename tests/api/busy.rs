@@ -8,12 +8,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::json;
-use twizzle_actors::ids::StreamId;
+use twizzle_actors::ids::{StreamId, UserId};
 use twizzle_actors::replay::Snapshot;
 use twizzle_actors::store::memory::{MemoryStreams, MemoryUsers, NoRecording};
 use twizzle_actors::store::{
-    Chunk, Cursor, Kept, Opened, RecordingStore, StoreFuture, Stores, StreamChange, StreamRecord,
-    StreamStore, UserChange, UserState, UserStore,
+    Chunk, Cursor, EndedRecording, Kept, Opened, RecordingStore, StoreFuture, Stores, StreamChange,
+    StreamRecord, StreamStore, UserChange, UserState, UserStore,
 };
 
 use crate::helpers::*;
@@ -143,6 +143,18 @@ impl StreamStore for GatedStreams {
             gate: self.recordings.clone(),
             inner: NoRecording,
         })
+    }
+
+    fn ended_recordings(&mut self) -> StoreFuture<Vec<EndedRecording>> {
+        self.inner.ended_recordings()
+    }
+
+    fn ended_senders(&mut self, id: &StreamId) -> Option<Vec<UserId>> {
+        self.inner.ended_senders(id)
+    }
+
+    fn delete_recording(&mut self, id: &StreamId) -> StoreFuture<()> {
+        self.inner.delete_recording(id)
     }
 
     fn read_recording(

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::{Disk, READ_THREADS, WRITE_THREADS};
 use super::journal::{epoch_ms, Journal};
-use super::recording::{read_chunk, recording_path, LocalRecording};
+use super::recording::{read_chunk, recording_path, recording_size, LocalRecording};
 use super::{
-    done, Chunk, ClaimRecord, Cursor, RecordingStore, StoreError, StoreFuture, StreamChange,
-    StreamRecord, StreamStore, UserChange, UserRecord, UserState, UserStore,
+    done, Chunk, ClaimRecord, Cursor, EndedRecording, RecordingStore, StoreError, StoreFuture,
+    StreamChange, StreamRecord, StreamStore, UserChange, UserRecord, UserState, UserStore,
 };
 use crate::ids::{StreamId, UserId};
 use crate::secrets::TokenHash;
@@ -261,8 +261,16 @@ enum StreamLine {
     Live { id: StreamId },
     /// The last sender left a stream.
     Idle { id: StreamId, since_ms: u64 },
-    /// A stream ended.
-    End { id: StreamId },
+    /// A stream ended; its recording is kept until it is forgotten.
+    End {
+        id: StreamId,
+        /// When, in ms since the Unix epoch; missing in lines from before
+        /// recordings were listed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ended_ms: Option<u64>,
+    },
+    /// An ended stream's recording was deleted.
+    Forget { id: StreamId },
 }
 
 /// Open streams in `streams.jsonl`, and their recordings in `log/streams/`.
@@ -279,13 +287,15 @@ pub struct LocalStreams {
     reads: Disk,
 }
 
-/// The open streams of a journal.
+/// The open streams of a journal, and the ended ones whose recordings are kept.
 #[derive(Default)]
 struct LiveStreams {
     /// The open streams by ID.
     open: HashMap<StreamId, StreamRecord>,
     /// Their creation order, for a stable listing after a restart.
     order: Vec<StreamId>,
+    /// Ended streams whose recordings are kept.
+    ended: HashMap<StreamId, EndedStream>,
 }
 
 impl LocalStreams {
@@ -301,6 +311,7 @@ impl LocalStreams {
         for line in Journal::read::<StreamLine>(&path)? {
             live.remember(line);
         }
+        live.match_recordings(&recordings);
         Ok(LocalStreams {
             journal: open_compacted(&path, &live.lines()),
             live,
@@ -312,6 +323,38 @@ impl LocalStreams {
 }
 
 impl LiveStreams {
+    /// Makes the ended streams those whose recordings are in `dir`: an
+    /// entry whose file is gone goes, and a recording of a stream that is
+    /// neither open nor known ended (kept from before ended streams were
+    /// journaled) is listed with no senders, as of its file's last write.
+    fn match_recordings(&mut self, dir: &Path) {
+        self.ended.retain(|id, _| recording_path(dir, id).is_file());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = recording_of(&path) else {
+                continue;
+            };
+            if self.open.contains_key(&id) || self.ended.contains_key(&id) {
+                continue;
+            }
+            let written = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .map_or(0, epoch_ms);
+            self.ended.insert(
+                id,
+                EndedStream {
+                    senders: Vec::new(),
+                    created_ms: written,
+                    ended_ms: written,
+                },
+            );
+        }
+    }
+
     fn remember(&mut self, line: StreamLine) {
         match line {
             StreamLine::Stream {
@@ -339,10 +382,19 @@ impl LiveStreams {
                     record.idle_since_ms = Some(since_ms);
                 }
             }
-            StreamLine::End { id } => {
-                if self.open.remove(&id).is_some() {
+            StreamLine::End { id, ended_ms } => {
+                if let Some(record) = self.open.remove(&id) {
                     self.order.retain(|open| *open != id);
+                    let ended = EndedStream {
+                        senders: record.senders,
+                        created_ms: record.created_ms,
+                        ended_ms: ended_ms.unwrap_or(record.created_ms),
+                    };
+                    self.ended.insert(id, ended);
                 }
+            }
+            StreamLine::Forget { id } => {
+                self.ended.remove(&id);
             }
         }
     }
@@ -374,8 +426,49 @@ impl LiveStreams {
                 };
                 [created, state]
             })
+            .chain(self.ended.iter().flat_map(|(id, ended)| {
+                let created = StreamLine::Stream {
+                    id: id.clone(),
+                    senders: ended.senders.clone(),
+                    created_ms: ended.created_ms,
+                };
+                let end = StreamLine::End {
+                    id: id.clone(),
+                    ended_ms: Some(ended.ended_ms),
+                };
+                [created, end]
+            }))
             .collect()
     }
+
+    /// How many lines a compacted journal holds.
+    fn len(&self) -> usize {
+        2 * (self.open.len() + self.ended.len())
+    }
+}
+
+impl LocalStreams {
+    /// Forgets an ended stream whose recording went; a failure to note it
+    /// is logged, and the next start finds the file gone all the same.
+    fn forget(&mut self, id: StreamId) {
+        if self.live.ended.remove(&id).is_none() {
+            return;
+        }
+        if let Err(e) = self.journal.append_unsynced(&StreamLine::Forget { id }) {
+            write_failed(&self.journal, e);
+        }
+    }
+}
+
+/// An ended stream whose recording is kept.
+#[derive(Debug, Clone)]
+struct EndedStream {
+    /// Its senders.
+    senders: Vec<UserId>,
+    /// When it was created, in ms since the Unix epoch.
+    created_ms: u64,
+    /// When it ended.
+    ended_ms: u64,
 }
 
 impl StreamStore for LocalStreams {
@@ -395,7 +488,13 @@ impl StreamStore for LocalStreams {
             ),
             StreamChange::Live(id) => (StreamLine::Live { id }, false),
             StreamChange::Idle { id, since_ms } => (StreamLine::Idle { id, since_ms }, false),
-            StreamChange::Ended(id) => (StreamLine::End { id }, false),
+            StreamChange::Ended(id) => (
+                StreamLine::End {
+                    id,
+                    ended_ms: Some(epoch_ms(SystemTime::now())),
+                },
+                false,
+            ),
         };
         // A creation is synced before the stream's ID is handed out: a short
         // write on the registry's own thread; streams run elsewhere. The
@@ -410,7 +509,7 @@ impl StreamStore for LocalStreams {
             return done(Err(write_failed(&self.journal, e)));
         }
         self.live.remember(line);
-        if due(&self.journal, 2 * self.live.open.len()) {
+        if due(&self.journal, self.live.len()) {
             compact(&mut self.journal, &self.live.lines());
         }
         done(Ok(()))
@@ -425,10 +524,62 @@ impl StreamStore for LocalStreams {
     }
 
     fn sweep_recordings(&mut self, keep: Duration) -> StoreFuture<usize> {
-        done(sweep(&self.recordings, keep, &self.live.open).map_err(|e| {
-            log::warn!("{}: sweep failed: {e}", self.recordings.display());
-            StoreError::from(e)
-        }))
+        let deleted = match sweep(&self.recordings, keep, &self.live.open) {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                log::warn!("{}: sweep failed: {e}", self.recordings.display());
+                return done(Err(StoreError::from(e)));
+            }
+        };
+        let count = deleted.len();
+        for id in deleted {
+            self.forget(id);
+        }
+        done(Ok(count))
+    }
+
+    fn ended_recordings(&mut self) -> StoreFuture<Vec<EndedRecording>> {
+        let dir = self.recordings.clone();
+        let ended: Vec<(StreamId, EndedStream)> = self
+            .live
+            .ended
+            .iter()
+            .map(|(id, ended)| (id.clone(), ended.clone()))
+            .collect();
+        let sized = self.reads.run(move || {
+            let mut kept = Vec::new();
+            for (id, ended) in ended {
+                match recording_size(&dir, &id) {
+                    Ok(Some((events, bytes))) => kept.push(EndedRecording {
+                        id,
+                        senders: ended.senders,
+                        created_ms: ended.created_ms,
+                        ended_ms: ended.ended_ms,
+                        events,
+                        bytes,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("stream {id}: cannot size its recording: {e}"),
+                }
+            }
+            kept
+        });
+        Box::pin(sized)
+    }
+
+    fn ended_senders(&mut self, id: &StreamId) -> Option<Vec<UserId>> {
+        self.live.ended.get(id).map(|ended| ended.senders.clone())
+    }
+
+    fn delete_recording(&mut self, id: &StreamId) -> StoreFuture<()> {
+        let path = recording_path(&self.recordings, id);
+        if let Err(e) = remove_recording(&path) {
+            log::warn!("stream {id}: cannot delete its recording: {e}");
+            return done(Err(StoreError::from(e)));
+        }
+        log::info!("stream {id}: recording deleted");
+        self.forget(id.clone());
+        done(Ok(()))
     }
 
     fn check_writable(&mut self) -> StoreFuture<()> {
@@ -462,17 +613,16 @@ impl StreamStore for LocalStreams {
 /// Deletes from `dir` each recording (and its snapshot) of a stream not in
 /// `open` whose file was last written more than `keep` ago. A recording's
 /// last write is its stream's end, or near it (the end syncs it).
-fn sweep(dir: &Path, keep: Duration, open: &HashMap<StreamId, StreamRecord>) -> io::Result<usize> {
+fn sweep(
+    dir: &Path,
+    keep: Duration,
+    open: &HashMap<StreamId, StreamRecord>,
+) -> io::Result<Vec<StreamId>> {
     let now = SystemTime::now();
-    let mut deleted = 0;
+    let mut deleted = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .and_then(|name| name.strip_suffix(".log"))
-            .and_then(StreamId::parse)
-        else {
+        let Some(id) = recording_of(&path) else {
             continue;
         };
         if open.contains_key(&id) {
@@ -482,20 +632,34 @@ fn sweep(dir: &Path, keep: Duration, open: &HashMap<StreamId, StreamRecord>) -> 
         if now.duration_since(written).unwrap_or_default() < keep {
             continue;
         }
-        std::fs::remove_file(&path)?;
-        match std::fs::remove_file(path.with_extension("snapshot")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_recording(&path)?;
         log::info!("stream {id}: recording deleted after the retention period");
-        deleted += 1;
+        deleted.push(id);
     }
     Ok(deleted)
+}
+
+/// The stream whose recording is at `path`, if it is one (`{id}.log`).
+fn recording_of(path: &Path) -> Option<StreamId> {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_suffix(".log"))
+        .and_then(StreamId::parse)
+}
+
+/// Deletes a recording and its snapshot.
+fn remove_recording(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    match std::fs::remove_file(path.with_extension("snapshot")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Identity;
     use crate::testkit::{TempDir, Tmpfs};
 
     /// What a local store's future resolves to: at once, as they do.
@@ -505,6 +669,76 @@ mod tests {
             std::task::Poll::Ready(result) => result,
             std::task::Poll::Pending => panic!("a local store's call waits"),
         }
+    }
+
+    /// A user line as the journal held it before development users
+    /// existed; the hash is of no token in particular.
+    const OLD_USER_LINE: &str = r#"{"t":"user","id":"user_00000000000000aa","wca_account":42,"wca_id":"2015ABCD01","name":"Ana","token_hashes":["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],"sealed_token":null}"#;
+
+    #[test]
+    fn user_lines_from_before_development_users_load_and_are_written_alike() {
+        let line: UserLine = serde_json::from_str(OLD_USER_LINE).unwrap();
+        let UserLine::User(user) = &line else {
+            panic!("a user line, read as {line:?}");
+        };
+        assert_eq!(user.identity, Identity::Wca { wca_account: 42 });
+        assert_eq!(user.name, "Ana");
+        assert_eq!(user.token_hashes.len(), 1);
+        let written: serde_json::Value = serde_json::to_value(&line).unwrap();
+        let old: serde_json::Value = serde_json::from_str(OLD_USER_LINE).unwrap();
+        assert_eq!(written, old, "a WCA user is written as before");
+    }
+
+    #[test]
+    fn development_users_round_trip_apart_from_wca_accounts() {
+        let dev = UserRecord {
+            id: UserId::random(),
+            identity: Identity::Dev {
+                dev_name: crate::ids::DevName::parse("42").unwrap(),
+            },
+            wca_id: None,
+            name: "42".to_owned(),
+            token_hashes: Vec::new(),
+            sealed_token: None,
+        };
+        let text = serde_json::to_string(&UserLine::User(dev.clone())).unwrap();
+        assert!(text.contains(r#""dev_name":"42""#), "{text}");
+        assert!(!text.contains("wca_account"), "{text}");
+        match serde_json::from_str(&text).unwrap() {
+            UserLine::User(back) => assert_eq!(back, dev),
+            other => panic!("a user line, read as {other:?}"),
+        }
+        // A line with a name that is not one, or with neither kind, is not a user.
+        for bad in [
+            r#"{"t":"user","id":"user_00000000000000aa","dev_name":"a\u0007","wca_id":null,"name":"a","token_hashes":[],"sealed_token":null}"#,
+            r#"{"t":"user","id":"user_00000000000000aa","wca_id":null,"name":"a","token_hashes":[],"sealed_token":null}"#,
+        ] {
+            assert!(serde_json::from_str::<UserLine>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn development_users_survive_a_reopen() {
+        let dir = TempDir::new("local-dev-users");
+        let name = crate::ids::DevName::parse("Zoë Ünal").unwrap();
+        let dev = UserRecord {
+            id: UserId::random(),
+            identity: Identity::Dev { dev_name: name },
+            wca_id: None,
+            name: "Zoë Ünal".to_owned(),
+            token_hashes: Vec::new(),
+            sealed_token: None,
+        };
+        fs::write(dir.path().join(USERS_FILE), format!("{OLD_USER_LINE}\n")).unwrap();
+        let mut users = LocalUsers::open(dir.path()).unwrap();
+        now(users.apply(vec![UserChange::PutUser(dev.clone())])).unwrap();
+        drop(users);
+        let mut users = LocalUsers::open(dir.path()).unwrap();
+        let mut loaded = now(users.load()).unwrap().users;
+        loaded.sort_by_key(|user| user.name.clone());
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[0].identity, Identity::Wca { wca_account: 42 });
+        assert_eq!(loaded[1], dev);
     }
 
     #[test]

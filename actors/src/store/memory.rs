@@ -2,10 +2,10 @@
 //! need no files, and a server run without a data directory.
 
 use super::{
-    done, Chunk, Cursor, Kept, Opened, RecordingStore, StoreFuture, StreamChange, StreamRecord,
-    StreamStore, UserChange, UserState, UserStore,
+    done, Chunk, Cursor, EndedRecording, Kept, Opened, RecordingStore, StoreFuture, StreamChange,
+    StreamRecord, StreamStore, UserChange, UserState, UserStore,
 };
-use crate::ids::StreamId;
+use crate::ids::{StreamId, UserId};
 use crate::replay::Snapshot;
 
 /// Users and claims in memory only: the token actor's own maps are all there is.
@@ -53,6 +53,18 @@ impl StreamStore for MemoryStreams {
 
     fn recording(&mut self, _: &StreamId) -> Box<dyn RecordingStore + Send> {
         Box::new(NoRecording)
+    }
+
+    fn ended_recordings(&mut self) -> StoreFuture<Vec<EndedRecording>> {
+        done(Ok(Vec::new()))
+    }
+
+    fn ended_senders(&mut self, _: &StreamId) -> Option<Vec<UserId>> {
+        None
+    }
+
+    fn delete_recording(&mut self, _: &StreamId) -> StoreFuture<()> {
+        done(Ok(()))
     }
 
     fn read_recording(

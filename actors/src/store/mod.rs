@@ -25,7 +25,7 @@ use std::pin::Pin;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{StreamId, UserId};
+use crate::ids::{DevName, StreamId, UserId};
 use crate::replay::{Replay, Snapshot};
 use crate::secrets::TokenHash;
 
@@ -89,16 +89,50 @@ impl From<io::Error> for StoreError {
     }
 }
 
+/// What a user signed in with: the one thing that finds them again at
+/// their next sign-in.
+///
+/// Kept flattened into the user's record under a key of its own per kind
+/// (`wca_account`, `dev_name`), so that the records written before
+/// development users existed, which all have `wca_account`, load as they
+/// are, and a WCA user's record is written as it always was. The kinds
+/// cannot collide: a development user is never found by a WCA account
+/// number, nor a WCA user by a name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Identity {
+    /// A WCA account.
+    Wca {
+        /// The WCA account number, which never changes.
+        wca_account: u64,
+    },
+    /// A development user, signed in by name alone (`GET /v0/auth/dev`).
+    Dev {
+        /// The name they signed in with.
+        dev_name: DevName,
+    },
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Wca { wca_account } => write!(f, "WCA account {wca_account}"),
+            Identity::Dev { dev_name } => write!(f, "development name {:?}", dev_name.as_str()),
+        }
+    }
+}
+
 /// A user as the token actor keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     /// The user's ID.
     pub id: UserId,
-    /// The WCA account number, which never changes.
-    pub wca_account: u64,
-    /// The WCA ID, if the account has one.
+    /// What they sign in with.
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// The WCA ID, if the account has one (a development user has none).
     pub wca_id: Option<String>,
-    /// The WCA name.
+    /// The WCA name, or a development user's name.
     pub name: String,
     /// Hashes of the user's valid access tokens, oldest first.
     pub token_hashes: Vec<TokenHash>,
@@ -164,6 +198,23 @@ pub struct StreamRecord {
     pub idle_since_ms: Option<u64>,
 }
 
+/// An ended stream whose recording is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedRecording {
+    /// The stream's ID.
+    pub id: StreamId,
+    /// Its senders; none for a recording kept from before they were.
+    pub senders: Vec<UserId>,
+    /// When the stream was created, in ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When it ended.
+    pub ended_ms: u64,
+    /// Events recorded.
+    pub events: u64,
+    /// Bytes recorded.
+    pub bytes: u64,
+}
+
 /// One change to the open streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamChange {
@@ -206,6 +257,15 @@ pub trait StreamStore {
     /// stream it is for runs on another thread.
     fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send>;
 
+    /// The ended streams whose recordings are kept, with their sizes.
+    fn ended_recordings(&mut self) -> StoreFuture<Vec<EndedRecording>>;
+
+    /// The senders of ended stream `id`, if its recording is kept.
+    fn ended_senders(&mut self, id: &StreamId) -> Option<Vec<UserId>>;
+
+    /// Deletes the recording of ended stream `id`.
+    fn delete_recording(&mut self, id: &StreamId) -> StoreFuture<()>;
+
     /// Reads up to `max` events after offset `after` of stream `id`'s
     /// recording, open or ended, from `cursor` on; `None` if none is kept.
     fn read_recording(
@@ -226,11 +286,18 @@ pub struct Kept {
     pub from: u64,
     /// The last offset of the run; below `from` when nothing is kept.
     pub to: u64,
+    /// How many events the recording holds, the run and any before it.
+    #[serde(default)]
+    pub events: u64,
 }
 
 impl Default for Kept {
     fn default() -> Kept {
-        Kept { from: 1, to: 0 }
+        Kept {
+            from: 1,
+            to: 0,
+            events: 0,
+        }
     }
 }
 
@@ -240,6 +307,7 @@ impl Kept {
         Kept {
             from: next,
             to: next.saturating_sub(1),
+            events: 0,
         }
     }
 
@@ -250,6 +318,7 @@ impl Kept {
             self.from = offset;
         }
         self.to = offset;
+        self.events += 1;
     }
 
     /// Whether every event after `after` up to `until` is kept.

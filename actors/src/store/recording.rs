@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::Disk;
 use super::{done, Chunk, Cursor, Kept, Opened, Recorded, RecordingStore, StoreError, StoreFuture};
-use crate::event::{parse_recorded, with_offset};
+use crate::event::{parse_recorded, recorded_line, with_offset};
 use crate::ids::StreamId;
 use crate::replay::{Replay, Snapshot};
 
@@ -214,6 +214,35 @@ impl LocalRecording {
             .clone()
             .ok_or_else(|| StoreError::Failed("the recording is not open".to_owned()))
     }
+}
+
+/// How many events and bytes the recording of `id` in `dir` holds: from
+/// its snapshot if that covers the whole file (an ended stream's does),
+/// else by counting its lines. `None` if there is no recording.
+pub fn recording_size(dir: &Path, id: &StreamId) -> io::Result<Option<(u64, u64)>> {
+    let path = recording_path(dir, id);
+    let bytes = match fs::metadata(&path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let snapshot = fs::read(dir.join(format!("{id}.snapshot")))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Checkpoint>(&text).ok())
+        .filter(|c| c.version >= CHECKPOINT_VERSION && c.bytes == bytes);
+    if let Some(checkpoint) = snapshot {
+        return Ok(Some((checkpoint.kept.events, bytes)));
+    }
+    let mut lines = 0;
+    let mut reader = BufReader::new(File::open(&path)?);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        if line.ends_with(b"\n") {
+            lines += 1;
+        }
+        line.clear();
+    }
+    Ok(Some((lines, bytes)))
 }
 
 /// `{id}.log` in `dir`.
@@ -522,6 +551,22 @@ impl RecordingStore for LocalRecording {
     }
 }
 
+/// The line `GET /v0/streams/{id}/recording` answers for a recorded
+/// event, newline included: its recording line, with `"receivedAt":null`
+/// for an event recorded before that was kept.
+pub fn line_of(recorded: &Recorded) -> String {
+    match recorded.received_ms {
+        Some(ms) => recorded_line(&recorded.text, recorded.offset, ms),
+        None => {
+            let body = recorded.text.strip_prefix('{').unwrap_or(&recorded.text);
+            format!(
+                "{{\"offset\":{},\"receivedAt\":null,{body}\n",
+                recorded.offset
+            )
+        }
+    }
+}
+
 /// The frame a socket gets for a recorded event.
 pub fn frame_of(recorded: &Recorded) -> ByteString {
     with_offset(&recorded.text, recorded.offset)
@@ -616,7 +661,14 @@ mod tests {
             ]
         );
         assert_eq!(opened.replay.accepted(), 2);
-        assert_eq!(opened.kept, Kept { from: 1, to: 2 });
+        assert_eq!(
+            opened.kept,
+            Kept {
+                from: 1,
+                to: 2,
+                events: 2
+            }
+        );
         assert_eq!(
             lines(&log),
             [format!("{}\n", mv(1)), format!("{}\n", reset(false))],
@@ -634,7 +686,14 @@ mod tests {
         drop(recording);
         let again = open(&mut self::recording(dir.path(), &id)).await;
         assert_eq!(again.replay.accepted(), 3);
-        assert_eq!(again.kept, Kept { from: 1, to: 3 });
+        assert_eq!(
+            again.kept,
+            Kept {
+                from: 1,
+                to: 3,
+                events: 3
+            }
+        );
 
         let chunk = read_chunk(&log, 1, Cursor::default(), 10).unwrap().unwrap();
         let offsets: Vec<_> = chunk.events.iter().map(|e| e.offset).collect();
@@ -661,7 +720,14 @@ mod tests {
         let mut kept = Replay::default();
         kept.accept(&parse_event(&mv(9)).unwrap());
         recording
-            .checkpoint(&kept.snapshot(), Kept { from: 1, to: 1 })
+            .checkpoint(
+                &kept.snapshot(),
+                Kept {
+                    from: 1,
+                    to: 1,
+                    events: 1,
+                },
+            )
             .await
             .unwrap();
         recording
@@ -741,7 +807,14 @@ mod tests {
 
         let opened = open(&mut self::recording(dir.path(), &id)).await;
         assert_eq!(opened.replay.accepted(), 4);
-        assert_eq!(opened.kept, Kept { from: 4, to: 4 });
+        assert_eq!(
+            opened.kept,
+            Kept {
+                from: 4,
+                to: 4,
+                events: 1
+            }
+        );
         assert!(!opened.kept.covers(2, 4));
         assert!(opened.kept.covers(3, 4));
         let log = recording_path(dir.path(), &id);

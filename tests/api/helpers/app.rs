@@ -59,6 +59,12 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Starts a server with the test settings but no WCA client secret, on
+/// loopback: one with the development sign-in.
+pub async fn spawn_dev_app() -> TestApp {
+    spawn_app_with(|s| s.wca.client_secret = None).await
+}
+
 /// Starts a server with the test settings, changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_in(Arc::new(TempDir::new("api")), FakeWca::start(), tweak).await
@@ -150,6 +156,39 @@ impl TestApp {
     /// `POST path` with no body and `token` in a Bearer header, answered.
     pub async fn post_as(&self, path: &str, token: &str) -> Answer {
         answer(self.client.post(self.url(path)).bearer_auth(token), "POST").await
+    }
+
+    /// `DELETE path`, with `token` in a Bearer header if there is one, answered.
+    pub async fn delete_as(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut request = self.client.delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request, "DELETE").await
+    }
+
+    /// `GET path` of an NDJSON body: the status, the content type, and
+    /// each line parsed.
+    pub async fn get_ndjson(&self, path: &str) -> (u16, String, Vec<Value>) {
+        let mut res = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"));
+        let kind = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = res.body().limit(1 << 26).await.expect("a body");
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let lines = if res.status().is_success() {
+            super::events::json_lines(&text)
+        } else {
+            vec![serde_json::from_str(&text).unwrap_or(Value::String(text))]
+        };
+        (res.status().as_u16(), kind, lines)
     }
 
     /// A fresh OAuth code that signs `account` in.

@@ -78,6 +78,23 @@ pub fn start_binary_with(
     }
 }
 
+/// Starts `command` with no input and its output read line by line as it
+/// comes: the process, its stdout lines, its stderr lines.
+pub fn spawn_reading(
+    command: &mut Command,
+) -> (KillOnDrop, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("the command starts");
+    let (out_tx, out_rx) = mpsc::channel();
+    let (err_tx, err_rx) = mpsc::channel();
+    forward_lines(child.stdout.take().unwrap(), out_tx);
+    forward_lines(child.stderr.take().unwrap(), err_tx);
+    (KillOnDrop(child), out_rx, err_rx)
+}
+
 /// Sends each line read from `from` to `to`, on a thread of its own, until
 /// either end closes.
 fn forward_lines(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {

@@ -31,6 +31,11 @@ pub fn sent_part(frame: &Value) -> Value {
 /// Every line of the recording at `path`, parsed.
 pub fn recording_lines(path: &std::path::Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    json_lines(&text)
+}
+
+/// Each line of `text`, which must be whole JSON lines, parsed.
+pub fn json_lines(text: &str) -> Vec<Value> {
     assert!(
         text.is_empty() || text.ends_with('\n'),
         "whole lines: {text:?}"

@@ -18,8 +18,12 @@ mod ws;
 
 use std::time::Duration;
 
-pub use app::{spawn_app, spawn_app_in, spawn_app_on, spawn_app_with, Answer, TestApp};
-pub use binary::{assert_no_token_in, rest_of, start_binary, start_binary_with, KillOnDrop};
+pub use app::{
+    spawn_app, spawn_app_in, spawn_app_on, spawn_app_with, spawn_dev_app, Answer, TestApp,
+};
+pub use binary::{
+    assert_no_token_in, rest_of, spawn_reading, start_binary, start_binary_with, KillOnDrop,
+};
 pub use browser::{free_port, Browser};
 pub use events::{
     move_event, orientation_event, recording_lines, reset_event, sent_part, without_counts,
