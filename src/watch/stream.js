@@ -145,8 +145,12 @@ function number(value) {
   return typeof value === "number" && Number.isFinite(value) ? value : null;
 }
 
-/** Shows one event: a move, an orientation, a reset, or a gap. */
-function apply(event, data) {
+/**
+ * Shows one event: a move, an orientation, a reset, or a gap; `at` is when
+ * it happened (unix ms): now for a live one, when it was recorded for a
+ * replayed one.
+ */
+function apply(event, data, at = Date.now()) {
   switch (event) {
     case "move": {
       const notation = moveNotation(data ? data.latestMove : undefined);
@@ -173,7 +177,7 @@ function apply(event, data) {
       const tracking = data && data.trackingOrientation === true;
       setText(
         view.lastReset,
-        `at ${new Date().toLocaleTimeString()}, ${tracking ? "tracking" : "not tracking"} orientation`,
+        `at ${new Date(at).toLocaleTimeString()}, ${tracking ? "tracking" : "not tracking"} orientation`,
       );
       movesSinceReset = [];
       twistyReset();
@@ -316,6 +320,10 @@ const replay = { events: [], index: 0, playing: false, timer: null, capped: 0 };
 async function ended({ autoplay }) {
   phase = "ended";
   showStatus();
+  setText(view.viewers, "none: the stream has ended");
+  if (!info) {
+    showRecordedSenders();
+  }
   const recording = await loadRecording();
   if (recording === null) {
     notice(
@@ -342,6 +350,17 @@ async function ended({ autoplay }) {
   showReplayPosition();
   if (autoplay) {
     play();
+  }
+}
+
+/** Who sent the stream, from the list of recordings, for a page that came after its end. */
+async function showRecordedSenders() {
+  const answer = await getJSON("/v0/recordings");
+  const recordings = answer.body && Array.isArray(answer.body.recordings) ? answer.body.recordings : [];
+  const recording = recordings.find((r) => r && r.streamID === streamID);
+  if (recording && !info) {
+    info = { senders: recording.senders };
+    showInfo();
   }
 }
 
@@ -409,7 +428,7 @@ function step() {
   }
   const event = replay.events[replay.index];
   if (event) {
-    apply(event.event, event.data);
+    apply(event.event, event.data, number(event.receivedAt) ?? Date.now());
     replay.index += 1;
   }
   const next = replay.events[replay.index];

@@ -211,9 +211,8 @@ async fn a_restart_loses_no_move_and_repeats_none() {
 /// it says `ended` and offers the recording, which plays at its recorded
 /// pace (a pause in the recording is a pause in the replay) with `replay`
 /// in `#status`, pauses and goes on; a page opened after the end replays
-/// at once.
+/// at once, naming the sender, and the list names the recording.
 #[actix_web::test]
-#[ignore = "needs GET /v0/streams/{id}/recording on the server"]
 async fn an_ended_stream_replays_its_recording() {
     let Some(browser) = Browser::start().await else {
         return;
@@ -261,5 +260,23 @@ async fn an_ended_stream_replays_its_recording() {
     browser.wait_text("status", "replay").await;
     browser.wait_text("moves", "R U F L'").await;
     browser.wait_text("replay-position", "event 5 of 5").await;
+    browser.wait_text("senders", "Re Player (unverified)").await;
+    browser.screenshot("watch-replay").await;
+
+    // The list names the recording, ended, as a link to that page.
+    browser.goto(&app.url("/watch/")).await;
+    let script = format!(
+        "const a = document.querySelector('#recordings a[href=\"/watch/{id}\"]'); \
+         return a ? a.closest('li').textContent : null;"
+    );
+    browser
+        .wait_for("the recording listed", &script, |seen| {
+            seen.as_str().is_some_and(|text| {
+                text.contains("Re Player (unverified)")
+                    && text.contains("ended")
+                    && text.contains("5 events")
+            })
+        })
+        .await;
     browser.close().await;
 }
