@@ -43,6 +43,9 @@ pub enum DemoError {
     },
     /// The stream's socket closed or failed while streaming.
     SocketClosed(String),
+    /// The connection was lost, or the server is restarting: worth
+    /// connecting again.
+    Dropped(String),
 }
 
 impl fmt::Display for DemoError {
@@ -69,6 +72,7 @@ impl fmt::Display for DemoError {
                 message,
             } => write!(f, "{step}: {message}"),
             DemoError::SocketClosed(why) => write!(f, "the stream's socket closed: {why}"),
+            DemoError::Dropped(why) => write!(f, "the stream's connection dropped: {why}"),
         }
     }
 }

@@ -35,12 +35,13 @@ mod stream;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use futures_util::future::{select, Either};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::api::{Api, DemoError};
+use crate::api::{Api, DemoError, Socket};
 use crate::cli::Options;
 use crate::stream::Outcome;
 
@@ -94,12 +95,48 @@ async fn run<S: Future<Output = &'static str>>(
         Some(seed) => StdRng::seed_from_u64(seed),
         None => StdRng::from_os_rng(),
     };
-    let outcome = stream::solves(&mut socket, options, &mut rng, stop).await;
-    if outcome.is_ok() {
-        stream::close(&mut socket).await;
+    let mut done = 0;
+    loop {
+        let outcome =
+            stream::solves(&mut socket, options, &mut rng, &mut done, stop.as_mut()).await;
+        match outcome {
+            Ok(outcome) => {
+                stream::close(&mut socket).await;
+                return Ok(outcome);
+            }
+            // A restart or a lost connection: connect again, as the
+            // browser client does, and start the next solve afresh.
+            Err(DemoError::Dropped(why)) => {
+                println!("twizzle-demo: {why}; connecting again");
+                let again = pin!(reconnect(&api, &stream_id, &me.token));
+                socket = match select(again, stop.as_mut()).await {
+                    Either::Left((socket, _)) => socket?,
+                    Either::Right((name, _)) => return Ok(Outcome::Stopped(name, done)),
+                };
+                println!("twizzle-demo: connected again to stream {stream_id}");
+            }
+            Err(e) => return Err(e),
+        }
     }
-    outcome
 }
+
+/// Connects to the stream again, backing off from 250 ms to 5 s between
+/// tries, for up to a minute.
+async fn reconnect(api: &Api, stream_id: &str, token: &str) -> Result<Socket, DemoError> {
+    let give_up = std::time::Instant::now() + RECONNECT_FOR;
+    let mut wait = Duration::from_millis(250);
+    loop {
+        actix_web::rt::time::sleep(wait).await;
+        match api.connect(stream_id, token).await {
+            Ok(socket) => return Ok(socket),
+            Err(e) if std::time::Instant::now() >= give_up => return Err(e),
+            Err(_) => wait = (wait * 2).min(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// How long the demo tries to connect again after its connection dropped.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
 #[actix_web::main]
 async fn main() -> ExitCode {

@@ -56,7 +56,7 @@ async fn send(socket: &mut Socket, event: Value) -> Result<(), DemoError> {
     socket
         .send(Message::Text(event.to_string().into()))
         .await
-        .map_err(|e| DemoError::SocketClosed(e.to_string()))
+        .map_err(|e| DemoError::Dropped(e.to_string()))
 }
 
 /// Waits until `deadline`, answering pings and reporting the server's
@@ -83,9 +83,11 @@ async fn wait_until<S: Future<Output = &'static str>>(
                 socket
                     .send(Message::Pong(payload))
                     .await
-                    .map_err(|e| DemoError::SocketClosed(e.to_string()))?;
+                    .map_err(|e| DemoError::Dropped(e.to_string()))?;
             }
             Some(Ok(Frame::Close(reason))) => {
+                // 1001: the server is restarting, and the stream with it.
+                let restarting = reason.as_ref().is_some_and(|r| u16::from(r.code) == 1001);
                 let why = match reason {
                     Some(CloseReason { code, description }) => format!(
                         "the server closed it with {} {}",
@@ -94,15 +96,15 @@ async fn wait_until<S: Future<Output = &'static str>>(
                     ),
                     None => "the server closed it".to_owned(),
                 };
-                return Err(DemoError::SocketClosed(why));
+                return Err(if restarting {
+                    DemoError::Dropped(why)
+                } else {
+                    DemoError::SocketClosed(why)
+                });
             }
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(DemoError::SocketClosed(e.to_string())),
-            None => {
-                return Err(DemoError::SocketClosed(
-                    "the connection was lost".to_owned(),
-                ))
-            }
+            Some(Err(e)) => return Err(DemoError::Dropped(e.to_string())),
+            None => return Err(DemoError::Dropped("the connection was lost".to_owned())),
         }
     }
 }
@@ -146,24 +148,24 @@ pub async fn solves<S: Future<Output = &'static str>>(
     socket: &mut Socket,
     options: &Options,
     rng: &mut impl Rng,
+    done: &mut u64,
     mut stop: Pin<&mut S>,
 ) -> Result<Outcome, DemoError> {
     let lead_in = Instant::now() + Duration::from_secs_f64(LEAD_IN / options.speed);
     if let Waited::Stopped(name) = wait_until(socket, lead_in, stop.as_mut()).await? {
-        return Ok(Outcome::Stopped(name, 0));
+        return Ok(Outcome::Stopped(name, *done));
     }
-    let mut done = 0;
     loop {
         let solve = plan(rng);
         let hands = Hands::new(rng, solve.inspection);
         if let Waited::Stopped(name) =
-            play(socket, &solve, &hands, options, done + 1, stop.as_mut()).await?
+            play(socket, &solve, &hands, options, *done + 1, stop.as_mut()).await?
         {
-            return Ok(Outcome::Stopped(name, done));
+            return Ok(Outcome::Stopped(name, *done));
         }
-        done += 1;
-        if options.solves == Some(done) {
-            return Ok(Outcome::Finished(done));
+        *done += 1;
+        if options.solves == Some(*done) {
+            return Ok(Outcome::Finished(*done));
         }
     }
 }
