@@ -234,3 +234,31 @@ async fn a_recording_from_before_offsets_stays_readable() {
     assert_eq!(sent_part(&lines[0]), move_event(2));
     assert_eq!(sent_part(&lines[2]), reset_event(true));
 }
+
+/// With a retention of zero, an ended stream's recording goes at its end:
+/// it leaves the list and the download answers 404.
+#[actix_web::test]
+async fn with_no_retention_an_ended_recording_goes_at_once() {
+    let app = spawn_app_with(|s| {
+        s.stream_idle_timeout = Duration::from_millis(300);
+        s.limits.recording_retention = Duration::ZERO;
+    })
+    .await;
+    let (_, id, sender, viewer) = stream_moves(&app, 3).await;
+    let path = format!("/v0/streams/{id}/recording");
+    assert_eq!(app.get_ndjson(&path).await.2.len(), 3, "kept while open");
+    drop((sender, viewer));
+    eventually("the recording to go with its stream", || async {
+        app.get(&path).await.status == 404
+    })
+    .await;
+    assert_eq!(
+        app.get("/v0/recordings").await.body,
+        json!({"recordings": []})
+    );
+    assert!(!app
+        .dir
+        .path()
+        .join(format!("log/streams/{id}.log"))
+        .exists());
+}
