@@ -7,10 +7,12 @@
 //! - `ws.rs`: awc's WebSocket client, with a bounded wait for each frame.
 //! - `raw.rs`: sockets on plain TCP that misbehave on purpose.
 //! - `events.rs`: the events a test sends.
+//! - `honest.rs`: the honest pair a limit's test keeps talking meanwhile.
 
 mod app;
 mod binary;
 mod events;
+mod honest;
 mod raw;
 mod ws;
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 pub use app::{spawn_app, spawn_app_in, spawn_app_on, spawn_app_with, Answer, TestApp};
 pub use binary::{assert_no_token_in, rest_of, start_binary, start_binary_with, KillOnDrop};
 pub use events::{move_event, orientation_event, reset_event};
+pub use honest::HonestPair;
 pub use raw::{
     content_length, raw_upgrade, read_head, reset, status_of, upgrade_request, RawSocket,
 };
