@@ -7,6 +7,8 @@ use awc::ws::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use twizzle_api_server::config::Settings;
+
 use crate::helpers::*;
 
 /// A viewer that stops reading is dropped once its queue of unsent events is
@@ -516,6 +518,63 @@ fn recording_of(app: &TestApp, id: &str) -> Vec<String> {
     let text = std::fs::read_to_string(&path).expect("the recording exists");
     assert!(text.is_empty() || text.ends_with('\n'), "a torn last line");
     text.lines().map(str::to_owned).collect()
+}
+
+/// A sender flooding past its rate has every frame refused with an error
+/// frame, but past the refusals' burst it is read no faster than the rate
+/// and the refusal pace allow, so a flood at wire speed costs the server a
+/// bounded share of a core; the honest stream goes on meanwhile.
+#[actix_web::test]
+async fn a_flood_past_the_rate_is_read_at_the_refusal_pace() {
+    use twizzle_api_server::session::REFUSALS_PER_SEC;
+    let app = spawn_app().await;
+    let limits = Settings::local().limits;
+    let (rate, burst) = (limits.sender_events_per_sec, limits.sender_event_burst);
+    let mut honest = HonestPair::start(&app).await;
+    let (token, id) = app.sender_with_stream(11, None, "Torrent").await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    let sent = (burst + 2.0 * REFUSALS_PER_SEC) as u64;
+    let started = std::time::Instant::now();
+    for n in 0..sent {
+        sender.send_json(&move_event(n)).await;
+    }
+    honest.still_fine(20).await;
+    let mut refused = 0u64;
+    let mut last = started;
+    loop {
+        match actix::clock::timeout(Duration::from_millis(500), sender.next()).await {
+            Ok(Seen::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["data"]["message"], "rate limit exceeded");
+                refused += 1;
+                last = std::time::Instant::now();
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break, // quiet: every error frame has come
+        }
+    }
+    let mut relayed = 0u64;
+    let mut previous = None;
+    while let Ok(Seen::Text(text)) =
+        actix::clock::timeout(Duration::from_millis(500), viewer.next()).await
+    {
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        let n = frame["data"]["timeStamp"].as_u64().expect("a move");
+        assert!(previous.is_none_or(|p| n > p), "reordered");
+        previous = Some(n);
+        relayed += 1;
+    }
+    assert_eq!(relayed + refused, sent, "every frame relayed or refused");
+    // Past both bursts, each frame waits for a token of the rate or of the
+    // refusal pace.
+    let floor = (sent as f64 - burst - REFUSALS_PER_SEC) / (rate + REFUSALS_PER_SEC);
+    let took = (last - started).as_secs_f64();
+    assert!(
+        took >= 0.8 * floor,
+        "{sent} frames refused or relayed in {took:.2} s: read faster than the pace ({floor:.2} s)"
+    );
+    honest.still_fine(20).await;
 }
 
 /// The real binary's memory stays bounded while a viewer that stops
