@@ -2,7 +2,8 @@
 //! the server's limits one after another, against one server that keeps
 //! its default limits (only its trusted proxies are set, to none on
 //! loopback, so that no client here can name another with
-//! `X-Forwarded-For`).
+//! `X-Forwarded-For`; and its metrics are served on a free loopback port,
+//! for the server's own fan-out times).
 //!
 //! The honest sender sends realistic moves and orientations at a human
 //! pace to the honest viewers, all from their own address, and every
@@ -17,6 +18,7 @@
 //! or reordered anything, or if an attacker was not answered as SPEC says.
 
 mod assault;
+mod fanout;
 mod http;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,7 +37,7 @@ use crate::cli::Options;
 use crate::load::{self, ClientPool, Pace, SenderReport, Shared, SocketSpec, ViewerStats};
 use crate::measure::{self, now_us};
 use crate::report::{self, format_value, Figures};
-use crate::target::{ClientLimits, RunningServer, Target};
+use crate::target::{free_port, ClientLimits, RunningServer, Target};
 
 /// The honest clients' address. Each attack comes from addresses of its
 /// own: per-client limits count per address.
@@ -134,12 +136,15 @@ pub(super) fn describe(o: &Options) -> String {
 }
 
 /// The server's environment: its defaults, but no trusted proxy on
-/// loopback, then `--env`.
-fn env(o: &Options) -> Vec<(String, String)> {
-    let mut env = vec![(
-        "TWIZZLE_TRUSTED_PROXIES".to_owned(),
-        NO_LOOPBACK_PROXY.to_owned(),
-    )];
+/// loopback and its metrics on `metrics`, then `--env`.
+fn env(o: &Options, metrics: SocketAddr) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "TWIZZLE_TRUSTED_PROXIES".to_owned(),
+            NO_LOOPBACK_PROXY.to_owned(),
+        ),
+        ("TWIZZLE_METRICS_BIND".to_owned(), metrics.to_string()),
+    ];
     env.extend(o.env.iter().cloned());
     env
 }
@@ -168,12 +173,13 @@ fn limits_of(env: &[(String, String)]) -> Result<Limits, String> {
 
 /// Runs the attack against `target` and prints its table.
 pub(super) async fn run(o: &Options, target: &Target, fd_limit: u64) -> Result<Verdict, String> {
-    let env = env(o);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let env = env(o, metrics);
     let limits = limits_of(&env)?;
     let title = describe(o);
     eprintln!("twizzle-bench: {title} against {} …", target.label);
     let mut server = RunningServer::start(target, ClientLimits::Default, &env).await?;
-    let outcome = drive(o, &mut server, &limits).await;
+    let outcome = drive(o, &mut server, &limits, metrics).await;
     let outcome =
         outcome.map_err(|e| format!("{e}\nthe server's log ends:\n{}", server.log_tail(10)));
     let stopped = server.stop().await;
@@ -251,6 +257,8 @@ struct Run<'a> {
     attack_pool: ClientPool,
     /// Its threads, busy by design: left out of the generator's warnings.
     attacker_threads: Vec<u32>,
+    /// Where the server serves its metrics.
+    metrics: SocketAddr,
     /// The last octet of the next attacker address.
     next_address: u8,
     /// The attacker's access token.
@@ -267,6 +275,7 @@ async fn drive(
     o: &Options,
     server: &mut RunningServer,
     limits: &Limits,
+    metrics: SocketAddr,
 ) -> Result<Outcome, String> {
     let phases = phases(o);
     let honest_token = server.sign_in().await?;
@@ -351,6 +360,7 @@ async fn drive(
         viewer_pool,
         attack_pool,
         attacker_threads,
+        metrics,
         next_address: FIRST_ATTACKER,
         attacker_token,
         attacker_streams,
@@ -609,6 +619,7 @@ impl Run<'_> {
             phase.name, phase.secs
         );
         let pid = self.server.pid;
+        let fanout_before = fanout::scrape(self.metrics).await;
         let before = Clock::take(pid);
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
@@ -643,6 +654,10 @@ impl Run<'_> {
         }
         let stats = self.viewer_pool.collect(Duration::from_secs(5));
         let after = Clock::take(pid);
+        let fanout = fanout::scrape(self.metrics)
+            .await
+            .zip(fanout_before)
+            .map(|(after, before)| after.since(&before));
 
         let mut figures = Figures::new(phase.name);
         let mut answers = Vec::new();
@@ -666,6 +681,26 @@ impl Run<'_> {
             failed.append(&mut wrong);
         }
         self.add_honest(&mut figures, &stats, &mut failed);
+        let bound_ms = |q| {
+            fanout
+                .as_ref()
+                .and_then(|f| f.quantile_bound(q))
+                .map(|secs| secs * 1000.0)
+        };
+        figures.add(
+            "fanout_p50_ms",
+            "server fan-out p50 at most (all streams)",
+            bound_ms(0.5),
+            "ms",
+            2,
+        );
+        figures.add(
+            "fanout_p99_ms",
+            "server fan-out p99 at most (all streams)",
+            bound_ms(0.99),
+            "ms",
+            2,
+        );
         figures.add(
             "server_rss_mb",
             "server RSS at the phase's end",
@@ -1136,6 +1171,11 @@ fn print(title: &str, limits: &Limits, outcome: &Outcome) {
                     ratio(f, "latency_p50_ms"),
                     ratio(f, "latency_p99_ms")
                 ),
+                format!(
+                    "{} / {}",
+                    value(f, "fanout_p50_ms", 2),
+                    value(f, "fanout_p99_ms", 2)
+                ),
                 format!("{} / {}", value(f, "lost", 0), value(f, "reordered", 0)),
                 format!(
                     "{} / {}",
@@ -1159,6 +1199,7 @@ fn print(title: &str, limits: &Limits, outcome: &Outcome) {
             "s",
             "honest p50 / p99 / max ms",
             "vs baseline",
+            "server fan-out p50 / p99 ms",
             "lost / reord",
             "honest GET ok / failed",
             "RSS MB",
