@@ -16,6 +16,7 @@ use actix_web_actors::ws;
 use futures_util::future::{join3, join_all};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use twizzle_actors::gate::Rate;
 use twizzle_actors::health::{CheckWritable, Ping, Pulse};
 use twizzle_actors::ids::{
     AccessToken, ClaimToken, DevName, PublicUserInfo, StreamId, ACCESS_TOKEN_PREFIX,
@@ -549,6 +550,10 @@ async fn open_socket(
             .map(|fd| Arc::new(Cutoff::new(fd.0))),
         inflow: inflow.clone(),
         metrics: Arc::clone(&state.metrics),
+        sender_rate: Rate {
+            per_sec: limits.sender_events_per_sec,
+            burst: limits.sender_event_burst,
+        },
     });
     let mut response =
         ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))

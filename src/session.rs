@@ -19,7 +19,7 @@
 //! lingers).
 
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -28,9 +28,11 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use twizzle_actors::admission::Admission;
 use twizzle_actors::close::{self, Close};
 use twizzle_actors::event::{error_frame, parse_event};
+use twizzle_actors::gate::Rate;
 use twizzle_actors::ids::UserId;
 use twizzle_actors::metrics::Metrics;
-use twizzle_actors::stream::{Disconnect, Joined, Outbound, Publish};
+use twizzle_actors::rate::TokenBucket;
+use twizzle_actors::stream::{Disconnect, Joined, Outbound, Publish, RATE_LIMITED};
 
 use crate::connection::Cutoff;
 use crate::inflow::{payload_len, Inflow};
@@ -41,6 +43,16 @@ pub const SILENT_INTERVALS: u32 = 3;
 /// before the connection is dropped anyway. A browser answers at once; a
 /// client that does not is not worth its slot for longer.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A sender's frames over its rate are refused at most this many a second
+/// per socket (in bursts of as many); past that the session reads on only
+/// as fast, so a client flooding at wire speed is slowed down by TCP rather
+/// than served a core. An honest sender is never near its rate.
+pub const REFUSALS_PER_SEC: f64 = 1000.0;
+
+/// The error frame of an event over its sender's rate, encoded once.
+static RATE_LIMITED_FRAME: LazyLock<String> =
+    LazyLock::new(|| error_frame(RATE_LIMITED).to_string());
 
 /// Everything a session is made from.
 pub struct SessionSetup {
@@ -59,6 +71,21 @@ pub struct SessionSetup {
     pub inflow: Rc<Inflow>,
     /// Where the session counts refusals and closes.
     pub metrics: Arc<Metrics>,
+    /// The rate a sender's events are held to on its stream.
+    pub sender_rate: Rate,
+}
+
+/// A sender socket's own count of its events against its sender's rate,
+/// and the pace at which the socket's frames over that rate are refused.
+struct SenderPace {
+    /// The sender's budget as this socket alone spends it on valid events.
+    /// Its stream keeps the budget all of the sender's sockets there share
+    /// and decides; but a socket that alone is past the rate is past the
+    /// shared budget too, so its frames are refused here, before they are
+    /// parsed or reach the stream.
+    own: TokenBucket,
+    /// Refusals of frames over the rate, at [`REFUSALS_PER_SEC`].
+    refusals: TokenBucket,
 }
 
 /// One WebSocket connection to a stream.
@@ -87,6 +114,10 @@ pub struct WsSession {
     metrics: Arc<Metrics>,
     /// How the server closed the socket, if it did (else the client did).
     closed_with: Option<Close>,
+    /// The rate a sender's events are held to on its stream.
+    sender_rate: Rate,
+    /// Set once a sender socket joined; viewers have none.
+    pace: Option<Box<SenderPace>>,
 }
 
 impl WsSession {
@@ -104,6 +135,8 @@ impl WsSession {
             closing: false,
             metrics: setup.metrics,
             closed_with: None,
+            sender_rate: setup.sender_rate,
+            pace: None,
         }
     }
 }
@@ -166,16 +199,48 @@ impl WsSession {
             Ok(text) => text,
             Err(refusal) => return self.refuse(ctx, refusal),
         };
+        let now = self.last_heard;
+        if self.pace.as_ref().is_some_and(|pace| !pace.own.ready(now)) {
+            return self.over_rate(ctx, now);
+        }
         match parse_event(text) {
-            Ok(event) => self.publish(
-                Publish {
-                    socket: joined.socket,
-                    event,
-                    received: self.last_heard,
-                },
-                ctx,
-            ),
+            Ok(event) => {
+                if let Some(pace) = &mut self.pace {
+                    pace.own.take(now);
+                }
+                self.publish(
+                    Publish {
+                        socket: joined.socket,
+                        event,
+                        received: now,
+                    },
+                    ctx,
+                )
+            }
             Err(refusal) => self.refuse(ctx, &refusal),
+        }
+    }
+
+    /// Refuses a sender's frame over its rate, as its stream would, and
+    /// past [`REFUSALS_PER_SEC`] waits before it reads the next frame.
+    fn over_rate(&mut self, ctx: &mut ws::WebsocketContext<Self>, now: Instant) {
+        self.metrics.rejected("rate_limited");
+        self.metrics.limit_hit("sender_events");
+        ctx.text(RATE_LIMITED_FRAME.as_str());
+        let Some(pace) = &mut self.pace else { return };
+        if !pace.refusals.take(now) {
+            // This refusal is paid for with the next token, once it is
+            // there. Nothing is read meanwhile: the client's bytes back up
+            // in the inflow bound and then in TCP.
+            let pause = pace.refusals.retry_after(now);
+            let paid = actix::clock::sleep(pause)
+                .into_actor(self)
+                .map(|_, session, _| {
+                    if let Some(pace) = &mut session.pace {
+                        pace.refusals.take(Instant::now());
+                    }
+                });
+            ctx.wait(paid);
         }
     }
 
@@ -287,6 +352,14 @@ impl WsSession {
         ctx.wait(joining.into_actor(self).map(|answer, session, ctx| {
             match answer {
                 Ok(Ok(joined)) => {
+                    if joined.sender {
+                        let rate = session.sender_rate;
+                        let now = Instant::now();
+                        session.pace = Some(Box::new(SenderPace {
+                            own: TokenBucket::new(rate.per_sec, rate.burst, now),
+                            refusals: TokenBucket::new(REFUSALS_PER_SEC, REFUSALS_PER_SEC, now),
+                        }));
+                    }
                     session.joined = Some(joined);
                     log::info!(
                         "stream {}: {} connected ({})",

@@ -40,6 +40,11 @@ impl TokenBucket {
         }
     }
 
+    /// Whether there is a token at `now`, without taking it.
+    pub fn ready(&self, now: Instant) -> bool {
+        self.available(now) >= 1.0
+    }
+
     /// How long after `now` a token will be there; zero if one is.
     /// [`Duration::MAX`] if one never will be (no rate, or a burst under one).
     pub fn retry_after(&self, now: Instant) -> Duration {
@@ -108,6 +113,17 @@ mod tests {
         let t0 = Instant::now();
         let mut bucket = TokenBucket::new(10.0, 5.0, t0);
         assert_eq!(drain(&mut bucket, t0), 5);
+    }
+
+    #[test]
+    fn ready_takes_nothing() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 1.0, t0);
+        assert!(bucket.ready(t0));
+        assert!(bucket.ready(t0));
+        assert!(bucket.take(t0));
+        assert!(!bucket.ready(t0));
+        assert!(bucket.ready(t0 + ms(101)));
     }
 
     #[test]

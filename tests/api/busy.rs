@@ -276,6 +276,7 @@ async fn a_stuck_token_actor_answers_server_busy() {
     let gates = Gates::default();
     let app = spawn_gated(&gates).await;
     let (token, id) = app.sender_with_stream(1, None, "Stuck").await;
+    let mut honest = HonestPair::start(&app).await;
     ready_again(&app).await;
 
     let shut = gates.users.shut();
@@ -300,6 +301,7 @@ async fn a_stuck_token_actor_answers_server_busy() {
     assert_eq!(app.get("/v0/infra/liveness_check").await.status, 200);
     let mut viewer = app.connect(&id, None).await;
     assert_not_ready(&app, "token actor busy").await;
+    honest.still_fine(20).await;
 
     drop(shut);
     ready_again(&app).await;
@@ -319,6 +321,7 @@ async fn a_stuck_registry_answers_server_busy() {
     let app = spawn_gated(&gates).await;
     let (token, _) = app.sign_in(1, None, "Stuck").await;
     let first = app.create_stream(&token).await;
+    let mut honest = HonestPair::start(&app).await;
 
     let shut = gates.streams.shut();
     let answer = app
@@ -330,6 +333,8 @@ async fn a_stuck_registry_answers_server_busy() {
     assert_busy(&socket, "a socket's admission");
     app.sign_in(2, None, "Other").await;
     assert_not_ready(&app, "registry busy").await;
+    // Events go from session to stream: the registry is not on their way.
+    honest.still_fine(20).await;
 
     drop(shut);
     ready_again(&app).await;
@@ -338,10 +343,11 @@ async fn a_stuck_registry_answers_server_busy() {
     let streams = listed.body["streams"].as_array().unwrap();
     assert_eq!(
         streams.len(),
-        2,
-        "the late creation took effect: {streams:?}"
+        3,
+        "the late creation took effect, after the honest stream: {streams:?}"
     );
     assert_eq!(streams[0]["streamID"], first.as_str());
+    assert_eq!(streams[1]["streamID"], honest.stream_id.as_str());
     app.connect(&first, None).await;
 }
 

@@ -1,6 +1,7 @@
 //! Limits per client address: sockets, handshakes and API requests. Behind
 //! a trusted proxy (127.0.0.1, where the tests run) the client is the last
-//! `X-Forwarded-For` hop, so one test poses as many clients.
+//! `X-Forwarded-For` hop, so one test poses as many clients, the honest
+//! pair among them on an address of its own.
 
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ async fn get_as(app: &TestApp, path: &str, client: &str) -> (Option<String>, Val
     (retry, body)
 }
 
+/// The honest pair's client address.
+const HONEST: &str = "198.18.0.1";
+
 /// The status of a GET of `path` as `client`.
 async fn status_as(app: &TestApp, path: &str, client: &str) -> u16 {
     app.client
@@ -68,6 +72,7 @@ async fn status_as(app: &TestApp, path: &str, client: &str) -> u16 {
 #[actix_web::test]
 async fn sockets_per_client_are_limited() {
     let app = spawn_app_with(|s| s.limits.max_sockets_per_client = 3).await;
+    let mut honest = HonestPair::start_from(&app, Some(HONEST)).await;
     let (token, id) = app.sender_with_stream(1, None, "Host").await;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -81,6 +86,7 @@ async fn sockets_per_client_are_limited() {
         body["error"],
         "too many open sockets from this address (at most 3)"
     );
+    honest.still_fine(20).await;
     let mut other = upgrade_as(&app, &id, "192.0.2.2")
         .await
         .expect("another client");
@@ -103,6 +109,7 @@ async fn sockets_per_client_are_limited() {
     .await
     .expect("the slot frees within the wait bound");
     drop(again);
+    honest.still_fine(20).await;
 }
 
 /// Handshakes from one address beyond its burst are refused with 429 and a
@@ -114,6 +121,7 @@ async fn handshakes_per_client_are_limited() {
         s.limits.handshake_burst = 5.0;
     })
     .await;
+    let mut honest = HonestPair::start_from(&app, Some(HONEST)).await;
     let (_, id) = app.sender_with_stream(2, None, "Host").await;
     let mut held = Vec::new();
     for _ in 0..5 {
@@ -130,8 +138,10 @@ async fn handshakes_per_client_are_limited() {
     assert_eq!(body["error"], "rate limit exceeded: handshakes per client");
     let retry: u64 = retry.expect("a Retry-After").parse().unwrap();
     assert!((1..=100).contains(&retry), "Retry-After: {retry}");
+    honest.still_fine(20).await;
     assert!(upgrade_as(&app, &id, "198.51.100.2").await.is_ok());
     assert_eq!(status_as(&app, "/v0/streams", "198.51.100.1").await, 200);
+    honest.still_fine(20).await;
 }
 
 /// API requests from one address beyond its burst are refused with 429 and
@@ -143,6 +153,7 @@ async fn requests_per_client_are_limited() {
         s.limits.request_burst = 10.0;
     })
     .await;
+    let mut honest = HonestPair::start_from(&app, Some(HONEST)).await;
     let (token, id) = app.sender_with_stream(3, None, "Host").await;
     for _ in 0..10 {
         assert_eq!(status_as(&app, "/v0/streams", "203.0.113.1").await, 200);
@@ -151,6 +162,8 @@ async fn requests_per_client_are_limited() {
     assert_eq!(body["error"], "rate limit exceeded: requests per client");
     assert!(retry.expect("a Retry-After").parse::<u64>().unwrap() >= 1);
     assert_eq!(status_as(&app, "/v0/streams", "203.0.113.1").await, 429);
+    honest.still_fine(20).await;
+    assert_eq!(status_as(&app, "/v0/streams", HONEST).await, 200);
     assert_eq!(status_as(&app, "/v0/streams", "203.0.113.2").await, 200);
     let mut viewer = upgrade_as(&app, &id, "203.0.113.1")
         .await

@@ -231,10 +231,12 @@ async fn readiness_check_is_ready() {
     assert!(probes.is_empty(), "{probes:?}");
 }
 
-/// A user may hold only so many open streams; the next one is a 429 saying so.
+/// A user may hold only so many open streams; the next one is a 429 saying
+/// so, and the honest pair's stream goes on.
 #[actix_web::test]
 async fn streams_per_user_are_limited() {
     let app = spawn_app_with(|s| s.limits.max_streams_per_user = 2).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, _) = app.sign_in(3, None, "Many").await;
     app.create_stream(&token).await;
     app.create_stream(&token).await;
@@ -243,6 +245,7 @@ async fn streams_per_user_are_limited() {
         .await;
     assert_eq!(answer.status, 429);
     assert!(answer.body["error"].as_str().unwrap().contains("at most 2"));
+    honest.still_fine(20).await;
     let (other, _) = app.sign_in(4, None, "Other").await;
     app.create_stream(&other).await;
 }

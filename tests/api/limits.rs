@@ -7,42 +7,9 @@ use awc::ws::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use twizzle_api_server::config::Settings;
+
 use crate::helpers::*;
-
-/// An honest sender and viewer on a stream of their own.
-struct Honest {
-    sender: WsClient,
-    viewer: WsClient,
-    next: u64,
-}
-
-impl Honest {
-    async fn start(app: &TestApp) -> Honest {
-        let (token, id) = app
-            .sender_with_stream(900, Some("2000HONE01"), "Honest")
-            .await;
-        Honest {
-            sender: app.connect(&id, Some(&token)).await,
-            viewer: app.connect(&id, None).await,
-            next: 0,
-        }
-    }
-
-    /// Sends `n` events and checks the viewer gets each, in order.
-    async fn still_fine(&mut self, n: u64) {
-        for _ in 0..n {
-            self.sender.send_json(&move_event(self.next)).await;
-            self.next += 1;
-        }
-        for k in self.next - n..self.next {
-            assert_eq!(
-                self.viewer.next_json().await,
-                move_event(k),
-                "the honest stream lost or reordered an event"
-            );
-        }
-    }
-}
 
 /// A viewer that stops reading is dropped once its queue of unsent events is
 /// full, while the sender's other viewer gets every event, in order.
@@ -56,7 +23,7 @@ async fn a_client_that_stops_reading_is_dropped() {
         s.limits.max_sockets = 5;
     })
     .await;
-    let mut honest = Honest::start(&app).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(1, None, "Flow").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let port = app.port;
@@ -179,7 +146,7 @@ async fn a_client_that_never_answers_pings_is_closed() {
 #[actix_web::test]
 async fn a_ten_megabyte_frame_closes_only_its_socket() {
     let app = spawn_app().await;
-    let mut honest = Honest::start(&app).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(3, None, "Huge").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut huge = move_event(1);
@@ -196,7 +163,7 @@ async fn a_ten_megabyte_frame_closes_only_its_socket() {
 #[actix_web::test]
 async fn a_flood_is_cut_to_the_rate() {
     let app = spawn_app().await;
-    let mut honest = Honest::start(&app).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(4, None, "Flood").await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
@@ -236,7 +203,7 @@ async fn a_flood_is_cut_to_the_rate() {
 #[actix_web::test]
 async fn a_thousand_bogus_tokens_are_refused() {
     let app = spawn_app().await;
-    let mut honest = Honest::start(&app).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(5, None, "Real").await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for n in 0..1000 {
@@ -268,7 +235,7 @@ async fn a_thousand_bogus_tokens_are_refused() {
 #[actix_web::test]
 async fn sockets_past_the_limit_are_refused() {
     let app = spawn_app_with(|s| s.limits.max_sockets = 4).await;
-    let mut honest = Honest::start(&app).await; // two sockets
+    let mut honest = HonestPair::start(&app).await; // two sockets
     let (_, id) = app.sender_with_stream(6, None, "Full").await;
     let mut third = app.connect(&id, None).await;
     let _fourth = app.connect(&id, None).await;
@@ -304,7 +271,7 @@ async fn sockets_past_the_limit_are_refused() {
 #[actix_web::test]
 async fn random_query_strings_always_get_an_answer() {
     let app = spawn_app().await;
-    let mut honest = Honest::start(&app).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(7, None, "Fuzz").await;
     let endpoints = [
         ("GET", "/".to_owned()),
@@ -377,7 +344,7 @@ async fn random_query_strings_always_get_an_answer() {
 #[actix_web::test]
 async fn a_huge_request_body_is_not_read() {
     let app = spawn_app().await;
-    let mut honest = Honest::start(&app).await;
+    let mut honest = HonestPair::start(&app).await;
     let body = vec![b'x'; 10 << 20];
     match app
         .client
@@ -409,7 +376,7 @@ async fn a_huge_request_body_is_not_read() {
 #[actix_web::test]
 async fn sender_sockets_per_stream_are_limited() {
     let app = spawn_app_with(|s| s.limits.max_sender_sockets_per_stream = 3).await;
-    let mut honest = Honest::start(&app).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(7, None, "Many").await;
     let mut senders = Vec::new();
     for _ in 0..3 {
@@ -461,6 +428,7 @@ async fn a_senders_sockets_share_one_budget() {
         s.limits.sender_event_burst = 20.0;
     })
     .await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(8, None, "Twice").await;
     let mut first = app.connect(&id, Some(&token)).await;
     let mut second = app.connect(&id, Some(&token)).await;
@@ -492,4 +460,175 @@ async fn a_senders_sockets_share_one_budget() {
     for _ in 0..20 {
         assert_eq!(viewer.next_json().await["event"], "move");
     }
+    // The honest sender has a budget of its own (20 here, too).
+    honest.still_fine(20).await;
+}
+
+/// A stream's recording grows to its quota and no further, whole lines
+/// only, while its viewer gets every event; the honest stream, under the
+/// quota, is recorded whole and loses nothing.
+#[actix_web::test]
+async fn a_recording_stops_at_its_quota() {
+    const QUOTA: u64 = 4096;
+    let app = spawn_app_with(|s| s.limits.max_recording_bytes = QUOTA).await;
+    let mut honest = HonestPair::start(&app).await;
+    let (token, id) = app.sender_with_stream(9, None, "Chatty").await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    // Some 110 bytes each: 11 KB, well past the quota.
+    let events: Vec<Value> = (0..100).map(move_event).collect();
+    for event in &events {
+        sender.send_json(event).await;
+    }
+    honest.still_fine(10).await;
+    for event in &events {
+        let got = viewer.next_json().await;
+        assert_eq!(
+            (&got["event"], &got["data"]),
+            (&event["event"], &event["data"]),
+            "the viewer gets every event, recorded or not"
+        );
+    }
+    // Recorded before relayed: the viewer saw them, so the file has them.
+    let recorded = recording_of(&app, &id);
+    let bytes: usize = recorded.iter().map(|line| line.len() + 1).sum();
+    assert!(bytes as u64 <= QUOTA, "{bytes} bytes recorded");
+    assert!(
+        recorded.len() < events.len() && bytes as u64 + 200 > QUOTA,
+        "recorded up to the quota: {} lines, {bytes} bytes",
+        recorded.len()
+    );
+    for (line, event) in recorded.iter().zip(&events) {
+        let line: Value = serde_json::from_str(line).expect("a whole JSON line");
+        assert_eq!(
+            (&line["event"], &line["data"]),
+            (&event["event"], &event["data"])
+        );
+    }
+    honest.still_fine(10).await;
+    assert_eq!(
+        recording_of(&app, &honest.stream_id).len() as u64,
+        honest.sent(),
+        "the honest stream is recorded whole"
+    );
+}
+
+/// The lines of stream `id`'s recording.
+fn recording_of(app: &TestApp, id: &str) -> Vec<String> {
+    let path = app.dir.path().join("log/streams").join(format!("{id}.log"));
+    let text = std::fs::read_to_string(&path).expect("the recording exists");
+    assert!(text.is_empty() || text.ends_with('\n'), "a torn last line");
+    text.lines().map(str::to_owned).collect()
+}
+
+/// A sender flooding past its rate has every frame refused with an error
+/// frame, but past the refusals' burst it is read no faster than the rate
+/// and the refusal pace allow, so a flood at wire speed costs the server a
+/// bounded share of a core; the honest stream goes on meanwhile.
+#[actix_web::test]
+async fn a_flood_past_the_rate_is_read_at_the_refusal_pace() {
+    use twizzle_api_server::session::REFUSALS_PER_SEC;
+    let app = spawn_app().await;
+    let limits = Settings::local().limits;
+    let (rate, burst) = (limits.sender_events_per_sec, limits.sender_event_burst);
+    let mut honest = HonestPair::start(&app).await;
+    let (token, id) = app.sender_with_stream(11, None, "Torrent").await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    let sent = (burst + 2.0 * REFUSALS_PER_SEC) as u64;
+    let started = std::time::Instant::now();
+    for n in 0..sent {
+        sender.send_json(&move_event(n)).await;
+    }
+    honest.still_fine(20).await;
+    let mut refused = 0u64;
+    let mut last = started;
+    loop {
+        match actix::clock::timeout(Duration::from_millis(500), sender.next()).await {
+            Ok(Seen::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["data"]["message"], "rate limit exceeded");
+                refused += 1;
+                last = std::time::Instant::now();
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break, // quiet: every error frame has come
+        }
+    }
+    let mut relayed = 0u64;
+    let mut previous = None;
+    while let Ok(Seen::Text(text)) =
+        actix::clock::timeout(Duration::from_millis(500), viewer.next()).await
+    {
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        let n = frame["data"]["timeStamp"].as_u64().expect("a move");
+        assert!(previous.is_none_or(|p| n > p), "reordered");
+        previous = Some(n);
+        relayed += 1;
+    }
+    assert_eq!(relayed + refused, sent, "every frame relayed or refused");
+    // Past both bursts, each frame waits for a token of the rate or of the
+    // refusal pace.
+    let floor = (sent as f64 - burst - REFUSALS_PER_SEC) / (rate + REFUSALS_PER_SEC);
+    let took = (last - started).as_secs_f64();
+    assert!(
+        took >= 0.8 * floor,
+        "{sent} frames refused or relayed in {took:.2} s: read faster than the pace ({floor:.2} s)"
+    );
+    honest.still_fine(20).await;
+}
+
+/// The real binary's memory stays bounded while a viewer that stops
+/// reading is sent 28 MB of events: the stream drops it once its queue is
+/// full, and the honest pair on the same server loses nothing.
+#[actix_web::test]
+async fn a_stuck_viewer_costs_the_server_bounded_memory() {
+    // What one socket may hold: its queue of events (512 here) of 7 KB
+    // each, and its kernel buffers; the rest is the allocator's slack.
+    const GROWTH_KIB: u64 = 12 * 1024;
+    let dir = TempDir::new("stuck-memory");
+    let wca = FakeWca::start();
+    let (child, port, logs) = start_binary(dir.path(), wca.origin());
+    let app = TestApp::attach(
+        std::sync::Arc::new(TempDir::new("stuck-memory-app")),
+        wca,
+        port,
+    );
+    let mut honest = HonestPair::start(&app).await;
+    let (token, id) = app.sender_with_stream(12, None, "Heavy").await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let stuck_id = id.clone();
+    let stuck = actix_web::rt::task::spawn_blocking(move || RawSocket::open(port, &stuck_id, 4096))
+        .await
+        .unwrap();
+    honest.still_fine(10).await;
+    let before = child.memory_kib("VmRSS");
+    let total = 4000u64;
+    for n in 0..total {
+        let mut event = move_event(n);
+        event["data"]["binaryState"] = Value::String("x".repeat(7000));
+        sender.send_json(&event).await;
+        if n % 500 == 499 {
+            honest.still_fine(5).await;
+        }
+    }
+    honest.still_fine(10).await;
+    let peak = child.memory_kib("VmHWM");
+    assert!(
+        peak.saturating_sub(before) < GROWTH_KIB,
+        "the server grew from {before} KiB to a peak of {peak} KiB"
+    );
+    // The stream says so when it drops the stuck socket (the client, not
+    // reading, would see it only after TCP's backed-off window probes).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = logs
+            .recv_timeout(left)
+            .expect("the stuck viewer was dropped within the wait bound");
+        if line.contains(&format!("stream {id}: dropping socket")) {
+            break;
+        }
+    }
+    drop(stuck);
 }

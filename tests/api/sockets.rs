@@ -164,6 +164,7 @@ async fn bad_sender_frames_get_error_frames() {
 #[actix_web::test]
 async fn oversized_frames_close_the_socket() {
     let app = spawn_app_with(|s| s.limits.max_frame_bytes = 1024).await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
@@ -171,6 +172,7 @@ async fn oversized_frames_close_the_socket() {
     big["data"]["binaryState"] = Value::String("x".repeat(4096));
     sender.send_json(&big).await;
     assert_eq!(sender.next_close().await.0, 1009);
+    honest.still_fine(20).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     sender.send_json(&move_event(2)).await;
     assert_eq!(viewer.next_json().await, move_event(2));
@@ -184,6 +186,7 @@ async fn senders_are_rate_limited() {
         s.limits.sender_event_burst = 3.0;
     })
     .await;
+    let mut honest = HonestPair::start(&app).await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
@@ -197,6 +200,8 @@ async fn senders_are_rate_limited() {
     for n in 0..3 {
         assert_eq!(viewer.next_json().await, move_event(n));
     }
+    // The honest sender's budget is its own: a burst of 3 here too.
+    honest.still_fine(3).await;
 }
 
 /// With no sender for the idle timeout, the stream ends: sockets closed with

@@ -13,6 +13,8 @@ pub enum Scenario {
     Saturate,
     /// Many idle viewer sockets; what each one costs the server.
     Idle,
+    /// An honest stream while attackers hit every per-client and per-stream limit.
+    Attack,
 }
 
 impl Scenario {
@@ -22,6 +24,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Saturate => "saturate",
             Scenario::Idle => "idle",
+            Scenario::Attack => "attack",
         }
     }
 
@@ -30,6 +33,7 @@ impl Scenario {
             "fanout" => Some(Scenario::Fanout),
             "saturate" => Some(Scenario::Saturate),
             "idle" => Some(Scenario::Idle),
+            "attack" => Some(Scenario::Attack),
             _ => None,
         }
     }
@@ -51,12 +55,19 @@ pub struct Options {
     pub compare: bool,
     /// Streams (fanout, saturate: default 1; idle: sockets / 100).
     pub streams: Option<usize>,
-    /// Viewers per stream (fanout 500, saturate 200).
+    /// Viewers per stream (fanout 500, saturate 200; attack: honest viewers, 20).
     pub viewers: Option<usize>,
-    /// Events per second per sender (fanout).
+    /// Events per second per sender (fanout; attack: the honest sender).
     pub rate: f64,
-    /// Seconds of sending (fanout 10, saturate 5), or of holding the sockets open (idle 5).
+    /// Seconds of sending (fanout 10, saturate 5), of holding the sockets
+    /// open (idle 5), or of each attack phase but the frame flood (attack 15).
     pub secs: Option<f64>,
+    /// Attack: socket upgrades one address tries at full speed.
+    pub attack_sockets: usize,
+    /// Attack: sender sockets one user tries to open on one stream.
+    pub sender_sockets: usize,
+    /// Attack: seconds of the maximum-size frame flood.
+    pub flood_secs: f64,
     /// Idle sockets in all (idle).
     pub sockets: usize,
     /// Client threads that run the viewers.
@@ -92,6 +103,8 @@ Usage:
   twizzle-bench fanout   [options]   S streams x 1 paced sender x V viewers
   twizzle-bench saturate [options]   the same, rate limit lifted, senders flat out
   twizzle-bench idle     [options]   C idle viewer sockets: memory per socket
+  twizzle-bench attack   [options]   an honest stream while attackers hit every
+                                     limit, with the server's default limits
   twizzle-bench compare [fanout|saturate|idle] [options] --peer DIR
                                      ours and the Node peer, alternating, side by side
 
@@ -101,11 +114,17 @@ the end.
 
 Options:
   --streams S        streams (fanout/saturate 1; idle: sockets/100)
-  --viewers V        viewers per stream (fanout 500, saturate 200)
-  --rate E           events per second per sender (fanout; default 30)
-  --secs D           seconds of sending (fanout 10, saturate 5) or of holding
-                     the idle sockets open (idle 5)
+  --viewers V        viewers per stream (fanout 500, saturate 200; attack:
+                     the honest stream's, 20)
+  --rate E           events per second per sender (fanout, and attack's honest
+                     sender; default 30)
+  --secs D           seconds of sending (fanout 10, saturate 5), of holding
+                     the idle sockets open (idle 5), or of each attack phase
+                     but the frame flood (attack 15)
   --sockets C        idle sockets in all (idle; default 2000)
+  --attack-sockets N attack: upgrades one address tries at full speed (3000)
+  --sender-sockets N attack: sender sockets one user tries on one stream (300)
+  --flood-secs D     attack: seconds of the maximum-size frame flood (60)
   --threads T        client threads running the viewers (default {threads})
   --sources N        loopback source addresses 127.0.0.2.. to spread sockets over (default 4)
   --drain-secs X     longest wait for the last deliveries after sending (default 10)
@@ -201,6 +220,9 @@ impl Options {
             rate: 30.0,
             secs: None,
             sockets: 2000,
+            attack_sockets: 3000,
+            sender_sockets: 300,
+            flood_secs: 60.0,
             threads: default_threads(),
             sources: 4,
             drain_secs: 10.0,
@@ -223,6 +245,9 @@ impl Options {
             "rate" => self.rate = number(&flag, &value, MAX_RATE)?,
             "secs" => self.secs = Some(number(&flag, &value, MAX_SECS)?),
             "sockets" => self.sockets = count(&flag, &value, 1_000_000)?,
+            "attack-sockets" => self.attack_sockets = count(&flag, &value, 1_000_000)?,
+            "sender-sockets" => self.sender_sockets = count(&flag, &value, 100_000)?,
+            "flood-secs" => self.flood_secs = number(&flag, &value, MAX_SECS)?,
             "threads" => self.threads = count(&flag, &value, MAX_THREADS)?,
             "sources" => self.sources = count(&flag, &value, MAX_SOURCES)?,
             "drain-secs" => self.drain_secs = number(&flag, &value, MAX_SECS)?,
@@ -250,6 +275,14 @@ impl Options {
 
     /// Refuses options that do not go together.
     fn check(&self) -> Result<(), String> {
+        if self.scenario == Scenario::Attack
+            && (self.compare || self.peer.is_some() || self.peer_cmd.is_some())
+        {
+            return Err(
+                "attack checks our server's limits as SPEC sets them: it runs against our server only (--server-cmd at most)"
+                    .to_owned(),
+            );
+        }
         if self.compare && self.peer.is_none() && self.peer_cmd.is_none() {
             return Err(
                 "compare needs the peer: --peer DIR (after `npm ci` there) or --peer-cmd CMD"
@@ -323,5 +356,16 @@ mod tests {
         assert!(run(&["nope"]).is_err());
         assert!(run(&["fanout", "--viewers"]).is_err());
         assert!(run(&["--help"]).is_err());
+        assert!(run(&["compare", "attack", "--peer", "x"]).is_err());
+        assert!(run(&["attack", "--peer", "x"]).is_err());
+    }
+
+    #[test]
+    fn attack_options_parse() {
+        let o = run(&["attack", "--flood-secs", "5", "--sender-sockets", "40"]).unwrap();
+        assert_eq!(o.scenario, Scenario::Attack);
+        assert_eq!(o.flood_secs, 5.0);
+        assert_eq!(o.sender_sockets, 40);
+        assert_eq!(o.attack_sockets, 3000);
     }
 }

@@ -14,8 +14,9 @@
 //! # Layout
 //!
 //! - `cli`: the command line and its defaults.
-//! - `scenario`: one file per scenario (`fanout`, `saturate`, `idle`, and `compare`
-//!   for two servers), the load fanout and saturate share, and what all share.
+//! - `scenario`: one file per scenario (`fanout`, `saturate`, `idle`, `attack`,
+//!   and `compare` for two servers), the load fanout and saturate share, and
+//!   what all share.
 //! - `target`: the server under test as a child process, signed into through the
 //!   testkit's fake WCA; the HTTP calls.
 //! - `load`: sender and viewer sockets on a few client threads, and their counters.
@@ -87,14 +88,20 @@ async fn main() -> ExitCode {
         futures_util::future::Either::Right((name, _)) => Err(format!("{name} received: stopped")),
     };
     match outcome {
-        Ok(figures) => {
+        Ok(verdict) => {
             if let Some(path) = &options.json {
-                if let Err(e) = report::write_json(path, &figures) {
+                if let Err(e) = report::write_json(path, &verdict.json) {
                     eprintln!("twizzle-bench: {e}");
                     return ExitCode::FAILURE;
                 }
             }
-            ExitCode::SUCCESS
+            match verdict.failure {
+                None => ExitCode::SUCCESS,
+                Some(failure) => {
+                    eprintln!("twizzle-bench: {failure}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("twizzle-bench: {e}");

@@ -217,6 +217,18 @@ pub fn thread_count(pid: u32) -> Option<u64> {
     status_kb(pid, "Threads")
 }
 
+/// Sockets a process holds open now (its descriptors that are sockets:
+/// connections and listeners), from `/proc/<pid>/fd`.
+pub fn socket_fds(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let sockets = dir
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count();
+    Some(sockets as u64)
+}
+
 /// The soft and hard limits on open files of this process.
 pub fn open_files_limit() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;

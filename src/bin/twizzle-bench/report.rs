@@ -86,7 +86,8 @@ impl Figures {
     }
 }
 
-fn format_value(value: Option<f64>, decimals: usize) -> String {
+/// A value as the tables show it: `decimals` digits, thousands grouped, `n/a` if unmeasured.
+pub fn format_value(value: Option<f64>, decimals: usize) -> String {
     match value {
         None => "n/a".to_owned(),
         Some(v) => {
@@ -139,7 +140,42 @@ pub fn print_single(title: &str, figures: &Figures) {
     print_remarks(figures);
 }
 
-fn print_remarks(figures: &Figures) {
+/// Prints a table with a header row, each column as wide as its widest cell.
+pub fn print_grid(title: &str, header: &[&str], rows: &[Vec<String>]) {
+    println!("\n{title}\n");
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(width) = widths.get_mut(i) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("  {}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    );
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints the notes and warnings of `figures`.
+pub fn print_remarks(figures: &Figures) {
     for note in &figures.notes {
         println!("  note ({}): {note}", figures.target);
     }

@@ -114,6 +114,26 @@ impl Target {
     }
 }
 
+/// Whether a run lifts the server's per-client limits (and its socket limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimits {
+    /// Lifted: the generator is a handful of client addresses, as SPEC lets
+    /// benchmarks do.
+    Lifted,
+    /// The server's own defaults, for a run that tries them.
+    Default,
+}
+
+/// Settings that lift the per-client limits and the socket limit.
+const LIFTED_LIMITS: [(&str, &str); 6] = [
+    ("TWIZZLE_MAX_SOCKETS", "1000000"),
+    ("TWIZZLE_MAX_SOCKETS_PER_CLIENT", "1000000"),
+    ("TWIZZLE_HANDSHAKES_PER_CLIENT_PER_SEC", "1000000000"),
+    ("TWIZZLE_HANDSHAKE_BURST", "1000000000"),
+    ("TWIZZLE_REQUESTS_PER_CLIENT_PER_SEC", "1000000000"),
+    ("TWIZZLE_REQUEST_BURST", "1000000000"),
+];
+
 /// A child process that is killed and reaped when dropped, unless it was already.
 struct ChildGuard(Option<Child>);
 
@@ -155,9 +175,11 @@ pub struct Stopped {
 
 impl RunningServer {
     /// Starts the fake WCA and the server with the variables the run needs
-    /// plus `extra_env`, and waits until the server answers its liveness check.
+    /// (the per-client limits lifted or not, as `limits` says) plus
+    /// `extra_env`, and waits until the server answers its liveness check.
     pub async fn start(
         target: &Target,
+        limits: ClientLimits,
         extra_env: &[(String, String)],
     ) -> Result<RunningServer, String> {
         let dir = TempDir::try_new("bench").map_err(|e| format!("cannot make a temp dir: {e}"))?;
@@ -186,16 +208,15 @@ impl RunningServer {
             .env("TWIZZLE_DATA_DIR", &data)
             .env("TWIZZLE_WCA_ORIGIN", wca.origin())
             .env("TWIZZLE_WCA_APPLICATION_CLIENT_SECRET", CLIENT_SECRET)
-            .env("TWIZZLE_MAX_SOCKETS", "1000000")
+            // Several servers may run side by side; none needs its metrics here.
+            .env("TWIZZLE_METRICS_BIND", "off");
+        if limits == ClientLimits::Lifted {
             // The generator is a handful of client addresses: lift the
             // per-client limits, as the rate limit is lifted for saturate.
-            .env("TWIZZLE_MAX_SOCKETS_PER_CLIENT", "1000000")
-            // Several servers may run side by side; none needs its metrics here.
-            .env("TWIZZLE_METRICS_BIND", "off")
-            .env("TWIZZLE_HANDSHAKES_PER_CLIENT_PER_SEC", "1000000000")
-            .env("TWIZZLE_HANDSHAKE_BURST", "1000000000")
-            .env("TWIZZLE_REQUESTS_PER_CLIENT_PER_SEC", "1000000000")
-            .env("TWIZZLE_REQUEST_BURST", "1000000000");
+            for (name, value) in LIFTED_LIMITS {
+                command.env(name, value);
+            }
+        }
         for (name, value) in extra_env {
             command.env(name, value);
         }
@@ -260,6 +281,11 @@ impl RunningServer {
             "the server did not answer within {START_WAIT:?}; its log:\n{}",
             self.log_tail(20)
         ))
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// The last `lines` lines of the server's log.
@@ -370,7 +396,7 @@ fn path_only(path: &str) -> &str {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     listener
         .local_addr()

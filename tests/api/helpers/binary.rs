@@ -171,6 +171,18 @@ impl KillOnDrop {
         }
     }
 
+    /// A `kB` line of the process's `/proc/<pid>/status` (`VmRSS`, or the
+    /// peak `VmHWM`), in KiB.
+    pub fn memory_kib(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .expect("the process's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in the process's status"))
+    }
+
     /// Waits for the process to exit.
     pub fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.0.wait()

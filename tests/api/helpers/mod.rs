@@ -8,11 +8,13 @@
 //! - `ws.rs`: awc's WebSocket client, with a bounded wait for each frame.
 //! - `raw.rs`: sockets on plain TCP that misbehave on purpose.
 //! - `events.rs`: the events a test sends.
+//! - `honest.rs`: the honest pair a limit's test keeps talking meanwhile.
 
 mod app;
 mod binary;
 mod browser;
 mod events;
+mod honest;
 mod raw;
 mod ws;
 
@@ -28,6 +30,7 @@ pub use browser::{free_port, Browser};
 pub use events::{
     move_event, orientation_event, recording_lines, reset_event, sent_part, without_counts,
 };
+pub use honest::HonestPair;
 pub use raw::{
     content_length, raw_upgrade, read_head, reset, status_of, upgrade_request, RawSocket,
 };

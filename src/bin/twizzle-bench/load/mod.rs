@@ -11,7 +11,7 @@ mod sender;
 mod viewer;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ pub struct Shared {
     pub senders_done: AtomicU64,
     /// When senders start, in µs since the epoch; 0 until the conductor says go.
     pub start_at_us: AtomicU64,
+    /// Set by the conductor to end the paced senders before their time is up.
+    pub stop_sending: AtomicBool,
     /// Events sent so far, per stream.
     pub sent: Vec<AtomicU64>,
     /// Viewers connected, per stream.
@@ -68,6 +70,7 @@ impl Shared {
             senders_ready: AtomicU64::new(0),
             senders_done: AtomicU64::new(0),
             start_at_us: AtomicU64::new(0),
+            stop_sending: AtomicBool::new(false),
             sent: (0..streams).map(|_| AtomicU64::new(0)).collect(),
             viewers: (0..streams).map(|_| AtomicU64::new(0)).collect(),
             delivered: (0..streams).map(|_| AtomicU64::new(0)).collect(),
@@ -195,6 +198,57 @@ impl ClientPool {
                 });
             });
         }
+    }
+
+    /// Runs the task `make` builds on the next thread; it is built there, so
+    /// it may hold `Rc`s.
+    pub fn spawn_task<F, Fut>(&mut self, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let arbiter = &self.arbiters[self.next % self.arbiters.len()];
+        self.next += 1;
+        arbiter.spawn_fn(move || {
+            actix_web::rt::spawn(make());
+        });
+    }
+
+    /// Gives the threads the lowest scheduling priority (nice 19): they get
+    /// only the CPU that the server and the other threads leave idle.
+    /// Returns their thread IDs (within `wait`).
+    pub fn run_last(&self, wait: Duration) -> Vec<u32> {
+        let (tx, rx) = mpsc::channel();
+        for arbiter in &self.arbiters {
+            let tx = tx.clone();
+            arbiter.spawn_fn(move || {
+                // SAFETY: plain system calls about the calling thread itself.
+                let (tid, failed) = unsafe {
+                    let tid = libc::gettid();
+                    let failed =
+                        libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, 19) != 0;
+                    (tid, failed)
+                };
+                if failed {
+                    log::warn!(
+                        "could not lower a client thread's priority: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                let _ = tx.send(tid as u32);
+            });
+        }
+        drop(tx);
+        let until = std::time::Instant::now() + wait;
+        let mut tids = Vec::with_capacity(self.arbiters.len());
+        for _ in 0..self.arbiters.len() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(tid) => tids.push(tid),
+                Err(_) => break,
+            }
+        }
+        tids
     }
 
     /// Takes the viewer counters of every thread (waiting at most `wait`).

@@ -212,7 +212,8 @@ async fn send_events(
         report.planned = planned;
     }
     while seq < planned {
-        if !plan.wait_turn(start, end, seq, report).await {
+        if !plan.wait_turn(start, end, seq, report).await || plan.shared.stop_sending.load(Relaxed)
+        {
             break;
         }
         let first = seq;

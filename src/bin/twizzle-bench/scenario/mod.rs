@@ -4,11 +4,13 @@
 //! - `fanout`, `saturate`: what each asks of the server; both run the load in
 //!   `relay`, streams with one sender and many viewers each.
 //! - `idle`: many idle viewer sockets, opened in steps.
+//! - `attack`: an honest stream while attackers try the limits, phase by phase.
 //! - `compare`: a scenario against our server and the peer, in alternating rounds.
 //!
 //! This file holds what they share: CPU clocks and the usage between two,
 //! signing in and making streams, and running one scenario against one server.
 
+mod attack;
 mod compare;
 mod fanout;
 mod idle;
@@ -26,7 +28,7 @@ use crate::cli::{Options, Scenario};
 use crate::load::{SocketSpec, ViewerStats};
 use crate::measure;
 use crate::report::{self, Figures};
-use crate::target::{RunningServer, Target};
+use crate::target::{ClientLimits, RunningServer, Target};
 
 /// Streams per signed-in user: the server's default per-user limit.
 const STREAMS_PER_USER: usize = 10;
@@ -80,9 +82,16 @@ struct Usage {
 
 impl Usage {
     fn between(a: &Clock, b: &Clock) -> Usage {
+        Usage::between_except(a, b, &[])
+    }
+
+    /// [`Usage::between`], the threads `except` left out of the busiest
+    /// thread (threads meant to be busy, such as attackers').
+    fn between_except(a: &Clock, b: &Clock, except: &[u32]) -> Usage {
         let busiest_thread = b
             .threads
             .iter()
+            .filter(|(tid, _)| !except.contains(tid))
             .map(|(tid, cpu)| {
                 let before = a
                     .threads
@@ -225,6 +234,7 @@ pub fn describe(o: &Options, fd_limit: u64) -> String {
         Scenario::Fanout => fanout::describe(o),
         Scenario::Saturate => saturate::describe(o),
         Scenario::Idle => idle::describe(o, fd_limit),
+        Scenario::Attack => attack::describe(o),
     }
 }
 
@@ -234,6 +244,7 @@ pub async fn run(o: &Options, target: &Target, fd_limit: u64) -> Result<Figures,
         Scenario::Fanout => fanout::env(o),
         Scenario::Saturate => saturate::env(),
         Scenario::Idle => Vec::new(),
+        Scenario::Attack => return Err("attack is a run of its own, not one of figures".to_owned()),
     };
     env.extend(o.env.iter().cloned());
     eprintln!(
@@ -241,11 +252,12 @@ pub async fn run(o: &Options, target: &Target, fd_limit: u64) -> Result<Figures,
         describe(o, fd_limit),
         target.label
     );
-    let mut server = RunningServer::start(target, &env).await?;
+    let mut server = RunningServer::start(target, ClientLimits::Lifted, &env).await?;
     let result = match o.scenario {
         Scenario::Fanout => relay::drive(o, &mut server, fd_limit, fanout::load(o)).await,
         Scenario::Saturate => relay::drive(o, &mut server, fd_limit, saturate::load(o)).await,
         Scenario::Idle => idle::drive(o, &mut server, fd_limit).await,
+        Scenario::Attack => unreachable!("refused above"),
     };
     let result =
         result.map_err(|e| format!("{e}\nthe server's log ends:\n{}", server.log_tail(10)));
@@ -342,11 +354,24 @@ fn peer(o: &Options) -> Result<Target, String> {
     }
 }
 
+/// What a run hands back: its figures as JSON, and why it failed, if it did.
+pub struct Verdict {
+    /// The figures, and the context they were measured in.
+    pub json: Value,
+    /// The checks that failed, in one message; `None` if all passed (only
+    /// `attack` checks anything).
+    pub failure: Option<String>,
+}
+
 /// Runs what the options ask for, prints the table, and returns the figures as JSON.
-pub async fn run_all(o: &Options, fd_limit: u64) -> Result<Value, String> {
+pub async fn run_all(o: &Options, fd_limit: u64) -> Result<Verdict, String> {
     let title = describe(o, fd_limit);
+    let passed = |json| Verdict {
+        json,
+        failure: None,
+    };
     if o.compare {
-        return compare::run(o, fd_limit, &title).await;
+        return compare::run(o, fd_limit, &title).await.map(passed);
     }
     let target = match &o.server_cmd {
         // Whatever it runs, it is not necessarily ours: say what it was.
@@ -354,7 +379,12 @@ pub async fn run_all(o: &Options, fd_limit: u64) -> Result<Value, String> {
         None if o.peer.is_some() || o.peer_cmd.is_some() => peer(o)?,
         None => ours(o)?,
     };
+    if o.scenario == Scenario::Attack {
+        return attack::run(o, &target, fd_limit).await;
+    }
     let figures = run(o, &target, fd_limit).await?;
     report::print_single(&title, &figures);
-    Ok(json!({"context": context(o, fd_limit), "runs": [figures.to_json()]}))
+    Ok(passed(
+        json!({"context": context(o, fd_limit), "runs": [figures.to_json()]}),
+    ))
 }
