@@ -27,6 +27,11 @@ use crate::error::ApiError;
 use crate::routes::{self, AppState, ACTOR_DEADLINE};
 use crate::wca::WcaClient;
 
+/// How long a request refused for its client's rate waits before its 429:
+/// a client flooding over a few kept-alive connections then gets a few
+/// answers a second on each, and costs the server little, while a client
+/// that merely went over its budget hardly notices.
+pub const REFUSAL_PAUSE: Duration = Duration::from_millis(100);
 /// How long a stopping server waits for connections to finish after every
 /// socket was sent its close frame; then the rest are dropped. Short enough
 /// that a stop takes well under two seconds even with thousands of sockets
@@ -301,6 +306,10 @@ impl Application {
                             match pass.await {
                                 Ok(Ok(())) => call.await,
                                 Ok(Err(refused)) => Err({
+                                    // A flood on kept-alive connections gets
+                                    // its answers slowly: a few a second per
+                                    // connection, not as fast as it asks.
+                                    actix_web::rt::time::sleep(REFUSAL_PAUSE).await;
                                     metrics.limit_hit(match knock {
                                         Knock::Handshake => "handshakes_per_client",
                                         Knock::Request => "requests_per_client",
