@@ -11,7 +11,7 @@
 //! - KV bucket [`CLAIMS_BUCKET`]: `<hash>`, each unredeemed claim token,
 //!   which JetStream deletes when it expires (a per-key TTL); redeemed by
 //!   compare-and-set, so a claim token works once;
-//! - KV bucket [`STREAMS_BUCKET`]: `<streamID>`, each stream's record:
+//! - KV bucket [`STREAMS_BUCKET`]: `stream.<streamID>`, each stream's record:
 //!   senders, creation, since when it is idle, when it ended; created only
 //!   where absent;
 //! - KV bucket [`SNAPSHOTS_BUCKET`]: `<streamID>`, each stream's snapshot:

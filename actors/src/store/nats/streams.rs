@@ -28,6 +28,16 @@ use crate::store::{
     StreamRecord, StreamStore,
 };
 
+/// What the keys of stream records start with; the bucket has room for
+/// other kinds of keys beside them (a user's open streams, for a limit
+/// that counts on every node).
+const STREAM_PREFIX: &str = "stream.";
+
+/// The key of stream `id`'s record.
+fn stream_key(id: &StreamId) -> String {
+    format!("{STREAM_PREFIX}{id}")
+}
+
 /// A stream's record as kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StreamDoc {
@@ -141,7 +151,7 @@ async fn write_change(
         let value = serde_json::to_vec(&doc).map_err(|e| StoreError::Failed(e.to_string()))?;
         match nats
             .streams
-            .update(id.as_str(), value.into(), revision)
+            .update(stream_key(id), value.into(), revision)
             .await
         {
             Ok(revision) => {
@@ -154,7 +164,7 @@ async fn write_change(
     }
     let entry = nats
         .streams
-        .entry(id.as_str())
+        .entry(stream_key(id))
         .await
         .map_err(|e| unavailable("cannot read a stream", e))?;
     let Some(entry) = entry.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
@@ -168,7 +178,7 @@ async fn write_change(
     let value = serde_json::to_vec(&doc).map_err(|e| StoreError::Failed(e.to_string()))?;
     let revision = nats
         .streams
-        .update(id.as_str(), value.into(), entry.revision)
+        .update(stream_key(id), value.into(), entry.revision)
         .await
         .map_err(|e| match e.kind() {
             UpdateErrorKind::WrongLastRevision => {
@@ -196,7 +206,7 @@ async fn delete_all(nats: &Nats, known: &Mutex<Known>, id: &StreamId) -> Result<
         .await
         .map_err(|e| unavailable("cannot delete a snapshot", e))?;
     nats.streams
-        .purge_with_ttl(id.as_str(), MARKER_TTL)
+        .purge_with_ttl(stream_key(id), MARKER_TTL)
         .await
         .map_err(|e| unavailable("cannot delete a stream", e))?;
     let mut known = lock(known);
@@ -213,9 +223,9 @@ impl StreamStore for NatsStreams {
             nats.connected()?;
             let mut open = Vec::new();
             let mut ended = 0;
-            for (key, value, revision) in entries(&nats.streams, "").await? {
+            for (key, value, revision) in entries(&nats.streams, STREAM_PREFIX).await? {
                 let (Some(id), Ok(doc)) = (
-                    StreamId::parse(&key),
+                    key.strip_prefix(STREAM_PREFIX).and_then(StreamId::parse),
                     serde_json::from_slice::<StreamDoc>(&value),
                 ) else {
                     log::warn!("NATS: {key} is not a stream; skipped");
@@ -262,7 +272,7 @@ impl StreamStore for NatsStreams {
                     serde_json::to_vec(&doc).map_err(|e| StoreError::Failed(e.to_string()))?;
                 let revision = nats
                     .streams
-                    .create(id.as_str(), value.into())
+                    .create(stream_key(&id), value.into())
                     .await
                     .map_err(|e| match e.kind() {
                         CreateErrorKind::AlreadyExists => {

@@ -71,6 +71,9 @@ struct Revisions {
     /// Each unredeemed claim token's, with when it expires (past which it
     /// is forgotten here too).
     claims: HashMap<TokenHash, (u64, u64)>,
+    /// The last value written to a user's record that NATS did not
+    /// acknowledge: it may have been kept all the same.
+    unsure: HashMap<UserId, Bytes>,
 }
 
 /// Users and claim tokens in [`super::USERS_BUCKET`] and [`super::CLAIMS_BUCKET`].
@@ -114,16 +117,7 @@ async fn put_user(
     let value = serde_json::to_vec(user).map_err(|e| StoreError::Failed(e.to_string()))?;
     let known = lock(revisions).users.get(&user.id).copied();
     let revision = match known {
-        Some(revision) => nats
-            .users
-            .update(user_key(&user.id), value.into(), revision)
-            .await
-            .map_err(|e| match e.kind() {
-                UpdateErrorKind::WrongLastRevision => {
-                    StoreError::Failed(format!("user {} was changed elsewhere meanwhile", user.id))
-                }
-                _ => unavailable("cannot write a user", e),
-            })?,
+        Some(revision) => update_user(nats, revisions, user, value.into(), revision).await?,
         None => {
             claim_identity(nats, user).await?;
             nats.users
@@ -141,35 +135,103 @@ async fn put_user(
     Ok(())
 }
 
+/// Writes `value` over `user`'s record at `revision`. If the record moved
+/// on to a value this store wrote without hearing back (its acknowledgement
+/// was lost, or NATS went away before it came), the write goes on from
+/// there; if it moved on to `value` itself, that is this write, done. Any
+/// other value is a change made elsewhere, which is not written over.
+async fn update_user(
+    nats: &Nats,
+    revisions: &Mutex<Revisions>,
+    user: &UserRecord,
+    value: Bytes,
+    revision: u64,
+) -> Result<u64, StoreError> {
+    let key = user_key(&user.id);
+    let mut revision = revision;
+    for _ in 0..2 {
+        let failed = match nats.users.update(&key, value.clone(), revision).await {
+            Ok(revision) => {
+                lock(revisions).unsure.remove(&user.id);
+                return Ok(revision);
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => e,
+            Err(e) => {
+                lock(revisions).unsure.insert(user.id.clone(), value);
+                return Err(unavailable("cannot write a user", e));
+            }
+        };
+        let current = nats
+            .users
+            .entry(&key)
+            .await
+            .map_err(|e| unavailable("cannot read a user", e))?;
+        let Some(current) = current else {
+            return Err(unavailable("cannot write a user", failed));
+        };
+        if current.value == value {
+            lock(revisions).unsure.remove(&user.id);
+            return Ok(current.revision);
+        }
+        if lock(revisions).unsure.get(&user.id) != Some(&current.value) {
+            break;
+        }
+        revision = current.revision;
+    }
+    Err(StoreError::Failed(format!(
+        "user {} was changed elsewhere meanwhile",
+        user.id
+    )))
+}
+
 /// Makes the index of `user`'s identity point at them: created if absent,
-/// fine if it does already, refused if it points at someone else.
+/// fine if it does already, refused if it points at someone else. An index
+/// left pointing at a user whose record was never written (NATS went away
+/// between the two writes) is taken over, by compare-and-set.
 async fn claim_identity(nats: &Nats, user: &UserRecord) -> Result<(), StoreError> {
     let key = identity_key(&user.identity);
     let id = Bytes::copy_from_slice(user.id.as_str().as_bytes());
     match nats.users.create(&key, id.clone()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-            let current = nats
-                .users
-                .get(&key)
-                .await
-                .map_err(|e| unavailable("cannot read a user index", e))?;
-            if current.as_ref() == Some(&id) {
-                Ok(())
-            } else {
-                log::error!(
-                    "{} signs in as another user already: user {} not created",
-                    user.identity,
-                    user.id
-                );
-                Err(StoreError::Failed(format!(
-                    "{} belongs to another user",
-                    user.identity
-                )))
-            }
-        }
-        Err(e) => Err(unavailable("cannot write a user index", e)),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(unavailable("cannot write a user index", e)),
     }
+    let read = |e| unavailable("cannot read a user index", e);
+    let Some(current) = nats.users.entry(&key).await.map_err(read)? else {
+        return Err(StoreError::Unavailable(format!("{key} changed meanwhile")));
+    };
+    if current.value == id {
+        return Ok(());
+    }
+    let owner = std::str::from_utf8(&current.value).unwrap_or_default();
+    let owner_record = nats
+        .users
+        .get(format!("user.{owner}"))
+        .await
+        .map_err(read)?;
+    if owner_record.is_none() {
+        log::warn!(
+            "{} pointed at user {owner}, who was never written; now at {}",
+            user.identity,
+            user.id
+        );
+        return match nats.users.update(&key, id, current.revision).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(StoreError::Failed(
+                format!("{} was taken meanwhile", user.identity),
+            )),
+            Err(e) => Err(unavailable("cannot write a user index", e)),
+        };
+    }
+    log::error!(
+        "{} signs in as another user already: user {} not created",
+        user.identity,
+        user.id
+    );
+    Err(StoreError::Failed(format!(
+        "{} belongs to another user",
+        user.identity
+    )))
 }
 
 async fn put_claim(
@@ -299,6 +361,93 @@ impl UserStore for NatsUsers {
 mod tests {
     use super::*;
     use crate::ids::DevName;
+    use crate::testkit::NatsServer;
+
+    fn ana(account: u64) -> UserRecord {
+        UserRecord {
+            id: UserId::random(),
+            identity: Identity::Wca {
+                wca_account: account,
+            },
+            wca_id: None,
+            name: "Ana".to_owned(),
+            token_hashes: Vec::new(),
+            sealed_token: None,
+        }
+    }
+
+    /// NATS went away between a new user's index and their record: the
+    /// next sign-in (a new user ID) takes the index over.
+    #[actix::test]
+    async fn an_index_left_by_a_half_made_user_is_taken_over() {
+        let Some(server) = NatsServer::start("users-half") else {
+            return;
+        };
+        let nats = Nats::connect(&server.url()).await.unwrap();
+        let never_written = UserId::random();
+        let user = ana(5);
+        let key = identity_key(&user.identity);
+        nats.users
+            .create(&key, never_written.as_str().as_bytes().to_vec().into())
+            .await
+            .unwrap();
+        let mut users = NatsUsers::new(nats.clone());
+        users
+            .apply(vec![UserChange::PutUser(user.clone())])
+            .await
+            .unwrap();
+        let indexed = nats.users.get(&key).await.unwrap().unwrap();
+        assert_eq!(&indexed[..], user.id.as_str().as_bytes());
+        let loaded = NatsUsers::new(nats).load().await.unwrap().users;
+        assert_eq!(loaded, vec![user]);
+    }
+
+    /// A write kept by NATS whose acknowledgement never came: the next
+    /// change to that user goes on from it rather than being refused.
+    #[actix::test]
+    async fn a_write_kept_without_its_acknowledgement_is_written_over() {
+        let Some(server) = NatsServer::start("users-lost-ack") else {
+            return;
+        };
+        let nats = Nats::connect(&server.url()).await.unwrap();
+        let mut users = NatsUsers::new(nats.clone());
+        let first = ana(6);
+        users
+            .apply(vec![UserChange::PutUser(first.clone())])
+            .await
+            .unwrap();
+        // What the lost write was, kept by NATS behind the store's back.
+        let mut lost = first.clone();
+        lost.name = "Ana (lost)".to_owned();
+        let lost_value: Bytes = serde_json::to_vec(&lost).unwrap().into();
+        nats.users
+            .put(user_key(&first.id), lost_value.clone())
+            .await
+            .unwrap();
+        lock(&users.revisions)
+            .unsure
+            .insert(first.id.clone(), lost_value);
+        let mut next = first.clone();
+        next.name = "Ana (next)".to_owned();
+        users
+            .apply(vec![UserChange::PutUser(next.clone())])
+            .await
+            .unwrap();
+        let loaded = NatsUsers::new(nats.clone()).load().await.unwrap().users;
+        assert_eq!(loaded, vec![next.clone()]);
+        // A change it did not make is still not written over.
+        let mut elsewhere = next.clone();
+        elsewhere.name = "Ana (elsewhere)".to_owned();
+        nats.users
+            .put(
+                user_key(&first.id),
+                serde_json::to_vec(&elsewhere).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        let refused = users.apply(vec![UserChange::PutUser(first)]).await;
+        assert!(matches!(refused, Err(StoreError::Failed(_))), "{refused:?}");
+    }
 
     #[test]
     fn identity_keys_are_valid_keys_and_never_collide() {
