@@ -6,7 +6,10 @@
 //! the same user, or writing over a change it has not seen, is refused
 //! rather than lost. A claim token is created with a TTL that ends when it
 //! expires, and redeemed by a compare-and-set on its revision, so it works
-//! once even if two nodes try it at once.
+//! once even if two nodes try it at once. A write NATS kept without this
+//! store hearing so (a lost acknowledgement, NATS gone between a new
+//! user's index and their record) is recognised and gone on from, never
+//! mistaken for a change made elsewhere.
 //!
 //! The changes of one [`UserStore::apply`] are made one after the other,
 //! in the order the token actor gives them (the user first, then the claim
@@ -57,8 +60,12 @@ pub fn identity_key(identity: &Identity) -> String {
 /// it expires.
 #[derive(Debug, Serialize, Deserialize)]
 struct ClaimValue {
+    /// The claim token's hash, so a loaded claim need not parse its key.
     hash: TokenHash,
+    /// Whose access token it is redeemed for.
     user_id: UserId,
+    /// When it stops working, in ms since the Unix epoch; the key's TTL
+    /// ends then too, give or take a second.
     expires_ms: u64,
 }
 
