@@ -125,6 +125,9 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     /// Where `GET /metrics` is served; `None` serves none.
     pub metrics_bind: Option<String>,
+    /// The NATS server(s) whose JetStream keeps the state instead of
+    /// `data_dir` (cluster mode); `None` keeps it in `data_dir`.
+    pub nats_url: Option<String>,
 }
 
 /// What the command line asked for.
@@ -409,6 +412,15 @@ pub const METRICS_BIND: Setting = Setting {
     help: "address GET /metrics is served on; off turns it off",
 };
 
+/// The NATS server(s) whose JetStream keeps the state (cluster mode).
+pub const NATS_URL: Setting = Setting {
+    flag: "nats-url",
+    var: "TWIZZLE_NATS_URL",
+    dev: "",
+    prod: "",
+    help: "NATS URL(s), comma-separated; state in its JetStream instead of the data directory",
+};
+
 /// Every setting, in the order `--help` lists them; the flags a command line may use.
 pub const ALL: &[&Setting] = &[
     &BIND,
@@ -438,6 +450,7 @@ pub const ALL: &[&Setting] = &[
     &REQUEST_BURST,
     &TRUSTED_PROXIES,
     &METRICS_BIND,
+    &NATS_URL,
 ];
 
 /// The `--help` text.
@@ -619,6 +632,7 @@ impl Settings {
             },
             trusted_proxies: get(&TRUSTED_PROXIES).addresses()?,
             metrics_bind: Some(get(&METRICS_BIND).text).filter(|bind| bind != "off"),
+            nats_url: Some(get(&NATS_URL).text.trim().to_owned()).filter(|url| !url.is_empty()),
         })
     }
 }
@@ -834,6 +848,22 @@ mod tests {
             );
             assert!(help.contains(s.help), "--{} has no help line", s.flag);
         }
+    }
+
+    #[test]
+    fn the_nats_url_switches_the_state_to_jetstream_only_when_set() {
+        assert_eq!(Settings::local().nats_url, None);
+        let from_env = settings(&[], &[("TWIZZLE_NATS_URL", "nats://127.0.0.1:4222")]);
+        assert_eq!(from_env.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        let from_flag = settings(
+            &["--nats-url", "nats://a:4222,nats://b:4222"],
+            &[("TWIZZLE_NATS_URL", "nats://127.0.0.1:4222")],
+        );
+        assert_eq!(
+            from_flag.nats_url.as_deref(),
+            Some("nats://a:4222,nats://b:4222")
+        );
+        assert_eq!(settings(&["--nats-url", "  "], &[]).nats_url, None);
     }
 
     #[test]

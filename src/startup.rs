@@ -16,7 +16,7 @@ use twizzle_actors::health::Pulse;
 use twizzle_actors::ids;
 use twizzle_actors::metrics::Metrics;
 use twizzle_actors::registry::{Registry, RegistrySettings, Shutdown};
-use twizzle_actors::store::Stores;
+use twizzle_actors::store::{nats, Stores};
 use twizzle_actors::stream::StreamLimits;
 use twizzle_actors::tokens::TokenActor;
 
@@ -206,7 +206,15 @@ impl Application {
     ///
     /// Must run inside an actix system (`#[actix_web::main]` or `#[actix_web::test]`).
     pub async fn build(settings: Settings) -> io::Result<Application> {
-        let stores = Stores::local(&settings.data_dir)?;
+        let stores = match &settings.nats_url {
+            // Connected here, on the thread that runs the server, where
+            // the client's connection task then runs; the actors use it
+            // from their threads.
+            Some(url) => Stores::nats(url)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?,
+            None => Stores::local(&settings.data_dir)?,
+        };
         Application::build_with(settings, stores, ACTOR_DEADLINE).await
     }
 
@@ -235,11 +243,11 @@ impl Application {
         let listener = TcpListener::bind(&settings.bind)?;
         let port = listener.local_addr()?.port();
         let dev_sign_in = settings.dev_sign_in(listener.local_addr()?.ip());
-        log::info!(
-            "listening on {} (data in {})",
-            listener.local_addr()?,
-            settings.data_dir.display()
-        );
+        let state = match &settings.nats_url {
+            Some(url) => format!("state in NATS at {}", nats::redacted_url(url)),
+            None => format!("data in {}", settings.data_dir.display()),
+        };
+        log::info!("listening on {} ({state})", listener.local_addr()?);
         if dev_sign_in {
             log::info!("development sign-in is on (no WCA client secret, not --prod, loopback only): GET /v0/auth/dev?name=NAME signs anyone on this machine in as NAME");
         }

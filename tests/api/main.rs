@@ -14,6 +14,7 @@ mod http;
 mod limits;
 mod logs;
 mod metrics;
+mod nats;
 mod races;
 mod recordings;
 mod restart;

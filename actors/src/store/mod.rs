@@ -15,7 +15,8 @@
 //! `storage read-only`, `storage unavailable`), not which system call failed.
 //!
 //! Implementations: [`local`] (JSON-lines files in the data directory, the
-//! default) and [`memory`] (keeps nothing past the process; for tests).
+//! default), [`nats`] (NATS JetStream, for cluster mode) and [`memory`]
+//! (keeps nothing past the process; for tests).
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +34,7 @@ pub mod disk;
 pub mod journal;
 pub mod local;
 pub mod memory;
+pub mod nats;
 pub mod recording;
 
 /// What a store call resolves to. Not `Send`: it runs on the actor that made it.
@@ -353,7 +355,8 @@ pub struct Recorded {
 /// Where a read of a recording goes on from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cursor {
-    /// The byte the next read starts at; `None` before the first read, which
+    /// Where the next read starts: a byte of the local recording file, a
+    /// JetStream sequence in [`nats`]; `None` before the first read, which
     /// finds it.
     pub byte: Option<u64>,
     /// The offset of the line before it, for lines recorded without one.

@@ -1,0 +1,525 @@
+//! A stream's recording in JetStream: one message per event on the
+//! stream's subject of [`super::EVENTS_STREAM`], and its snapshot in
+//! [`super::SNAPSHOTS_BUCKET`].
+//!
+//! A message's payload is the event's recording line without its newline.
+//! Each is published with the JetStream sequence of the subject's last
+//! message as the expected one, so that two writers of one stream cannot
+//! interleave (the second is refused), and with `<streamID>.<offset>` as
+//! its message ID, so that one published again after a lost acknowledgement
+//! is kept once. A [`Cursor`]'s `byte` is a JetStream sequence here: where
+//! the next read starts. A read from an offset finds its first event by a
+//! binary search over the subject's messages (direct gets), then reads on
+//! through an ephemeral consumer.
+//!
+//! The snapshot says up to which sequence it covers the recording; a
+//! restored stream reads the snapshot and the messages after it. Clearing
+//! keeps a snapshot covering everything, then purges the subject; offsets
+//! go on from the snapshot's.
+
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use serde::{Deserialize, Serialize};
+
+use super::{unavailable, Nats, Read, Scan};
+use crate::event::{parse_recorded, with_offset};
+use crate::ids::StreamId;
+use crate::replay::{Replay, Snapshot};
+use crate::store::{
+    done, Chunk, Cursor, Kept, Opened, Recorded, RecordingStore, StoreError, StoreFuture,
+};
+
+/// The snapshot format.
+const CHECKPOINT_VERSION: u32 = 1;
+/// Messages one step of a restore reads.
+const RESTORE_BATCH: usize = 1024;
+
+/// The subject of stream `id`'s recording.
+pub fn subject(id: &StreamId) -> String {
+    format!("twizzle.events.{id}")
+}
+
+/// The snapshot as kept: the replay, and how much of the recording it covers.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    /// [`CHECKPOINT_VERSION`].
+    version: u32,
+    /// The JetStream sequence of the last message it covers; 0 for none.
+    seq: u64,
+    /// Bytes of recording lines up to there (newlines counted).
+    bytes: u64,
+    /// The replay as of there.
+    replay: Snapshot,
+    /// Which offsets the recording holds, as of there.
+    kept: Kept,
+}
+
+/// Where the recording's end is, as of the last append that finished.
+#[derive(Debug, Default)]
+struct End {
+    /// The sequence of the subject's last message; 0 for none.
+    seq: u64,
+    /// Bytes of recording lines on the subject (newlines counted).
+    bytes: u64,
+    /// Set while appends fail, so a NATS that went away is logged once.
+    failing: bool,
+}
+
+/// One stream's recording in JetStream.
+pub struct NatsRecording {
+    /// The connection and stream.
+    nats: Nats,
+    /// The stream, for log lines and message IDs.
+    id: StreamId,
+    /// Its subject.
+    subject: String,
+    /// Its end; appends in flight move it when they finish.
+    end: Arc<Mutex<End>>,
+}
+
+fn lock(end: &Mutex<End>) -> std::sync::MutexGuard<'_, End> {
+    end.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The offset a recording line starts with: `{"offset":n,…`, as
+/// [`crate::event::recorded_line`] writes it; else read from the whole line.
+fn offset_of(line: &[u8]) -> Option<u64> {
+    let prefixed = line.strip_prefix(b"{\"offset\":").and_then(|rest| {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    });
+    prefixed.or_else(|| parse_recorded(std::str::from_utf8(line).ok()?).ok()?.offset)
+}
+
+impl NatsRecording {
+    /// The recording of stream `id` in `nats`; nothing is read yet.
+    pub fn new(nats: Nats, id: &StreamId) -> NatsRecording {
+        NatsRecording {
+            nats,
+            id: id.clone(),
+            subject: subject(id),
+            end: Arc::new(Mutex::new(End::default())),
+        }
+    }
+
+    /// The snapshot's text as of the recording's end now.
+    fn checkpoint_value(&self, snapshot: &Snapshot, kept: Kept, bytes: Option<u64>) -> Vec<u8> {
+        let end = lock(&self.end);
+        let checkpoint = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            seq: end.seq,
+            bytes: bytes.unwrap_or(end.bytes),
+            replay: snapshot.clone(),
+            kept,
+        };
+        serde_json::to_vec(&checkpoint).unwrap_or_default()
+    }
+}
+
+/// The last message on `subject`, if any.
+async fn last_on(nats: &Nats, subject: &str) -> Result<Option<(u64, Option<u64>)>, StoreError> {
+    match nats.events.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(Some((message.sequence, offset_of(&message.payload)))),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unavailable("cannot read a recording", e)),
+    }
+}
+
+/// Reads the snapshot and the messages after it back into what the stream
+/// had; returns it with the recording's end.
+async fn restore(nats: &Nats, id: &StreamId, subject: &str) -> Result<(Opened, End), StoreError> {
+    nats.connected()?;
+    let kept = nats
+        .snapshots
+        .get(id.as_str())
+        .await
+        .map_err(|e| unavailable("cannot read a snapshot", e))?;
+    let checkpoint = kept.and_then(|value| {
+        serde_json::from_slice::<Checkpoint>(&value)
+            .map_err(|e| log::warn!("stream {id}: unreadable snapshot ({e}); reading it all"))
+            .ok()
+    });
+    let last_seq = nats
+        .events
+        .get_info()
+        .await
+        .map_err(|e| unavailable("cannot read the recordings' stream", e))?
+        .state
+        .last_sequence;
+    // A snapshot past the stream's end (a stream recreated under it)
+    // covers messages that are not there: not trusted.
+    let checkpoint = checkpoint.filter(|c| {
+        let trusted = c.version == CHECKPOINT_VERSION && c.seq <= last_seq;
+        if !trusted {
+            log::warn!("stream {id}: snapshot past the recording's end; reading it all");
+        }
+        trusted
+    });
+    let (mut opened, from, mut bytes) = match checkpoint {
+        Some(c) => (
+            Opened {
+                replay: Replay::from_snapshot(c.replay),
+                kept: c.kept,
+                bytes: 0,
+            },
+            c.seq + 1,
+            c.bytes,
+        ),
+        None => (Opened::default(), 1, 0),
+    };
+    let mut scan = Scan::start(
+        &nats.events,
+        subject.to_owned(),
+        DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        },
+    )
+    .await?;
+    let mut seq = None;
+    let read: Result<(), StoreError> = async {
+        while !scan.done() {
+            let batch = scan.next(RESTORE_BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for message in batch {
+                seq = Some(message.seq);
+                bytes += message.payload.len() as u64 + 1;
+                apply(&mut opened, &message);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    scan.finish().await;
+    read?;
+    let seq = match seq {
+        Some(seq) => seq,
+        // Nothing after the snapshot: the end is the subject's last
+        // message, from before it or none (a cleared recording).
+        None => last_on(nats, subject).await?.map_or(0, |(seq, _)| seq),
+    };
+    opened.bytes = bytes;
+    Ok((
+        opened,
+        End {
+            seq,
+            bytes,
+            failing: false,
+        },
+    ))
+}
+
+/// Applies one recorded event to a replay being restored.
+fn apply(opened: &mut Opened, message: &Read) {
+    let Some(recorded) = std::str::from_utf8(&message.payload)
+        .ok()
+        .and_then(|text| parse_recorded(text).ok())
+    else {
+        log::warn!("NATS: message {} is not a recording line", message.seq);
+        return;
+    };
+    let Some(offset) = recorded.offset else {
+        return;
+    };
+    if offset <= opened.replay.accepted() {
+        return;
+    }
+    opened.kept.extend(offset);
+    let frame = with_offset(&recorded.event.text, offset);
+    opened.replay.remember(recorded.event.kind, offset, frame);
+}
+
+/// Publishes `line` (offset `offset`) after the message at `after`;
+/// resolves to its sequence. A refusal for the expected sequence is looked
+/// into: if the subject's last message is an earlier event of this stream
+/// (one whose acknowledgement was lost), the line goes after it; if it is
+/// this event or a later one, someone else is writing the recording.
+async fn publish(
+    nats: &Nats,
+    id: &StreamId,
+    subject: &str,
+    line: &[u8],
+    offset: Option<u64>,
+    after: u64,
+) -> Result<u64, StoreError> {
+    let mut after = after;
+    for _ in 0..2 {
+        let mut message = PublishMessage::build()
+            .payload(bytes::Bytes::copy_from_slice(line))
+            .expected_last_subject_sequence(after);
+        if let Some(offset) = offset {
+            message = message.message_id(format!("{id}.{offset}"));
+        }
+        let acked = match nats.js.send_publish(subject.to_owned(), message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(ack) => return Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                match last_on(nats, subject).await? {
+                    Some((seq, Some(last))) if offset.is_some_and(|o| last < o) => after = seq,
+                    None => after = 0,
+                    _ => {
+                        return Err(StoreError::Failed(format!(
+                            "stream {id}: its recording is being written elsewhere"
+                        )))
+                    }
+                }
+            }
+            Err(e) => return Err(unavailable("cannot append to a recording", e)),
+        }
+    }
+    Err(StoreError::Failed(format!(
+        "stream {id}: its recording keeps moving under it"
+    )))
+}
+
+impl RecordingStore for NatsRecording {
+    fn open(&mut self) -> StoreFuture<Opened> {
+        let nats = self.nats.clone();
+        let (id, subject, end) = (self.id.clone(), self.subject.clone(), self.end.clone());
+        Box::pin(async move {
+            let (opened, restored) = restore(&nats, &id, &subject)
+                .await
+                .inspect_err(|e| log::error!("stream {id}: cannot open its recording: {e}"))?;
+            *lock(&end) = restored;
+            Ok(opened)
+        })
+    }
+
+    fn recorded_bytes(&self) -> u64 {
+        lock(&self.end).bytes
+    }
+
+    fn append(&mut self, lines: Vec<u8>) -> StoreFuture<()> {
+        let nats = self.nats.clone();
+        let (id, subject, end) = (self.id.clone(), self.subject.clone(), self.end.clone());
+        Box::pin(async move {
+            let written: Result<(), StoreError> = async {
+                nats.connected()?;
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let after = lock(&end).seq;
+                    let seq = publish(&nats, &id, &subject, line, offset_of(line), after).await?;
+                    let mut end = lock(&end);
+                    end.seq = seq;
+                    end.bytes += line.len() as u64 + 1;
+                }
+                Ok(())
+            }
+            .await;
+            let mut end = lock(&end);
+            match &written {
+                Ok(()) if end.failing => {
+                    end.failing = false;
+                    log::info!("stream {id}: recording again");
+                }
+                Err(e) if !end.failing => {
+                    end.failing = true;
+                    log::error!("stream {id}: recording failed: {e}");
+                }
+                _ => {}
+            }
+            written
+        })
+    }
+
+    fn checkpoint(&mut self, snapshot: &Snapshot, kept: Kept) -> StoreFuture<()> {
+        let value = self.checkpoint_value(snapshot, kept, None);
+        let nats = self.nats.clone();
+        let id = self.id.clone();
+        Box::pin(async move {
+            nats.connected()?;
+            nats.snapshots
+                .put(id.as_str(), value.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    log::warn!("stream {id}: cannot write its snapshot: {e}");
+                    unavailable("cannot write a snapshot", e)
+                })
+        })
+    }
+
+    fn clear(&mut self, snapshot: &Snapshot, kept: Kept) -> StoreFuture<()> {
+        // The snapshot first, covering every message there is: a failure
+        // before the purge leaves messages it already counts, which a
+        // restore skips.
+        let value = self.checkpoint_value(snapshot, kept, Some(0));
+        let nats = self.nats.clone();
+        let (id, subject, end) = (self.id.clone(), self.subject.clone(), self.end.clone());
+        Box::pin(async move {
+            nats.connected()?;
+            nats.snapshots
+                .put(id.as_str(), value.into())
+                .await
+                .map_err(|e| unavailable("cannot write a snapshot", e))?;
+            nats.events
+                .purge()
+                .filter(subject)
+                .await
+                .map_err(|e| unavailable("cannot delete a recording", e))?;
+            let mut end = lock(&end);
+            end.seq = 0;
+            end.bytes = 0;
+            Ok(())
+        })
+    }
+
+    fn sync(&mut self) -> StoreFuture<()> {
+        // Each append resolved once JetStream acknowledged it: it has it.
+        done(Ok(()))
+    }
+
+    fn read(&self, after: u64, cursor: Cursor, max: usize) -> StoreFuture<Chunk> {
+        let nats = self.nats.clone();
+        let subject = self.subject.clone();
+        Box::pin(async move { read_chunk(&nats, &subject, after, cursor, max).await })
+    }
+}
+
+/// The first message on `subject` whose offset is after `after`: a binary
+/// search over the sequences between the subject's first and last
+/// messages, each step one direct get. `None` if there is none.
+async fn seek(nats: &Nats, subject: &str, after: u64) -> Result<Option<u64>, StoreError> {
+    let failed = |e| unavailable("cannot read a recording", e);
+    let first = match nats.events.direct_get_first_for_subject(subject).await {
+        Ok(message) => message,
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
+    if offset_of(&first.payload).is_none_or(|o| o > after) {
+        return Ok(Some(first.sequence));
+    }
+    let Some((last, last_offset)) = last_on(nats, subject).await? else {
+        return Ok(None);
+    };
+    if last_offset.is_none_or(|o| o <= after) {
+        return Ok(None);
+    }
+    // `lo` is a message at or before `after`, `hi` one after it, and no
+    // message of the subject is in [top, hi): the first after `after` is
+    // `hi` once nothing is left between `lo` and `top`.
+    let (mut lo, mut hi, mut top) = (first.sequence, last, last);
+    while lo + 1 < top {
+        let mid = lo + (top - lo) / 2;
+        let message = nats
+            .events
+            .direct_get_next_for_subject(subject, Some(mid))
+            .await
+            .map_err(failed)?;
+        if message.sequence >= top {
+            top = mid;
+        } else if offset_of(&message.payload).is_some_and(|o| o <= after) {
+            lo = message.sequence;
+        } else {
+            hi = message.sequence;
+            top = hi;
+        }
+    }
+    Ok(Some(hi))
+}
+
+/// Reads up to `max` events after offset `after` from the recording on
+/// `subject`, from `cursor` on.
+pub async fn read_chunk(
+    nats: &Nats,
+    subject: &str,
+    after: u64,
+    cursor: Cursor,
+    max: usize,
+) -> Result<Chunk, StoreError> {
+    nats.connected()?;
+    let nothing = Chunk {
+        events: Vec::new(),
+        next: cursor,
+        done: true,
+    };
+    let start = match cursor.byte {
+        Some(seq) => seq,
+        None => match seek(nats, subject, after).await? {
+            Some(seq) => seq,
+            None => return Ok(nothing),
+        },
+    };
+    let mut scan = Scan::start(
+        &nats.events,
+        subject.to_owned(),
+        DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        },
+    )
+    .await?;
+    let read = scan.next(max).await;
+    let finished = scan.done();
+    scan.finish().await;
+    let read = read?;
+    let Some(last) = read.last() else {
+        return Ok(nothing);
+    };
+    let next = Cursor {
+        byte: Some(last.seq + 1),
+        position: cursor.position,
+    };
+    let mut position = cursor.position;
+    let events = read
+        .iter()
+        .filter_map(|message| {
+            let recorded = parse_recorded(std::str::from_utf8(&message.payload).ok()?).ok()?;
+            let offset = recorded.offset?;
+            position = offset;
+            Some(Recorded {
+                offset,
+                received_ms: recorded.received_ms,
+                text: recorded.event.text,
+            })
+        })
+        .filter(|recorded| recorded.offset > after)
+        .collect();
+    Ok(Chunk {
+        events,
+        next: Cursor { position, ..next },
+        done: finished,
+    })
+}
+
+/// How many events and bytes each stream's recording holds, from the
+/// snapshots (an ended stream's covers all of it): one read of them all.
+pub async fn sizes(
+    nats: &Nats,
+) -> Result<std::collections::HashMap<StreamId, (u64, u64)>, StoreError> {
+    Ok(super::entries(&nats.snapshots, "")
+        .await?
+        .into_iter()
+        .filter_map(|(key, value, _)| {
+            let id = StreamId::parse(&key)?;
+            let checkpoint: Checkpoint = serde_json::from_slice(&value).ok()?;
+            Some((id, (checkpoint.kept.events, checkpoint.bytes)))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::recorded_line;
+
+    #[test]
+    fn offsets_are_read_from_the_start_of_a_line() {
+        let event = r#"{"event":"move","data":{"latestMove":"R","timeStamp":1,"binaryState":"s"}}"#;
+        let line = recorded_line(event, 42, 7);
+        assert_eq!(offset_of(line.trim_end().as_bytes()), Some(42));
+        assert_eq!(offset_of(event.as_bytes()), None);
+        let reordered = format!(r#"{{"receivedAt":1,"offset":9,{}"#, &event[1..]);
+        assert_eq!(
+            offset_of(reordered.as_bytes()),
+            Some(9),
+            "a line in another order is parsed whole"
+        );
+    }
+}

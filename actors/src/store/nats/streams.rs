@@ -1,0 +1,458 @@
+//! Stream records in JetStream KV, and where each stream's recording is
+//! (see [`super`] for the keys).
+//!
+//! Each stream has one record, created only where absent and changed by
+//! compare-and-set (a change that finds the record changed elsewhere is
+//! applied again to what it finds). The store keeps the records in memory
+//! too, for what the registry asks without waiting (the senders of an
+//! ended stream) and for the sweep. Its writes are made one after the
+//! other, in the order the registry made them, as a journal's lines are:
+//! each starts when it is asked for and waits for the one before it, so a
+//! stream that went live and idle again at once is kept idle, and
+//! [`StreamStore::sync`] waits for them all.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::recording::{self, NatsRecording};
+use super::{entries, unavailable, Nats, MARKER_TTL};
+use crate::ids::{StreamId, UserId};
+use crate::store::journal::epoch_ms;
+use crate::store::{
+    Chunk, Cursor, EndedRecording, RecordingStore, StoreError, StoreFuture, StreamChange,
+    StreamRecord, StreamStore,
+};
+
+/// What the keys of stream records start with; the bucket has room for
+/// other kinds of keys beside them (a user's open streams, for a limit
+/// that counts on every node).
+const STREAM_PREFIX: &str = "stream.";
+
+/// The key of stream `id`'s record.
+fn stream_key(id: &StreamId) -> String {
+    format!("{STREAM_PREFIX}{id}")
+}
+
+/// A stream's record as kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StreamDoc {
+    /// Users allowed to send; the creator first.
+    senders: Vec<UserId>,
+    /// When it was created, in ms since the Unix epoch.
+    created_ms: u64,
+    /// Since when no sender is connected; `None` while one is.
+    idle_since_ms: Option<u64>,
+    /// When it ended; `None` while it is open.
+    ended_ms: Option<u64>,
+}
+
+impl StreamDoc {
+    /// Applies a change other than a creation.
+    fn apply(&mut self, change: &StreamChange, now_ms: u64) {
+        match change {
+            StreamChange::Created(_) => {}
+            StreamChange::Live(_) => self.idle_since_ms = None,
+            StreamChange::Idle { since_ms, .. } => self.idle_since_ms = Some(*since_ms),
+            StreamChange::Ended(_) => {
+                self.ended_ms.get_or_insert(now_ms);
+            }
+        }
+    }
+}
+
+/// What the store knows of the streams.
+#[derive(Debug, Default)]
+struct Known {
+    /// Every stream's record, open or ended, as last written or read.
+    docs: HashMap<StreamId, StreamDoc>,
+    /// Each record's revision, as last written or read.
+    revisions: HashMap<StreamId, u64>,
+}
+
+/// Open streams and their recordings in [`super::STREAMS_BUCKET`],
+/// [`super::SNAPSHOTS_BUCKET`] and [`super::EVENTS_STREAM`].
+pub struct NatsStreams {
+    /// The connection and buckets.
+    nats: Nats,
+    /// The records, shared with the writes in flight.
+    known: Arc<Mutex<Known>>,
+    /// Resolves once the last write asked for is done: the next one waits
+    /// for it.
+    tail: Option<oneshot::Receiver<()>>,
+}
+
+fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
+    known
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl NatsStreams {
+    /// The streams kept in `nats`.
+    pub fn new(nats: Nats) -> NatsStreams {
+        NatsStreams {
+            nats,
+            known: Arc::new(Mutex::new(Known::default())),
+            tail: None,
+        }
+    }
+
+    /// Runs `write` after every write asked for before it, and has the
+    /// next one wait for it. It runs whether or not its future is awaited,
+    /// as a journal's line is written when it is handed over: on this
+    /// thread, which must be an actor's.
+    fn in_turn<T: 'static>(
+        &mut self,
+        write: impl std::future::Future<Output = Result<T, StoreError>> + 'static,
+    ) -> StoreFuture<T> {
+        let (done, next) = oneshot::channel();
+        let before = self.tail.replace(next);
+        let (answer, answered) = oneshot::channel();
+        actix::spawn(async move {
+            if let Some(before) = before {
+                // Dropped unfinished counts as finished.
+                let _ = before.await;
+            }
+            let result = write.await;
+            let _ = done.send(());
+            let _ = answer.send(result);
+        });
+        Box::pin(async move {
+            answered
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Failed("the write was dropped".to_owned())))
+        })
+    }
+}
+
+/// Writes the change to stream `id`'s record: on the revision known, else
+/// (or if the record changed meanwhile) on the one read back.
+async fn write_change(
+    nats: &Nats,
+    known: &Mutex<Known>,
+    id: &StreamId,
+    change: &StreamChange,
+) -> Result<(), StoreError> {
+    nats.connected()?;
+    let now_ms = epoch_ms(SystemTime::now());
+    let (doc, revision) = {
+        let known = lock(known);
+        (
+            known.docs.get(id).cloned(),
+            known.revisions.get(id).copied(),
+        )
+    };
+    if let (Some(doc), Some(revision)) = (doc, revision) {
+        let value = serde_json::to_vec(&doc).map_err(|e| StoreError::Failed(e.to_string()))?;
+        match nats
+            .streams
+            .update(stream_key(id), value.into(), revision)
+            .await
+        {
+            Ok(revision) => {
+                lock(known).revisions.insert(id.clone(), revision);
+                return Ok(());
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(unavailable("cannot write a stream", e)),
+        }
+    }
+    let entry = nats
+        .streams
+        .entry(stream_key(id))
+        .await
+        .map_err(|e| unavailable("cannot read a stream", e))?;
+    let Some(entry) = entry.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+    else {
+        log::warn!("NATS: stream {id} has no record to change");
+        return Ok(());
+    };
+    let mut doc: StreamDoc = serde_json::from_slice(&entry.value)
+        .map_err(|e| StoreError::Failed(format!("stream {id}: unreadable record: {e}")))?;
+    doc.apply(change, now_ms);
+    let value = serde_json::to_vec(&doc).map_err(|e| StoreError::Failed(e.to_string()))?;
+    let revision = nats
+        .streams
+        .update(stream_key(id), value.into(), entry.revision)
+        .await
+        .map_err(|e| match e.kind() {
+            UpdateErrorKind::WrongLastRevision => {
+                StoreError::Failed(format!("stream {id} keeps changing elsewhere"))
+            }
+            _ => unavailable("cannot write a stream", e),
+        })?;
+    let mut known = lock(known);
+    known.docs.insert(id.clone(), doc);
+    known.revisions.insert(id.clone(), revision);
+    Ok(())
+}
+
+/// Deletes stream `id`'s recording, snapshot and record, in that order: a
+/// failure part way leaves the record, and the next sweep tries again.
+async fn delete_all(nats: &Nats, known: &Mutex<Known>, id: &StreamId) -> Result<(), StoreError> {
+    nats.connected()?;
+    nats.events
+        .purge()
+        .filter(recording::subject(id))
+        .await
+        .map_err(|e| unavailable("cannot delete a recording", e))?;
+    nats.snapshots
+        .purge_with_ttl(id.as_str(), MARKER_TTL)
+        .await
+        .map_err(|e| unavailable("cannot delete a snapshot", e))?;
+    nats.streams
+        .purge_with_ttl(stream_key(id), MARKER_TTL)
+        .await
+        .map_err(|e| unavailable("cannot delete a stream", e))?;
+    let mut known = lock(known);
+    known.docs.remove(id);
+    known.revisions.remove(id);
+    Ok(())
+}
+
+impl StreamStore for NatsStreams {
+    fn load(&mut self) -> StoreFuture<Vec<StreamRecord>> {
+        let nats = self.nats.clone();
+        let known = Arc::clone(&self.known);
+        Box::pin(async move {
+            nats.connected()?;
+            let mut open = Vec::new();
+            let mut ended = 0;
+            for (key, value, revision) in entries(&nats.streams, STREAM_PREFIX).await? {
+                let (Some(id), Ok(doc)) = (
+                    key.strip_prefix(STREAM_PREFIX).and_then(StreamId::parse),
+                    serde_json::from_slice::<StreamDoc>(&value),
+                ) else {
+                    log::warn!("NATS: {key} is not a stream; skipped");
+                    continue;
+                };
+                if doc.ended_ms.is_none() {
+                    open.push(StreamRecord {
+                        id: id.clone(),
+                        senders: doc.senders.clone(),
+                        created_ms: doc.created_ms,
+                        idle_since_ms: doc.idle_since_ms,
+                    });
+                } else {
+                    ended += 1;
+                }
+                let mut known = lock(&known);
+                known.docs.insert(id.clone(), doc);
+                known.revisions.insert(id, revision);
+            }
+            open.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+            log::info!(
+                "NATS: {} open streams, {ended} ended ones with recordings",
+                open.len()
+            );
+            Ok(open)
+        })
+    }
+
+    fn record(&mut self, change: StreamChange) -> StoreFuture<()> {
+        let nats = self.nats.clone();
+        let known = Arc::clone(&self.known);
+        let now_ms = epoch_ms(SystemTime::now());
+        if let StreamChange::Created(record) = change {
+            let doc = StreamDoc {
+                senders: record.senders,
+                created_ms: record.created_ms,
+                idle_since_ms: record.idle_since_ms,
+                ended_ms: None,
+            };
+            let id = record.id;
+            return self.in_turn(async move {
+                nats.connected()?;
+                let value =
+                    serde_json::to_vec(&doc).map_err(|e| StoreError::Failed(e.to_string()))?;
+                let revision = nats
+                    .streams
+                    .create(stream_key(&id), value.into())
+                    .await
+                    .map_err(|e| match e.kind() {
+                        CreateErrorKind::AlreadyExists => {
+                            StoreError::Failed(format!("stream {id} exists already"))
+                        }
+                        _ => unavailable("cannot write a stream", e),
+                    })?;
+                let mut known = lock(&known);
+                known.docs.insert(id.clone(), doc);
+                known.revisions.insert(id, revision);
+                Ok(())
+            });
+        }
+        let id = match &change {
+            StreamChange::Created(record) => record.id.clone(),
+            StreamChange::Live(id) | StreamChange::Ended(id) | StreamChange::Idle { id, .. } => {
+                id.clone()
+            }
+        };
+        // Known at once, as a journal's line would be: the sweep and the
+        // senders of ended streams see it before it is written.
+        if let Some(doc) = lock(&self.known).docs.get_mut(&id) {
+            doc.apply(&change, now_ms);
+        }
+        self.in_turn(async move {
+            let written = write_change(&nats, &known, &id, &change).await;
+            if let Err(e) = &written {
+                log::warn!("NATS: stream {id}: change not kept: {e}");
+            }
+            written
+        })
+    }
+
+    fn sync(&mut self) -> StoreFuture<()> {
+        // Every write is acknowledged by JetStream once it has it: waiting
+        // for the last one is all a sync needs.
+        self.in_turn(async { Ok(()) })
+    }
+
+    fn sweep_recordings(&mut self, keep: Duration) -> StoreFuture<usize> {
+        let now_ms = epoch_ms(SystemTime::now());
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        let due: Vec<StreamId> = lock(&self.known)
+            .docs
+            .iter()
+            .filter(|(_, doc)| {
+                doc.ended_ms
+                    .is_some_and(|ended| ended.saturating_add(keep_ms) <= now_ms)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if due.is_empty() {
+            return self.in_turn(async { Ok(0) });
+        }
+        let nats = self.nats.clone();
+        let known = Arc::clone(&self.known);
+        self.in_turn(async move {
+            let mut deleted = 0;
+            for id in due {
+                match delete_all(&nats, &known, &id).await {
+                    Ok(()) => {
+                        log::info!("stream {id}: recording deleted after the retention period");
+                        deleted += 1;
+                    }
+                    Err(e) => {
+                        log::warn!("stream {id}: sweep failed: {e}");
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn check_writable(&mut self) -> StoreFuture<()> {
+        let nats = self.nats.clone();
+        Box::pin(async move { nats.check().await })
+    }
+
+    fn recording(&mut self, id: &StreamId) -> Box<dyn RecordingStore + Send> {
+        Box::new(NatsRecording::new(self.nats.clone(), id))
+    }
+
+    fn ended_recordings(&mut self) -> StoreFuture<Vec<EndedRecording>> {
+        let ended: Vec<(StreamId, StreamDoc)> = lock(&self.known)
+            .docs
+            .iter()
+            .filter(|(_, doc)| doc.ended_ms.is_some())
+            .map(|(id, doc)| (id.clone(), doc.clone()))
+            .collect();
+        let nats = self.nats.clone();
+        Box::pin(async move {
+            if ended.is_empty() {
+                return Ok(Vec::new());
+            }
+            nats.connected()?;
+            let sizes = recording::sizes(&nats).await?;
+            Ok(ended
+                .into_iter()
+                .map(|(id, doc)| {
+                    let (events, bytes) = sizes.get(&id).copied().unwrap_or((0, 0));
+                    EndedRecording {
+                        id,
+                        senders: doc.senders,
+                        created_ms: doc.created_ms,
+                        ended_ms: doc.ended_ms.unwrap_or(doc.created_ms),
+                        events,
+                        bytes,
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn ended_senders(&mut self, id: &StreamId) -> Option<Vec<UserId>> {
+        lock(&self.known)
+            .docs
+            .get(id)
+            .filter(|doc| doc.ended_ms.is_some())
+            .map(|doc| doc.senders.clone())
+    }
+
+    fn delete_recording(&mut self, id: &StreamId) -> StoreFuture<()> {
+        let nats = self.nats.clone();
+        let known = Arc::clone(&self.known);
+        let id = id.clone();
+        self.in_turn(async move {
+            delete_all(&nats, &known, &id).await.inspect_err(|e| {
+                log::warn!("stream {id}: cannot delete its recording: {e}");
+            })?;
+            log::info!("stream {id}: recording deleted");
+            Ok(())
+        })
+    }
+
+    fn read_recording(
+        &mut self,
+        id: &StreamId,
+        after: u64,
+        cursor: Cursor,
+        max: usize,
+    ) -> StoreFuture<Option<Chunk>> {
+        if !lock(&self.known).docs.contains_key(id) {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        let nats = self.nats.clone();
+        let subject = recording::subject(id);
+        Box::pin(async move {
+            recording::read_chunk(&nats, &subject, after, cursor, max)
+                .await
+                .map(Some)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_apply_to_a_record_and_an_end_is_kept_once() {
+        let mut doc = StreamDoc {
+            senders: vec![UserId::random()],
+            created_ms: 1,
+            idle_since_ms: Some(1),
+            ended_ms: None,
+        };
+        let id = StreamId::random();
+        doc.apply(&StreamChange::Live(id.clone()), 5);
+        assert_eq!(doc.idle_since_ms, None);
+        doc.apply(
+            &StreamChange::Idle {
+                id: id.clone(),
+                since_ms: 7,
+            },
+            8,
+        );
+        assert_eq!(doc.idle_since_ms, Some(7));
+        doc.apply(&StreamChange::Ended(id.clone()), 9);
+        doc.apply(&StreamChange::Ended(id), 10);
+        assert_eq!(doc.ended_ms, Some(9));
+    }
+}

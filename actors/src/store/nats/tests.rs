@@ -1,0 +1,569 @@
+//! The JetStream stores against a real `nats-server`: the same behaviours
+//! the local store's tests check, and what only a networked store has (a
+//! second writer refused, NATS going away and coming back).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::recording::NatsRecording;
+use super::streams::NatsStreams;
+use super::users::NatsUsers;
+use super::*;
+use crate::event::{parse_event, recorded_line};
+use crate::ids::{DevName, StreamId, UserId};
+use crate::replay::Replay;
+use crate::secrets::TokenHash;
+use crate::store::disk::Disk;
+use crate::store::journal::epoch_ms;
+use crate::store::recording::LocalRecording;
+use crate::store::{
+    ClaimRecord, Cursor, Identity, Kept, RecordingStore, StreamChange, StreamRecord, StreamStore,
+    UserChange, UserRecord, UserStore,
+};
+use crate::testkit::{NatsServer, TempDir};
+
+/// How long a test waits for what NATS does in its own time.
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn connect(server: &NatsServer) -> Nats {
+    Nats::connect(&server.url())
+        .await
+        .expect("connects to the test server")
+}
+
+fn user(identity: Identity, name: &str) -> UserRecord {
+    UserRecord {
+        id: UserId::random(),
+        identity,
+        wca_id: None,
+        name: name.to_owned(),
+        token_hashes: vec![TokenHash::of(&format!("token of {name}"))],
+        sealed_token: None,
+    }
+}
+
+fn dev(name: &str) -> Identity {
+    Identity::Dev {
+        dev_name: DevName::parse(name).unwrap(),
+    }
+}
+
+fn claim(user: &UserRecord, ttl: Duration) -> ClaimRecord {
+    ClaimRecord {
+        hash: TokenHash::of(&format!("claim {}", UserId::random())),
+        user_id: user.id.clone(),
+        expires_ms: epoch_ms(SystemTime::now()) + ttl.as_millis() as u64,
+    }
+}
+
+fn sorted(mut users: Vec<UserRecord>) -> Vec<UserRecord> {
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    users
+}
+
+#[actix::test]
+async fn users_and_claims_round_trip_through_a_new_connection() {
+    let Some(server) = NatsServer::start("users") else {
+        return;
+    };
+    let mut users = NatsUsers::new(connect(&server).await);
+    assert!(users.load().await.unwrap().users.is_empty());
+    let ana = user(Identity::Wca { wca_account: 42 }, "Ana");
+    let zoe = user(dev("Zoë Ünal"), "Zoë Ünal");
+    let ana_claim = claim(&ana, Duration::from_secs(600));
+    users
+        .apply(vec![
+            UserChange::PutUser(ana.clone()),
+            UserChange::PutClaim(ana_claim.clone()),
+        ])
+        .await
+        .unwrap();
+    users
+        .apply(vec![UserChange::PutUser(zoe.clone())])
+        .await
+        .unwrap();
+    // A change to a user is kept over the earlier version.
+    let mut renamed = ana.clone();
+    renamed.name = "Ana B".to_owned();
+    renamed.token_hashes.push(TokenHash::of("second token"));
+    users
+        .apply(vec![UserChange::PutUser(renamed.clone())])
+        .await
+        .unwrap();
+
+    let mut again = NatsUsers::new(connect(&server).await);
+    let state = again.load().await.unwrap();
+    assert_eq!(sorted(state.users), vec![renamed.clone(), zoe.clone()]);
+    assert_eq!(state.claims, vec![ana_claim.clone()]);
+
+    // Redeemed on the new connection: gone for everyone, and it cannot be
+    // redeemed twice.
+    again
+        .apply(vec![UserChange::RemoveClaim(ana_claim.hash.clone())])
+        .await
+        .unwrap();
+    let mut third = NatsUsers::new(connect(&server).await);
+    assert!(third.load().await.unwrap().claims.is_empty());
+    assert_eq!(
+        users
+            .apply(vec![UserChange::RemoveClaim(ana_claim.hash.clone())])
+            .await,
+        Err(StoreError::Failed(
+            "the claim token was redeemed elsewhere".to_owned()
+        ))
+    );
+}
+
+#[actix::test]
+async fn a_sign_in_cannot_create_a_user_twice_nor_overwrite_a_change_unseen() {
+    let Some(server) = NatsServer::start("users-cas") else {
+        return;
+    };
+    let mut one = NatsUsers::new(connect(&server).await);
+    let mut two = NatsUsers::new(connect(&server).await);
+    one.load().await.unwrap();
+    two.load().await.unwrap();
+    let ana = user(Identity::Wca { wca_account: 7 }, "Ana");
+    one.apply(vec![UserChange::PutUser(ana.clone())])
+        .await
+        .unwrap();
+    // Another node signing the same WCA account in as a new user is refused.
+    let twin = user(Identity::Wca { wca_account: 7 }, "Ana");
+    let refused = two.apply(vec![UserChange::PutUser(twin)]).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Failed(why)) if why.contains("WCA account 7")),
+        "{refused:?}"
+    );
+    // So is a development name taken already, and the same user again is fine.
+    let bo = user(dev("Bo"), "Bo");
+    one.apply(vec![UserChange::PutUser(bo.clone())])
+        .await
+        .unwrap();
+    let refused = two
+        .apply(vec![UserChange::PutUser(user(dev("Bo"), "Bo"))])
+        .await;
+    assert!(matches!(refused, Err(StoreError::Failed(_))), "{refused:?}");
+    // A node that has not seen the latest change to a user cannot write over it.
+    let mut two_fresh = NatsUsers::new(connect(&server).await);
+    two_fresh.load().await.unwrap();
+    let mut newer = ana.clone();
+    newer.name = "Ana (newer)".to_owned();
+    one.apply(vec![UserChange::PutUser(newer.clone())])
+        .await
+        .unwrap();
+    let mut stale = ana.clone();
+    stale.name = "Ana (stale)".to_owned();
+    let refused = two_fresh.apply(vec![UserChange::PutUser(stale)]).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Failed(why)) if why.contains("changed elsewhere")),
+        "{refused:?}"
+    );
+    let mut reader = NatsUsers::new(connect(&server).await);
+    let names: Vec<String> = sorted(reader.load().await.unwrap().users)
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["Ana (newer)", "Bo"]);
+}
+
+#[actix::test]
+async fn claim_tokens_leave_jetstream_when_they_expire() {
+    let Some(server) = NatsServer::start("claims-ttl") else {
+        return;
+    };
+    let nats = connect(&server).await;
+    let mut users = NatsUsers::new(nats.clone());
+    let ana = user(Identity::Wca { wca_account: 1 }, "Ana");
+    let short = claim(&ana, Duration::from_secs(1));
+    let long = claim(&ana, Duration::from_secs(600));
+    users
+        .apply(vec![
+            UserChange::PutUser(ana),
+            UserChange::PutClaim(short.clone()),
+            UserChange::PutClaim(long.clone()),
+        ])
+        .await
+        .unwrap();
+    assert!(nats
+        .claims
+        .get(short.hash.as_str())
+        .await
+        .unwrap()
+        .is_some());
+    let deadline = Instant::now() + WAIT;
+    while nats
+        .claims
+        .get(short.hash.as_str())
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the claim token was still kept {WAIT:?} after it expired"
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await; // polling for JetStream's expiry
+    }
+    let state = NatsUsers::new(connect(&server).await).load().await.unwrap();
+    assert_eq!(state.claims, vec![long]);
+}
+
+fn record(owner: &UserId) -> StreamRecord {
+    let now = epoch_ms(SystemTime::now());
+    StreamRecord {
+        id: StreamId::random(),
+        senders: vec![owner.clone()],
+        created_ms: now,
+        idle_since_ms: Some(now),
+    }
+}
+
+#[actix::test]
+async fn streams_come_back_open_idle_or_live_and_ended_ones_are_listed() {
+    let Some(server) = NatsServer::start("streams") else {
+        return;
+    };
+    let owner = UserId::random();
+    let mut streams = NatsStreams::new(connect(&server).await);
+    assert!(streams.load().await.unwrap().is_empty());
+    let (a, b, c) = (record(&owner), record(&owner), record(&owner));
+    for r in [&a, &b, &c] {
+        streams
+            .record(StreamChange::Created(r.clone()))
+            .await
+            .unwrap();
+    }
+    // Trailing changes, not awaited one by one: kept in the order made.
+    let live = streams.record(StreamChange::Live(a.id.clone()));
+    let idle = streams.record(StreamChange::Idle {
+        id: a.id.clone(),
+        since_ms: 1234,
+    });
+    let live_b = streams.record(StreamChange::Live(b.id.clone()));
+    let ended = streams.record(StreamChange::Ended(c.id.clone()));
+    streams.sync().await.unwrap();
+    for write in [live, idle, live_b, ended] {
+        write.await.unwrap();
+    }
+    assert_eq!(streams.ended_senders(&c.id), Some(vec![owner.clone()]));
+    assert_eq!(streams.ended_senders(&a.id), None);
+
+    let mut again = NatsStreams::new(connect(&server).await);
+    let loaded = again.load().await.unwrap();
+    let expect_a = StreamRecord {
+        idle_since_ms: Some(1234),
+        ..a.clone()
+    };
+    let expect_b = StreamRecord {
+        idle_since_ms: None,
+        ..b.clone()
+    };
+    let mut expected = vec![expect_a, expect_b];
+    expected.sort_by(|x, y| (x.created_ms, &x.id).cmp(&(y.created_ms, &y.id)));
+    assert_eq!(loaded, expected);
+    assert_eq!(again.ended_senders(&c.id), Some(vec![owner.clone()]));
+    let listed = again.ended_recordings().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, c.id);
+    assert_eq!(listed[0].senders, vec![owner.clone()]);
+
+    // A second creation of the same ID is refused.
+    assert!(matches!(
+        again.record(StreamChange::Created(a.clone())).await,
+        Err(StoreError::Failed(_))
+    ));
+    // The sweep deletes what ended longer ago than it keeps, and only that.
+    assert_eq!(
+        again
+            .sweep_recordings(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(again.sweep_recordings(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(again.ended_senders(&c.id), None);
+    let mut third = NatsStreams::new(connect(&server).await);
+    assert_eq!(third.load().await.unwrap().len(), 2);
+    assert!(third.ended_recordings().await.unwrap().is_empty());
+}
+
+fn mv(n: u64) -> String {
+    format!(r#"{{"event":"move","data":{{"latestMove":"R","timeStamp":{n},"binaryState":"s"}}}}"#)
+}
+
+fn reset(tracking: bool) -> String {
+    format!(r#"{{"event":"reset","data":{{"trackingOrientation":{tracking}}}}}"#)
+}
+
+/// The events `frames`, accepted into `replay` and as recording lines.
+fn accept(replay: &mut Replay, frames: &[String]) -> Vec<u8> {
+    let mut lines = String::new();
+    for frame in frames {
+        let event = parse_event(frame).unwrap();
+        replay.accept(&event).expect("accepted");
+        lines += &recorded_line(&event.text, replay.accepted(), 1_000 + replay.accepted());
+    }
+    lines.into_bytes()
+}
+
+/// What a stream would do to both stores: append, checkpoint, append,
+/// clear, append.
+async fn record_a_session(recording: &mut dyn RecordingStore) -> Replay {
+    assert_eq!(recording.open().await.unwrap(), Default::default());
+    let mut replay = Replay::default();
+    let mut kept = Kept::default();
+    let lines = accept(&mut replay, &[mv(1), reset(true), mv(2)]);
+    recording.append(lines).await.unwrap();
+    (1..=3).for_each(|o| kept.extend(o));
+    recording
+        .checkpoint(&replay.snapshot(), kept)
+        .await
+        .unwrap();
+    let lines = accept(&mut replay, &[mv(3), reset(false)]);
+    recording.append(lines).await.unwrap();
+    (4..=5).for_each(|o| kept.extend(o));
+    recording
+        .checkpoint(&replay.snapshot(), kept)
+        .await
+        .unwrap();
+    let lines = accept(&mut replay, &[mv(4)]);
+    recording.append(lines).await.unwrap();
+    recording.sync().await.unwrap();
+    replay
+}
+
+#[actix::test]
+async fn a_recording_restores_to_what_the_local_store_restores() {
+    let Some(server) = NatsServer::start("recording") else {
+        return;
+    };
+    let dir = TempDir::new("nats-vs-local");
+    let id = StreamId::random();
+    let nats = connect(&server).await;
+    let mut local = LocalRecording::new(dir.path(), &id, Disk::new(1), Disk::new(1));
+    let mut remote = NatsRecording::new(nats.clone(), &id);
+    let replay = record_a_session(&mut local).await;
+    assert_eq!(record_a_session(&mut remote).await, replay);
+    assert_eq!(remote.recorded_bytes(), local.recorded_bytes());
+
+    let from_local = LocalRecording::new(dir.path(), &id, Disk::new(1), Disk::new(1))
+        .open()
+        .await
+        .unwrap();
+    let from_nats = NatsRecording::new(connect(&server).await, &id)
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(from_nats, from_local);
+    assert_eq!(from_nats.replay.accepted(), 6);
+    assert_eq!(
+        from_nats.kept,
+        Kept {
+            from: 1,
+            to: 6,
+            events: 6
+        }
+    );
+}
+
+#[actix::test]
+async fn reads_go_from_any_offset_in_chunks() {
+    let Some(server) = NatsServer::start("recording-read") else {
+        return;
+    };
+    let nats = connect(&server).await;
+    let id = StreamId::random();
+    let other = StreamId::random();
+    let mut recording = NatsRecording::new(nats.clone(), &id);
+    let mut noise = NatsRecording::new(nats.clone(), &other);
+    recording.open().await.unwrap();
+    noise.open().await.unwrap();
+    let mut replay = Replay::default();
+    let mut noise_replay = Replay::default();
+    // Interleaved with another stream's, so the subject's sequences have holes.
+    for n in 0..30u64 {
+        let frames: Vec<String> = (0..10).map(|i| mv(n * 10 + i + 1)).collect();
+        recording
+            .append(accept(&mut replay, &frames))
+            .await
+            .unwrap();
+        noise
+            .append(accept(&mut noise_replay, &frames[..(n % 3) as usize]))
+            .await
+            .unwrap();
+    }
+    for after in [0, 1, 150, 298, 299, 300, 7_000] {
+        let chunk = recording.read(after, Cursor::default(), 2).await.unwrap();
+        let want: Vec<u64> = (after + 1..=300).take(2).collect();
+        let got: Vec<u64> = chunk.events.iter().map(|e| e.offset).collect();
+        assert_eq!(got, want, "after {after}");
+    }
+    let mut cursor = Cursor::default();
+    let mut seen = Vec::new();
+    loop {
+        let chunk = recording.read(200, cursor, 37).await.unwrap();
+        seen.extend(chunk.events.iter().map(|e| e.offset));
+        cursor = chunk.next;
+        if chunk.done {
+            break;
+        }
+    }
+    assert_eq!(seen, (201..=300).collect::<Vec<_>>());
+    let first = recording.read(0, Cursor::default(), 1).await.unwrap();
+    assert_eq!(first.events[0].received_ms, Some(1_001));
+    assert_eq!(first.events[0].text, parse_event(&mv(1)).unwrap().text);
+    // Through the streams' store, as a download reads it.
+    let mut streams = NatsStreams::new(nats.clone());
+    streams.load().await.unwrap();
+    assert_eq!(
+        streams
+            .read_recording(&id, 0, Cursor::default(), 10)
+            .await
+            .unwrap(),
+        None,
+        "a stream this store does not know has no recording to read"
+    );
+}
+
+#[actix::test]
+async fn a_cleared_recording_goes_on_at_the_next_offset() {
+    let Some(server) = NatsServer::start("recording-clear") else {
+        return;
+    };
+    let nats = connect(&server).await;
+    let id = StreamId::random();
+    let mut recording = NatsRecording::new(nats.clone(), &id);
+    recording.open().await.unwrap();
+    let mut replay = Replay::default();
+    recording
+        .append(accept(&mut replay, &[mv(1), mv(2), mv(3)]))
+        .await
+        .unwrap();
+    recording
+        .clear(&replay.snapshot(), Kept::from_next(4))
+        .await
+        .unwrap();
+    assert_eq!(recording.recorded_bytes(), 0);
+    recording
+        .append(accept(&mut replay, &[mv(4)]))
+        .await
+        .unwrap();
+    let opened = NatsRecording::new(connect(&server).await, &id)
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(opened.replay.accepted(), 4);
+    assert_eq!(
+        opened.kept,
+        Kept {
+            from: 4,
+            to: 4,
+            events: 1
+        }
+    );
+    let chunk = recording.read(0, Cursor::default(), 10).await.unwrap();
+    let offsets: Vec<u64> = chunk.events.iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, [4]);
+}
+
+#[actix::test]
+async fn a_second_writer_of_a_recording_is_refused() {
+    let Some(server) = NatsServer::start("recording-writers") else {
+        return;
+    };
+    let id = StreamId::random();
+    let mut first = NatsRecording::new(connect(&server).await, &id);
+    let mut second = NatsRecording::new(connect(&server).await, &id);
+    first.open().await.unwrap();
+    second.open().await.unwrap();
+    let (mut a, mut b) = (Replay::default(), Replay::default());
+    first.append(accept(&mut a, &[mv(1)])).await.unwrap();
+    let refused = second.append(accept(&mut b, &[mv(1)])).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Failed(why)) if why.contains("written elsewhere")),
+        "{refused:?}"
+    );
+    first.append(accept(&mut a, &[mv(2)])).await.unwrap();
+    let chunk = first.read(0, Cursor::default(), 10).await.unwrap();
+    assert_eq!(chunk.events.len(), 2, "only the first writer's events");
+}
+
+#[actix::test]
+async fn nats_going_away_is_unavailable_until_it_is_back() {
+    let Some(mut server) = NatsServer::start("away") else {
+        return;
+    };
+    let nats = connect(&server).await;
+    let mut users = NatsUsers::new(nats.clone());
+    let mut streams = NatsStreams::new(nats.clone());
+    users.load().await.unwrap();
+    streams.load().await.unwrap();
+    assert_eq!(users.check_writable().await, Ok(()));
+    server.stop();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match streams.check_writable().await {
+            Err(StoreError::Unavailable(_)) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "still {other:?} after NATS stopped"
+            ),
+        }
+        actix::clock::sleep(Duration::from_millis(50)).await; // polling for the client to notice
+    }
+    let asked = Instant::now();
+    let owner = UserId::random();
+    let refused = streams.record(StreamChange::Created(record(&owner))).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let refused = users
+        .apply(vec![UserChange::PutUser(user(dev("Cy"), "Cy"))])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "refused at once, not after a timeout"
+    );
+
+    server.restart();
+    let deadline = Instant::now() + WAIT;
+    while streams.check_writable().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not writable {WAIT:?} after NATS came back"
+        );
+        actix::clock::sleep(Duration::from_millis(50)).await; // polling for the reconnect
+    }
+    streams
+        .record(StreamChange::Created(record(&owner)))
+        .await
+        .unwrap();
+    assert_eq!(users.check_writable().await, Ok(()));
+}
+
+#[test]
+fn urls_are_logged_without_their_password() {
+    assert_eq!(
+        redacted_url("nats://user:secret@10.0.0.1:4222"),
+        "nats://10.0.0.1:4222"
+    );
+    assert_eq!(redacted_url("127.0.0.1:4222"), "127.0.0.1:4222");
+    assert_eq!(
+        redacted_url("tls://a@b@host:1"),
+        "tls://host:1",
+        "the password may hold an @"
+    );
+}
+
+#[test]
+fn server_versions_compare_by_major_and_minor() {
+    assert_eq!(version("2.15.1"), Some((2, 15)));
+    assert_eq!(version("v2.9.10"), Some((2, 9)));
+    assert!(version("2.9.10").unwrap() < MIN_SERVER);
+    assert!(version("2.11.0").unwrap() >= MIN_SERVER);
+    assert_eq!(version("nonsense"), None);
+}
