@@ -423,7 +423,7 @@ fn journal_lines(dir: &Path) -> usize {
 /// (an even number, at least 2): one sign-in of a filler account (user and
 /// claim record), then sign-in and redeem pairs (claim and claimed records).
 async fn append_records(tokens: &Addr<TokenActor>, appends: usize) {
-    assert!(appends >= 4 && appends % 2 == 0);
+    assert!(appends >= 4 && appends.is_multiple_of(2));
     // The first sign-in and claim append four records: the user, the claim,
     // the user again with their first token, the redemption.
     let first = sign_in(tokens, profile(1000, None, "Filler")).await;

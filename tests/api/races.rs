@@ -113,7 +113,7 @@ async fn a_reset_mid_handshake_never_leaks_a_slot() {
     let answers = spawn_blocking(move || {
         let mut answers = BTreeMap::<u16, usize>::new();
         for n in 0..ATTEMPTS {
-            let path = if (n / CUTS.len()) % 2 == 0 {
+            let path = if (n / CUTS.len()).is_multiple_of(2) {
                 &viewer_path
             } else {
                 &sender_path

@@ -48,7 +48,7 @@ pub fn write_event(text: &mut String, seq: u64, sent_us: u64, binary_state: &str
     const FAMILIES: [&str; 6] = ["R", "U", "F", "L", "D", "B"];
     const AMOUNTS: [i32; 3] = [1, -1, 2];
     text.clear();
-    if seq % 3 == 0 {
+    if seq.is_multiple_of(3) {
         let _ = write!(
             text,
             r#"{{"event":"move","data":{{"latestMove":{{"type":"move","family":"{}","amount":{},"innerLayer":1,"seq":{seq}}},"timeStamp":{sent_us},"binaryState":"{binary_state}"}}}}"#,

@@ -17,7 +17,7 @@ pub(super) async fn run(o: &Options, fd_limit: u64, title: &str) -> Result<Value
     let mut runs = Vec::new();
     for round in 0..o.rounds {
         // Alternate which goes first, so neither always gets the warmer machine.
-        let order: [&Target; 2] = if round % 2 == 0 {
+        let order: [&Target; 2] = if round.is_multiple_of(2) {
             [&ours, &peer]
         } else {
             [&peer, &ours]
