@@ -253,3 +253,64 @@ async fn the_demo_says_why_it_cannot_start() {
     assert_eq!(status.code(), Some(2));
     assert!(rest(&stderr).join("\n").contains("--speed"));
 }
+
+/// A server restart does not end the demo: it says the connection dropped,
+/// connects again to the same stream, and its next events reach a viewer
+/// of the restarted server.
+#[actix_web::test]
+async fn the_demo_connects_again_after_a_restart() {
+    let dir = Arc::new(TempDir::new("api"));
+    let wca = FakeWca::start();
+    // The demo connects again to where it came from: the same port.
+    let bind = format!("127.0.0.1:{}", free_port());
+    let dev_on_port = |command: &mut Command| {
+        command.env_remove("TWIZZLE_WCA_APPLICATION_CLIENT_SECRET");
+        command.args(["--bind", &bind]);
+    };
+    let (server, port, _logs) = start_binary_with(dir.path(), wca.origin(), dev_on_port);
+    let address = format!("http://127.0.0.1:{port}");
+    let (mut demo, stdout, _stderr) = start_demo(&address, &["--loop", "--speed", "20"]);
+    let (stream_id, _) = watched_stream(&stdout);
+    let app = TestApp::attach(dir.clone(), wca, port);
+    let mut viewer = app.connect(&stream_id, None).await;
+    viewer.next_json().await;
+
+    server.signal("TERM");
+    assert_eq!(viewer.next_close().await.0, 1001);
+    drop(server);
+    let TestApp { wca, .. } = app;
+    let (_server, port_again, _logs) = start_binary_with(dir.path(), wca.origin(), dev_on_port);
+    assert_eq!(port_again, port);
+    let app = TestApp::attach(dir.clone(), wca, port);
+
+    let deadline = Instant::now() + RUN_BOUND;
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|line: &String| line.contains("connected again"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stdout.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => panic!("the demo did not connect again: {said:?}"),
+        }
+    }
+    assert!(
+        said.iter().any(|line| line.contains("connecting again")),
+        "{said:?}"
+    );
+    let mut viewer = app.connect(&stream_id, None).await;
+    let before = viewer.next_json().await;
+    // The replay may come first; a live event after it shows the demo sends.
+    let live = viewer.next_json().await;
+    assert!(
+        ["move", "orientation", "reset"].contains(&live["event"].as_str().unwrap_or("")),
+        "{before} then {live}"
+    );
+    assert_eq!(
+        app.get(&format!("/v0/streams/{stream_id}")).await.body["live"],
+        true
+    );
+    demo.signal("INT");
+    assert!(demo.wait_within(WAIT).expect("the demo stops").success());
+}
