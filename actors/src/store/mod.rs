@@ -340,6 +340,19 @@ pub struct Opened {
     pub bytes: u64,
 }
 
+impl Opened {
+    /// Takes the recorded `event` at `offset` into the replay and the kept
+    /// offsets, unless the replay (from a snapshot) already counts it.
+    pub fn apply(&mut self, offset: u64, event: &crate::event::Event) {
+        if offset <= self.replay.accepted() {
+            return;
+        }
+        self.kept.extend(offset);
+        let frame = crate::event::with_offset(&event.text, offset);
+        self.replay.remember(event.kind, offset, frame);
+    }
+}
+
 /// One recorded event, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {

@@ -297,12 +297,7 @@ fn scan(file: &mut File, opened: &mut Opened) -> io::Result<u64> {
         };
         let offset = recorded.offset.unwrap_or(position + 1);
         position = offset;
-        if offset <= opened.replay.accepted() {
-            continue;
-        }
-        opened.kept.extend(offset);
-        let frame = with_offset(&recorded.event.text, offset);
-        opened.replay.remember(recorded.event.kind, offset, frame);
+        opened.apply(offset, &recorded.event);
     }
 }
 

@@ -26,7 +26,7 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use serde::{Deserialize, Serialize};
 
 use super::{unavailable, Nats, Read, Scan};
-use crate::event::{parse_recorded, with_offset};
+use crate::event::parse_recorded;
 use crate::ids::StreamId;
 use crate::replay::{Replay, Snapshot};
 use crate::store::{
@@ -226,12 +226,7 @@ fn apply(opened: &mut Opened, message: &Read) {
     let Some(offset) = recorded.offset else {
         return;
     };
-    if offset <= opened.replay.accepted() {
-        return;
-    }
-    opened.kept.extend(offset);
-    let frame = with_offset(&recorded.event.text, offset);
-    opened.replay.remember(recorded.event.kind, offset, frame);
+    opened.apply(offset, &recorded.event);
 }
 
 /// Publishes `line` (offset `offset`) after the message at `after`;
