@@ -13,3 +13,16 @@ mod fake_wca;
 
 pub use fake_wca::{FakeWca, FakeWcaBuilder, WcaAccount};
 pub use twizzle_actors::testkit::{TempDir, Tmpfs};
+
+/// `text` percent-encoded for a query value: every byte but the unreserved
+/// ones (RFC 3986 section 2.3).
+pub fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -5,24 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use twizzle_api_server::testkit::query_value;
 
 use crate::helpers::*;
 
-/// `text` percent-encoded for a query value: every byte but the unreserved ones.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `GET /v0/auth/dev?name=<name, encoded>`, answered.
 async fn dev_get(app: &TestApp, name: &str) -> Answer {
-    app.get(&format!("/v0/auth/dev?name={}", encode(name)))
+    app.get(&format!("/v0/auth/dev?name={}", query_value(name)))
         .await
 }
 
@@ -146,7 +135,7 @@ async fn bad_names_answer_400() {
         ("/v0/auth/dev?nom=Ana", "name was not provided"),
         (&format!("/v0/auth/dev?name={too_long}"), "longer than 40"),
         (
-            &format!("/v0/auth/dev?name={}", encode(&too_long_wide)),
+            &format!("/v0/auth/dev?name={}", query_value(&too_long_wide)),
             "longer than 40",
         ),
         ("/v0/auth/dev?name=bell%07", "printable"),

@@ -8,6 +8,7 @@ use actix_codec::Framed;
 use awc::ws::Codec;
 use awc::BoxedSocket;
 use serde_json::Value;
+use twizzle_api_server::testkit::query_value;
 
 /// How long one request to the server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,18 +103,6 @@ fn message_of(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
 }
 
-/// `text` percent-encoded for a query value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The `claimToken` in a redirect's `Location`.
 fn claim_token_in(location: &str) -> Option<&str> {
     let query = location.split_once('?')?.1.split('#').next()?;
@@ -145,7 +134,7 @@ impl Api {
     /// Signs in as the development user `name` and claims their token.
     pub async fn sign_in(&self, name: &str) -> Result<SignedIn, DemoError> {
         const STEP: &str = "signing in";
-        let url = format!("{}/v0/auth/dev?name={}", self.server, encode(name));
+        let url = format!("{}/v0/auth/dev?name={}", self.server, query_value(name));
         let mut answer = self
             .client
             .get(url)
@@ -301,8 +290,8 @@ mod tests {
 
     #[test]
     fn names_are_encoded_for_the_query() {
-        assert_eq!(encode("Demo Cuber"), "Demo%20Cuber");
-        assert_eq!(encode("Zoë&x=1"), "Zo%C3%AB%26x%3D1");
+        assert_eq!(query_value("Demo Cuber"), "Demo%20Cuber");
+        assert_eq!(query_value("Zoë&x=1"), "Zo%C3%AB%26x%3D1");
     }
 
     #[test]
