@@ -130,14 +130,18 @@ impl Actors {
 
     /// Starts the actors on `stores` rather than the data directory's.
     pub fn start_with(settings: &Settings, stores: Stores) -> Actors {
-        let Stores { users, streams } = stores;
+        let Stores {
+            users,
+            streams,
+            engine,
+        } = stores;
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         let token_arbiter = Arbiter::new();
         let registry_arbiter = Arbiter::new();
         let gate_arbiter = Arbiter::new();
         let stream_arbiters: Vec<Arbiter> = (0..cores).map(|_| Arbiter::new()).collect();
 
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_engine(engine.unwrap_or_default());
         let mut token_actor =
             TokenActor::new(users, settings.claim_token_ttl).with_metrics(Arc::clone(&metrics));
         if let Some(secret) = &settings.wca.client_secret {

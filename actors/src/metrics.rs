@@ -43,6 +43,28 @@ struct Request {
     status: u16,
 }
 
+/// What the cluster mode's engine shows an operator. The store that talks
+/// to NATS keeps these as it works, from before the server's [`Metrics`]
+/// exist, and [`Metrics::with_engine`] shows them.
+#[derive(Clone, Debug)]
+pub struct EngineMetrics {
+    /// Each append of an event to its recording, to JetStream's
+    /// acknowledgement.
+    pub publish_seconds: Histogram,
+    /// Times the connection to NATS came back after it was lost.
+    pub reconnects: Counter,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> EngineMetrics {
+        EngineMetrics {
+            // 50 µs to about 1.6 s.
+            publish_seconds: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
+            reconnects: Counter::default(),
+        }
+    }
+}
+
 /// Every metric family the server keeps.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +89,9 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     /// Each durable write, from the call to the store's answer.
     pub state_sync_seconds: Histogram,
+    /// Gaps in the live feed from other nodes, repaired from the recording
+    /// before the next event was relayed.
+    pub gaps_repaired: Counter,
     resident_memory: Gauge,
     open_fds: Gauge,
 }
@@ -80,6 +105,11 @@ impl fmt::Debug for Metrics {
 impl Metrics {
     /// A fresh set of metrics, all zero.
     pub fn new() -> Arc<Metrics> {
+        Metrics::with_engine(EngineMetrics::default())
+    }
+
+    /// A fresh set of metrics that shows `engine`'s too.
+    pub fn with_engine(engine: EngineMetrics) -> Arc<Metrics> {
         let sockets = Family::<Role, Gauge>::default();
         // One statement each: a family's guard lives to the end of its
         // statement, and a second insert would wait on it for ever.
@@ -101,6 +131,7 @@ impl Metrics {
             fanout_seconds: Histogram::new(exponential_buckets(50e-6, 2.0, 16)),
             // 100 µs to about 3.3 s.
             state_sync_seconds: Histogram::new(exponential_buckets(100e-6, 2.0, 16)),
+            gaps_repaired: Counter::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
         };
@@ -151,6 +182,21 @@ impl Metrics {
             "twizzle_state_sync_seconds",
             "Each durable write of state",
             metrics.state_sync_seconds.clone(),
+        );
+        r.register(
+            "twizzle_engine_publish_seconds",
+            "Cluster mode: each append to a recording, to JetStream's acknowledgement",
+            engine.publish_seconds,
+        );
+        r.register(
+            "twizzle_engine_reconnects",
+            "Cluster mode: times the connection to NATS came back",
+            engine.reconnects,
+        );
+        r.register(
+            "twizzle_gaps_repaired",
+            "Cluster mode: gaps in the live feed repaired from the recording",
+            metrics.gaps_repaired.clone(),
         );
         r.register(
             "process_resident_memory_bytes",

@@ -7,7 +7,7 @@
 //! idle timeout. The registry started it, hears when it goes idle or live,
 //! and hears when it stops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,7 +22,7 @@ use crate::rate::TokenBucket;
 use crate::replay::Replay;
 use crate::store::journal::epoch_ms;
 use crate::store::recording::frame_of;
-use crate::store::{Chunk, Cursor, Kept, RecordingStore, StoreError};
+use crate::store::{Chunk, Cursor, Followed, Kept, Recorded, RecordingStore, StoreError};
 
 /// Messages a stream's mailbox holds before publishing senders must wait.
 pub const MAILBOX_CAPACITY: usize = 1024;
@@ -69,8 +69,19 @@ pub const CATCH_UP_CHUNK: usize = 256;
 /// viewer is dropped as too slow, as one whose queue is full.
 pub const CATCH_UP_HELD: usize = 1024;
 
+/// How often a stream that follows a shared recording, and has sockets
+/// here, compares where it is with the recording's end: a feed can lose
+/// its last events without a later one showing the gap.
+pub const FOLLOW_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Events from the feed held while this node's own append is in flight, at
+/// most; past it they are dropped and read back from the recording.
+pub const FOLLOW_HELD: usize = 4096;
+
 /// Identifies a socket within the server; the registry hands them out.
 pub type SocketId = u64;
+
+/// The socket of an event another node recorded: none here.
+const NO_SOCKET: SocketId = SocketId::MAX;
 
 /// What a stream tells one of its sockets.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
@@ -361,6 +372,35 @@ pub struct StreamActor {
     ending: Option<Close>,
     /// Since when no sender has been connected, for the first countdown.
     idle_since: Option<SystemTime>,
+    /// Set when the recording is shared with other nodes (cluster mode):
+    /// the stream relays what they record, and its own appends can be
+    /// refused for theirs.
+    following: bool,
+    /// Events from other nodes held while an append of this node's own is
+    /// in flight, in the order they came.
+    remote: VecDeque<Remote>,
+    /// Set while the recording is read for events the feed missed.
+    repairing: bool,
+    /// Set when the feed may have missed events: the recording is read
+    /// for them as soon as no append is in flight.
+    behind: bool,
+    /// Set when the recording could not be opened: opened again on the
+    /// next check, before anything else is read from it.
+    reopen: bool,
+    /// Set when the last read of the recording reached its end, and no
+    /// event was taken since: an event still ahead of the stream then is
+    /// not preceded by any the recording has.
+    read_to_end: bool,
+}
+
+/// An event another node recorded, as the feed or a read gave it.
+struct Remote {
+    /// Its offset, text and time.
+    recorded: Recorded,
+    /// Its kind, for the replay.
+    kind: EventKind,
+    /// Bytes of its recording line, for the quota.
+    bytes: u64,
 }
 
 impl StreamActor {
@@ -393,6 +433,12 @@ impl StreamActor {
             registry: setup.registry,
             ending: None,
             idle_since: setup.idle_since,
+            following: false,
+            remote: VecDeque::new(),
+            repairing: false,
+            behind: false,
+            reopen: false,
+            read_to_end: false,
         }
     }
 
@@ -515,7 +561,10 @@ impl StreamActor {
     /// for, else every accepted event not yet recorded, in one write.
     /// Their relay follows once it finished.
     fn write_next(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || (self.checkpointing && self.snapshot_next()) {
+        // Nor while the recording is read for other nodes' events: an
+        // event of this node's appended meanwhile could be read back as
+        // theirs.
+        if self.writing || self.repairing || (self.checkpointing && self.snapshot_next()) {
             // A write that keeps a snapshot waits for the one being kept:
             // two at once could land in either order.
             return;
@@ -546,7 +595,11 @@ impl StreamActor {
             }
             return;
         }
-        let take = self.unrecorded.len().min(WRITE_BATCH);
+        // A shared recording takes one event per append, so that a refusal
+        // (another node appended first, NATS went away) is of one event,
+        // never of part of a write.
+        let most = if self.following { 1 } else { WRITE_BATCH };
+        let take = self.unrecorded.len().min(most);
         let mut batch: Vec<Unrecorded> = self.unrecorded.drain(..take).collect();
         let mut lines = Vec::new();
         for event in &mut batch {
@@ -581,6 +634,15 @@ impl StreamActor {
             .iter()
             .any(|e| !e.recorded)
             .then(|| self.recording.checkpoint(&self.head.snapshot(), kept));
+        // Other nodes hear of them all the same.
+        let passed_on = (self.following && batch.iter().any(|e| !e.recorded)).then(|| {
+            let lines: Vec<u8> = batch
+                .iter()
+                .filter(|e| !e.recorded)
+                .flat_map(|e| recorded_line(&e.text, e.offset, e.received_ms).into_bytes())
+                .collect();
+            self.recording.pass_on(lines)
+        });
         self.writing = true;
         let written = async move {
             let appended = match appended {
@@ -590,7 +652,10 @@ impl StreamActor {
             if let Some(snapshot) = snapshot {
                 let _ = snapshot.await;
             }
-            appended
+            match passed_on {
+                Some(passed_on) if appended.is_ok() => passed_on.await,
+                _ => appended,
+            }
         };
         ctx.spawn(written.into_actor(self).map(move |appended, actor, ctx| {
             actor.writing = false;
@@ -598,6 +663,16 @@ impl StreamActor {
                 Ok(()) => {
                     actor.kept = kept;
                     actor.metrics.recording_bytes.inc_by(attempted);
+                }
+                // On a shared recording, what other nodes cannot read is
+                // not relayed: the senders hear that it was refused, and
+                // the stream reads on from the recording.
+                Err(e) if actor.following => {
+                    actor.recorded_bytes -= attempted;
+                    actor.refuse_unrecorded(batch, &e);
+                    actor.write_next(ctx);
+                    actor.follow_on(ctx);
+                    return;
                 }
                 // Logged by the recording. The events are relayed all the
                 // same; the recording has a hole where they would be.
@@ -607,6 +682,7 @@ impl StreamActor {
                 actor.relay(event, ctx);
             }
             actor.write_next(ctx);
+            actor.follow_on(ctx);
         }));
     }
 
@@ -621,6 +697,192 @@ impl StreamActor {
         !self.clearing.is_empty()
             || self.recording_full
             || self.recorded_bytes.saturating_add(waiting) > self.limits.max_recording_bytes
+    }
+
+    /// Tells the senders of `batch` and of every event accepted after it
+    /// that theirs were refused for `error`, and takes the stream back to
+    /// its last relayed event: the events after it had offsets that
+    /// followed the refused ones.
+    fn refuse_unrecorded(&mut self, batch: Vec<Unrecorded>, error: &StoreError) {
+        let frame = error_frame(error.public_message());
+        let refused: Vec<Unrecorded> = batch.into_iter().chain(self.unrecorded.drain(..)).collect();
+        for event in &refused {
+            self.metrics.rejected("storage_unavailable");
+            if let Some(member) = self.members.get(&event.from) {
+                let _ = member.outbox.try_send(Outbound::Event(frame.clone()));
+            }
+        }
+        log::warn!(
+            "stream {}: {} events refused: {error}",
+            self.id,
+            refused.len()
+        );
+        self.head = self.replay.clone();
+        self.behind = true;
+    }
+
+    /// Relays what other nodes recorded, in order, once no append of this
+    /// node's is in flight: the events the feed gave, and, where it left a
+    /// gap, the recording's.
+    fn follow_on(&mut self, ctx: &mut Context<Self>) {
+        if !self.following
+            || self.writing
+            || self.repairing
+            || !self.unrecorded.is_empty()
+            || self.ending.is_some()
+        {
+            return;
+        }
+        if self.reopen {
+            self.open_again(ctx);
+            return;
+        }
+        while !self.behind {
+            let Some(event) = self.remote.pop_front() else {
+                break;
+            };
+            let next = self.replay.accepted() + 1;
+            if event.recorded.offset < next {
+                continue;
+            }
+            if event.recorded.offset > next {
+                if !self.read_to_end {
+                    // Read back first; the event waits for the read.
+                    self.remote.push_front(event);
+                    self.behind = true;
+                    break;
+                }
+                // The recording was read to its end since the event came
+                // and does not have the ones before it (deleted, or past
+                // its quota): the viewers hear which they miss.
+                let gap = gap_frame(next - 1, event.recorded.offset - 1);
+                self.fan_out(NO_SOCKET, &gap, ctx);
+            }
+            self.read_to_end = false;
+            self.take_remote(event, ctx);
+        }
+        if self.behind {
+            self.repair(ctx);
+        }
+    }
+
+    /// Takes the event another node recorded after the last one here:
+    /// into the replay and the offsets kept, then to every socket.
+    fn take_remote(&mut self, event: Remote, ctx: &mut Context<Self>) {
+        let Remote {
+            recorded,
+            kind,
+            bytes,
+        } = event;
+        let frame = frame_of(&recorded);
+        self.head.remember(kind, recorded.offset, frame.clone());
+        self.kept.extend(recorded.offset);
+        self.recorded_bytes += bytes;
+        self.relay(
+            Unrecorded {
+                from: NO_SOCKET,
+                kind,
+                offset: recorded.offset,
+                text: recorded.text,
+                frame,
+                received_ms: recorded.received_ms.unwrap_or_default(),
+                received: Instant::now(),
+                recorded: true,
+            },
+            ctx,
+        );
+    }
+
+    /// Reads the recording on from the last event here, for what the feed
+    /// missed; relays it, then goes on with the feed.
+    fn repair(&mut self, ctx: &mut Context<Self>) {
+        self.repairing = true;
+        self.behind = false;
+        self.read_to_end = false;
+        let after = self.replay.accepted();
+        let read = self
+            .recording
+            .read(after, Cursor::default(), CATCH_UP_CHUNK);
+        ctx.spawn(read.into_actor(self).map(move |read, actor, ctx| {
+            actor.repairing = false;
+            let chunk = match read {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // The next check (a reconnect, the interval) tries again.
+                    log::debug!("stream {}: cannot read on from {after}: {e}", actor.id);
+                    actor.write_next(ctx);
+                    return;
+                }
+            };
+            let mut repaired = false;
+            for recorded in chunk.events {
+                let next = actor.replay.accepted() + 1;
+                if recorded.offset < next {
+                    continue;
+                }
+                if recorded.offset > next {
+                    // Not in the recording either (deleted, or past its
+                    // quota): the viewers hear which events they miss.
+                    let gap = gap_frame(next - 1, recorded.offset - 1);
+                    actor.fan_out(NO_SOCKET, &gap, ctx);
+                }
+                let Ok(parsed) = crate::event::parse_recorded(&recorded.text) else {
+                    continue;
+                };
+                let bytes = recorded_line(
+                    &recorded.text,
+                    recorded.offset,
+                    recorded.received_ms.unwrap_or_default(),
+                )
+                .len() as u64;
+                let remote = Remote {
+                    kind: parsed.event.kind,
+                    recorded,
+                    bytes,
+                };
+                actor.take_remote(remote, ctx);
+                repaired = true;
+            }
+            if repaired {
+                actor.metrics.gaps_repaired.inc();
+            }
+            // More to read: on at once.
+            actor.behind = !chunk.done;
+            actor.read_to_end = chunk.done;
+            actor.write_next(ctx);
+            actor.follow_on(ctx);
+        }));
+    }
+
+    /// Opens the recording again after it could not be opened at the
+    /// start, unless events came meanwhile (then it is read on from them).
+    fn open_again(&mut self, ctx: &mut Context<Self>) {
+        self.repairing = true;
+        let opened = self.recording.open();
+        ctx.spawn(opened.into_actor(self).map(|opened, actor, ctx| {
+            actor.repairing = false;
+            let Ok(opened) = opened else {
+                actor.write_next(ctx);
+                return;
+            };
+            actor.reopen = false;
+            if actor.head.accepted() == 0 && actor.replay.accepted() == 0 {
+                actor.install(opened);
+            } else {
+                actor.behind = true;
+            }
+            actor.write_next(ctx);
+            actor.follow_on(ctx);
+        }));
+    }
+
+    /// Takes what an opened recording holds as the stream's state.
+    fn install(&mut self, opened: crate::store::Opened) {
+        self.checkpointed = opened.replay.accepted();
+        self.head = opened.replay.clone();
+        self.replay = opened.replay;
+        self.kept = opened.kept;
+        self.recorded_bytes = opened.bytes;
     }
 
     /// Relays a recorded event to every socket but its sender's.
@@ -787,13 +1049,17 @@ impl StreamActor {
 /// replay's frames among them: the state as of `until` for a viewer that
 /// cannot have every event.
 fn gap_then_replay(replay: &Replay, after: u64, until: u64) -> Vec<ByteString> {
-    let gap = format!(
-        r#"{{"event":"gap","data":{{"from":{},"to":{until}}}}}"#,
-        after + 1
-    );
-    let mut frames = vec![ByteString::from(gap)];
+    let mut frames = vec![gap_frame(after, until)];
     frames.extend(replay.frames_between(after, until).cloned());
     frames
+}
+
+/// A `gap` frame for the events after `after` up to `until`.
+fn gap_frame(after: u64, until: u64) -> ByteString {
+    ByteString::from(format!(
+        r#"{{"event":"gap","data":{{"from":{},"to":{until}}}}}"#,
+        after + 1
+    ))
 }
 
 impl Actor for StreamActor {
@@ -806,15 +1072,23 @@ impl Actor for StreamActor {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         // `wait`: no socket joins before the replay is back.
         let opened = self.recording.open();
-        ctx.wait(opened.into_actor(self).map(|opened, actor, _| {
+        ctx.wait(opened.into_actor(self).map(|opened, actor, ctx| {
             // A recording that cannot be opened has logged why; the stream
-            // goes on live, without its earlier replay.
-            if let Ok(opened) = opened {
-                actor.checkpointed = opened.replay.accepted();
-                actor.head = opened.replay.clone();
-                actor.replay = opened.replay;
-                actor.kept = opened.kept;
-                actor.recorded_bytes = opened.bytes;
+            // goes on live, without its earlier replay (a shared one is
+            // opened again at the next check).
+            match opened {
+                Ok(opened) => actor.install(opened),
+                Err(_) => actor.reopen = true,
+            }
+            if let Some(feed) = actor.recording.follow() {
+                actor.following = true;
+                ctx.add_stream(feed);
+                ctx.run_interval(FOLLOW_CHECK_INTERVAL, |actor, ctx| {
+                    if !actor.members.is_empty() || actor.reopen {
+                        actor.behind = true;
+                        actor.follow_on(ctx);
+                    }
+                });
             }
         }));
         let since = self.idle_since.unwrap_or_else(SystemTime::now);
@@ -826,6 +1100,43 @@ impl Actor for StreamActor {
         self.notify(StreamNotice::Stopped {
             id: self.id.clone(),
         });
+    }
+}
+
+impl StreamHandler<Followed> for StreamActor {
+    fn handle(&mut self, followed: Followed, ctx: &mut Self::Context) {
+        match followed {
+            Followed::Check => self.behind = true,
+            Followed::Event {
+                recorded,
+                kind,
+                bytes,
+            } => {
+                // At or before the last event accepted here: this node's
+                // own, or one whose append refused this node's, which the
+                // refusal reads back from the recording.
+                if recorded.offset <= self.head.accepted() {
+                    return;
+                }
+                if self.remote.len() >= FOLLOW_HELD {
+                    // Read back from the recording instead.
+                    self.remote.truncate(1);
+                    self.behind = true;
+                } else {
+                    self.remote.push_back(Remote {
+                        recorded,
+                        kind,
+                        bytes,
+                    });
+                }
+            }
+        }
+        self.follow_on(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // Not the stream's end: the interval reads on from the recording.
+        log::warn!("stream {}: its recording's feed ended", self.id);
     }
 }
 

@@ -11,10 +11,12 @@
 //! - `registry.rs`: the registry.
 //! - `admission.rs`: socket tickets, their slots and their pending joins.
 //! - `tokens.rs`: the token actor.
+//! - `cluster.rs`: streams that follow a recording other nodes append to.
 
 mod support;
 
 mod admission;
+mod cluster;
 mod registry;
 mod resume;
 mod stream;

@@ -227,6 +227,7 @@ async fn spawn_gated(gates: &Gates) -> TestApp {
             recordings: gates.recordings.clone(),
             inner: MemoryStreams,
         }),
+        engine: None,
     };
     spawn_app_on(stores, DEADLINE).await
 }

@@ -353,6 +353,28 @@ impl Opened {
     }
 }
 
+/// What a recording other nodes write too tells the stream that follows it.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    /// An event recorded, by this node or another, as it was recorded.
+    Event {
+        /// The event, its offset and when it was received.
+        recorded: Recorded,
+        /// Its kind, for the replay.
+        kind: crate::event::EventKind,
+        /// Bytes of its recording line (its newline counted), for the quota.
+        bytes: u64,
+    },
+    /// The feed may have missed events (its connection came back): the
+    /// follower compares where it is with the recording.
+    Check,
+}
+
+/// The events a shared recording is given, as they come: in the order they
+/// were recorded, each at most once, but possibly with some missing, which
+/// the follower finds by their offsets and reads back from the recording.
+pub type Feed = Pin<Box<dyn futures_util::Stream<Item = Followed> + Send>>;
+
 /// One recorded event, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
@@ -425,6 +447,27 @@ pub trait RecordingStore {
 
     /// Reads up to `max` events after offset `after`, from `cursor` on.
     fn read(&self, after: u64, cursor: Cursor, max: usize) -> StoreFuture<Chunk>;
+
+    /// For a recording that other nodes append to as well (cluster mode):
+    /// the feed of every event appended to it, by any node, from the
+    /// [`RecordingStore::open`] on. Taken once, after the open; `None` for
+    /// a recording only this stream writes, which is the default.
+    ///
+    /// A stream that follows its recording relays what other nodes record,
+    /// and its own appends may be refused because another node appended
+    /// first: it then refuses the events it was writing, reads on from the
+    /// recording, and takes new events from there.
+    fn follow(&mut self) -> Option<Feed> {
+        None
+    }
+
+    /// For a followed recording: hands recording lines of events that are
+    /// not recorded (past the quota) to the other nodes' feeds, without
+    /// keeping them. Resolves once they are sent.
+    fn pass_on(&mut self, lines: Vec<u8>) -> StoreFuture<()> {
+        drop(lines);
+        done(Ok(()))
+    }
 }
 
 /// The stores a server runs with.
@@ -433,6 +476,8 @@ pub struct Stores {
     pub users: Box<dyn UserStore + Send>,
     /// Open streams and their recordings, for the registry.
     pub streams: Box<dyn StreamStore + Send>,
+    /// What the engine under them counts, for a networked store.
+    pub engine: Option<crate::metrics::EngineMetrics>,
 }
 
 impl Stores {
@@ -442,6 +487,7 @@ impl Stores {
         Ok(Stores {
             users: Box::new(local::LocalUsers::open(data_dir)?),
             streams: Box::new(local::LocalStreams::open(data_dir)?),
+            engine: None,
         })
     }
 
@@ -450,6 +496,7 @@ impl Stores {
         Stores {
             users: Box::new(memory::MemoryUsers),
             streams: Box::new(memory::MemoryStreams),
+            engine: None,
         }
     }
 }

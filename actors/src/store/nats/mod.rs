@@ -31,6 +31,8 @@
 //! waits on a NATS that went away. The client reconnects by itself.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -42,6 +44,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{StoreError, Stores};
+use crate::metrics::EngineMetrics;
 
 pub mod recording;
 pub mod streams;
@@ -97,6 +100,11 @@ pub struct Nats {
     snapshots: kv::Store,
     /// [`EVENTS_STREAM`].
     events: stream::Stream,
+    /// How many times the connection came back; followers of recordings
+    /// wait on it to compare with what they may have missed meanwhile.
+    reconnected: tokio::sync::watch::Receiver<u64>,
+    /// What the engine shows an operator.
+    engine: EngineMetrics,
 }
 
 impl fmt::Debug for Nats {
@@ -131,6 +139,10 @@ impl Nats {
     /// [`CONNECT_TIMEOUT`], has no JetStream, or is older than 2.11.
     pub async fn connect(url: &str) -> Result<Nats, StoreError> {
         let shown = redacted_url(url);
+        let engine = EngineMetrics::default();
+        let (came_back, reconnected) = tokio::sync::watch::channel(0u64);
+        let counted = engine.reconnects.clone();
+        let first = Arc::new(AtomicBool::new(true));
         let client = ConnectOptions::new()
             .name("twizzle-api-server")
             .connection_timeout(CONNECT_TIMEOUT)
@@ -140,16 +152,26 @@ impl Nats {
                 let exp = u32::try_from(attempts.min(10)).unwrap_or(10);
                 Duration::from_millis(50 * 2u64.pow(exp)).min(MAX_RECONNECT_DELAY)
             })
-            .event_callback(|event| async move {
-                match event {
-                    Event::Connected => log::info!("NATS: connected"),
-                    Event::Disconnected => {
-                        log::warn!("NATS: disconnected; storage unavailable until it is back")
+            .event_callback(move |event| {
+                let (came_back, counted, first) =
+                    (came_back.clone(), counted.clone(), first.clone());
+                async move {
+                    match event {
+                        Event::Connected => {
+                            log::info!("NATS: connected");
+                            if !first.swap(false, Ordering::Relaxed) {
+                                counted.inc();
+                            }
+                            came_back.send_modify(|n| *n += 1);
+                        }
+                        Event::Disconnected => {
+                            log::warn!("NATS: disconnected; storage unavailable until it is back")
+                        }
+                        Event::SlowConsumer(sid) => {
+                            log::warn!("NATS: subscription {sid} fell behind and lost messages")
+                        }
+                        other => log::info!("NATS: {other}"),
                     }
-                    Event::SlowConsumer(sid) => {
-                        log::warn!("NATS: subscription {sid} fell behind and lost messages")
-                    }
-                    other => log::info!("NATS: {other}"),
                 }
             })
             .connect(url)
@@ -227,6 +249,8 @@ impl Nats {
             streams,
             snapshots,
             events,
+            reconnected,
+            engine,
         })
     }
 
@@ -269,6 +293,7 @@ impl Stores {
         let nats = Nats::connect(url).await?;
         Ok(Stores {
             users: Box::new(users::NatsUsers::new(nats.clone())),
+            engine: Some(nats.engine.clone()),
             streams: Box::new(streams::NatsStreams::new(nats)),
         })
     }

@@ -4,25 +4,37 @@
 //!
 //! A message's payload is the event's recording line without its newline.
 //! Each is published with the JetStream sequence of the subject's last
-//! message as the expected one, so that two writers of one stream cannot
-//! interleave (the second is refused), and with `<streamID>.<offset>` as
-//! its message ID, so that one published again after a lost acknowledgement
-//! is kept once. A [`Cursor`]'s `byte` is a JetStream sequence here: where
+//! message as the expected one, and its offset is one more than that
+//! message's: JetStream refuses a line from a writer that has not seen the
+//! subject's last message, so two nodes appending to one stream can never
+//! give two events one offset, or put them out of order. (No message ID:
+//! JetStream checks those before the expected sequence, and would take a
+//! second node's event at an offset already taken for a duplicate of the
+//! first.) A [`Cursor`]'s `byte` is a JetStream sequence here: where
 //! the next read starts. A read from an offset finds its first event by a
 //! binary search over the subject's messages (direct gets), then reads on
 //! through an ephemeral consumer.
+//!
+//! The subject is followed too ([`RecordingStore::follow`]): a core NATS
+//! subscription made before the open reads, so that every node's stream
+//! hears of what any node appends.
 //!
 //! The snapshot says up to which sequence it covers the recording; a
 //! restored stream reads the snapshot and the messages after it. Clearing
 //! keeps a snapshot covering everything, then purges the subject; offsets
 //! go on from the snapshot's.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::Subscriber;
+use bytes::Bytes;
+use futures_util::{future, stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{unavailable, Nats, Read, Scan};
@@ -30,7 +42,8 @@ use crate::event::parse_recorded;
 use crate::ids::StreamId;
 use crate::replay::{Replay, Snapshot};
 use crate::store::{
-    done, Chunk, Cursor, Kept, Opened, Recorded, RecordingStore, StoreError, StoreFuture,
+    done, Chunk, Cursor, Feed, Followed, Kept, Opened, Recorded, RecordingStore, StoreError,
+    StoreFuture,
 };
 
 /// The snapshot format.
@@ -41,6 +54,18 @@ const RESTORE_BATCH: usize = 1024;
 /// The subject of stream `id`'s recording.
 pub fn subject(id: &StreamId) -> String {
     format!("twizzle.events.{id}")
+}
+
+/// The subject on which stream `id`'s events past its quota, which are not
+/// recorded, reach the other nodes; core NATS, kept nowhere.
+pub fn relay_subject(id: &StreamId) -> String {
+    format!("twizzle.relay.{id}")
+}
+
+/// What a follower of stream `id` subscribes to: its recording's subject
+/// and its relay subject.
+fn followed_subjects(id: &StreamId) -> String {
+    format!("twizzle.*.{id}")
 }
 
 /// The snapshot as kept: the replay, and how much of the recording it covers.
@@ -67,6 +92,56 @@ struct End {
     bytes: u64,
     /// Set while appends fail, so a NATS that went away is logged once.
     failing: bool,
+    /// Where the recording stood after each of this node's latest appends,
+    /// oldest first, and as of the open: a snapshot of a replay names the
+    /// latest of them that its events cover, never an append still on its
+    /// way to the stream (or another node's, which is read again and
+    /// skipped on a restore).
+    marks: VecDeque<Mark>,
+}
+
+/// Where the recording stood once the event at an offset was in it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mark {
+    /// The event's offset.
+    offset: u64,
+    /// The sequence of its message.
+    seq: u64,
+    /// Bytes of the subject's lines up to it.
+    bytes: u64,
+}
+
+/// Marks kept at most: a snapshot is kept every second, so this covers
+/// every append between two of them at any rate a stream may send.
+const MARKS: usize = 4096;
+
+impl End {
+    /// The event at `offset` went in as message `seq`.
+    fn appended(&mut self, offset: Option<u64>, seq: u64, bytes: u64) {
+        self.seq = seq;
+        self.bytes += bytes;
+        if let Some(offset) = offset {
+            if self.marks.len() >= MARKS {
+                self.marks.pop_front();
+            }
+            self.marks.push_back(Mark {
+                offset,
+                seq,
+                bytes: self.bytes,
+            });
+        }
+    }
+
+    /// The latest mark a replay that has every event up to `accepted`
+    /// covers.
+    fn covered_by(&self, accepted: u64) -> Mark {
+        self.marks
+            .iter()
+            .rev()
+            .find(|mark| mark.offset <= accepted)
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// One stream's recording in JetStream.
@@ -79,6 +154,10 @@ pub struct NatsRecording {
     subject: String,
     /// Its end; appends in flight move it when they finish.
     end: Arc<Mutex<End>>,
+    /// The subscription to its subject, made before the open reads the
+    /// recording so that nothing appended meanwhile is missed, until
+    /// [`RecordingStore::follow`] takes it.
+    live: Arc<Mutex<Option<Subscriber>>>,
 }
 
 fn lock(end: &Mutex<End>) -> std::sync::MutexGuard<'_, End> {
@@ -103,16 +182,18 @@ impl NatsRecording {
             id: id.clone(),
             subject: subject(id),
             end: Arc::new(Mutex::new(End::default())),
+            live: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// The snapshot's text as of the recording's end now.
+    /// The snapshot's text for `snapshot`: it covers the recording up to
+    /// the latest append its events include.
     fn checkpoint_value(&self, snapshot: &Snapshot, kept: Kept, bytes: Option<u64>) -> Vec<u8> {
-        let end = lock(&self.end);
+        let mark = lock(&self.end).covered_by(snapshot.accepted);
         let checkpoint = Checkpoint {
             version: CHECKPOINT_VERSION,
-            seq: end.seq,
-            bytes: bytes.unwrap_or(end.bytes),
+            seq: mark.seq,
+            bytes: bytes.unwrap_or(mark.bytes),
             replay: snapshot.clone(),
             kept,
         };
@@ -204,14 +285,17 @@ async fn restore(nats: &Nats, id: &StreamId, subject: &str) -> Result<(Opened, E
         None => last_on(nats, subject).await?.map_or(0, |(seq, _)| seq),
     };
     opened.bytes = bytes;
-    Ok((
-        opened,
-        End {
-            seq,
-            bytes,
-            failing: false,
-        },
-    ))
+    let mut end = End {
+        seq,
+        bytes,
+        ..End::default()
+    };
+    end.marks.push_back(Mark {
+        offset: opened.replay.accepted(),
+        seq,
+        bytes,
+    });
+    Ok((opened, end))
 }
 
 /// Applies one recorded event to a replay being restored.
@@ -244,25 +328,34 @@ async fn publish(
 ) -> Result<u64, StoreError> {
     let mut after = after;
     for _ in 0..2 {
-        let mut message = PublishMessage::build()
+        let message = PublishMessage::build()
             .payload(bytes::Bytes::copy_from_slice(line))
             .expected_last_subject_sequence(after);
-        if let Some(offset) = offset {
-            message = message.message_id(format!("{id}.{offset}"));
-        }
+        let asked = Instant::now();
         let acked = match nats.js.send_publish(subject.to_owned(), message).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
+        nats.engine
+            .publish_seconds
+            .observe(asked.elapsed().as_secs_f64());
         match acked {
             Ok(ack) => return Ok(ack.sequence),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // The subject moved on without this writer hearing of it:
+                // its own earlier append whose acknowledgement was lost, or
+                // another node's that it has not read yet. The line goes
+                // after the last message only if that is the event just
+                // before it.
                 match last_on(nats, subject).await? {
-                    Some((seq, Some(last))) if offset.is_some_and(|o| last < o) => after = seq,
+                    Some((seq, Some(last))) if offset == Some(last + 1) => after = seq,
+                    // Emptied (a deletion) since.
                     None => after = 0,
+                    // Told as unavailable: the stream reads on from the
+                    // recording, and its sender may send again.
                     _ => {
-                        return Err(StoreError::Failed(format!(
-                            "stream {id}: its recording is being written elsewhere"
+                        return Err(StoreError::Unavailable(format!(
+                            "stream {id}: another node appended to its recording first"
                         )))
                     }
                 }
@@ -279,7 +372,16 @@ impl RecordingStore for NatsRecording {
     fn open(&mut self) -> StoreFuture<Opened> {
         let nats = self.nats.clone();
         let (id, subject, end) = (self.id.clone(), self.subject.clone(), self.end.clone());
+        let live = self.live.clone();
         Box::pin(async move {
+            // Before the read: an event appended while it reads comes on
+            // the feed too, and is skipped there if the read had it.
+            match nats.client.subscribe(followed_subjects(&id)).await {
+                Ok(subscriber) => {
+                    *live.lock().unwrap_or_else(|p| p.into_inner()) = Some(subscriber)
+                }
+                Err(e) => log::warn!("stream {id}: cannot follow its recording yet: {e}"),
+            }
             let (opened, restored) = restore(&nats, &id, &subject)
                 .await
                 .inspect_err(|e| log::error!("stream {id}: cannot open its recording: {e}"))?;
@@ -300,10 +402,9 @@ impl RecordingStore for NatsRecording {
                 nats.connected()?;
                 for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     let after = lock(&end).seq;
-                    let seq = publish(&nats, &id, &subject, line, offset_of(line), after).await?;
-                    let mut end = lock(&end);
-                    end.seq = seq;
-                    end.bytes += line.len() as u64 + 1;
+                    let offset = offset_of(line);
+                    let seq = publish(&nats, &id, &subject, line, offset, after).await?;
+                    lock(&end).appended(offset, seq, line.len() as u64 + 1);
                 }
                 Ok(())
             }
@@ -346,6 +447,7 @@ impl RecordingStore for NatsRecording {
         // before the purge leaves messages it already counts, which a
         // restore skips.
         let value = self.checkpoint_value(snapshot, kept, Some(0));
+        let accepted = snapshot.accepted;
         let nats = self.nats.clone();
         let (id, subject, end) = (self.id.clone(), self.subject.clone(), self.end.clone());
         Box::pin(async move {
@@ -362,6 +464,11 @@ impl RecordingStore for NatsRecording {
             let mut end = lock(&end);
             end.seq = 0;
             end.bytes = 0;
+            end.marks.clear();
+            end.marks.push_back(Mark {
+                offset: accepted,
+                ..Mark::default()
+            });
             Ok(())
         })
     }
@@ -376,6 +483,69 @@ impl RecordingStore for NatsRecording {
         let subject = self.subject.clone();
         Box::pin(async move { read_chunk(&nats, &subject, after, cursor, max).await })
     }
+
+    fn follow(&mut self) -> Option<Feed> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (nats, id) = (self.nats.clone(), self.id.clone());
+        // Core NATS delivery of what JetStream stores on the subject: no
+        // acknowledgements and no redelivery, so it can miss messages (a
+        // reconnect, a slow consumer); the follower finds those by their
+        // offsets and reads them from the recording.
+        let subscribed = async move {
+            match live {
+                Some(subscriber) => Some(subscriber),
+                None => nats
+                    .client
+                    .subscribe(followed_subjects(&id))
+                    .await
+                    .inspect_err(|e| log::error!("stream {id}: cannot follow its recording: {e}"))
+                    .ok(),
+            }
+        };
+        let events = stream::once(subscribed)
+            .filter_map(future::ready)
+            .flatten()
+            .filter_map(|message| future::ready(followed(&message.payload)));
+        let mut reconnected = self.nats.reconnected.clone();
+        reconnected.borrow_and_update();
+        let checks = stream::unfold(reconnected, |mut reconnected| async move {
+            reconnected.changed().await.ok()?;
+            Some((Followed::Check, reconnected))
+        });
+        Some(Box::pin(stream::select(events, checks)))
+    }
+
+    fn pass_on(&mut self, lines: Vec<u8>) -> StoreFuture<()> {
+        let nats = self.nats.clone();
+        let subject = relay_subject(&self.id);
+        Box::pin(async move {
+            nats.connected()?;
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                nats.client
+                    .publish(subject.clone(), Bytes::copy_from_slice(line))
+                    .await
+                    .map_err(|e| unavailable("cannot relay an event", e))?;
+            }
+            nats.client
+                .flush()
+                .await
+                .map_err(|e| unavailable("cannot relay an event", e))
+        })
+    }
+}
+
+/// What the feed tells of a message on a recording's subject.
+fn followed(payload: &[u8]) -> Option<Followed> {
+    let recorded = parse_recorded(std::str::from_utf8(payload).ok()?).ok()?;
+    Some(Followed::Event {
+        kind: recorded.event.kind,
+        recorded: Recorded {
+            offset: recorded.offset?,
+            received_ms: recorded.received_ms,
+            text: recorded.event.text,
+        },
+        bytes: payload.len() as u64 + 1,
+    })
 }
 
 /// The first message on `subject` whose offset is after `after`: a binary
