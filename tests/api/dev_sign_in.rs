@@ -56,9 +56,8 @@ fn assert_unknown_path(answer: &Answer, what: &str) {
 /// All three conditions met: the sign-in redirects like the OAuth callback,
 /// the claim gives an unverified user without a WCA ID whose token creates
 /// a stream and sends on it, and a claim token works once.
-#[actix_web::test]
-async fn dev_sign_in_end_to_end() {
-    let app = spawn_dev_app().await;
+async fn dev_sign_in_end_to_end(nodes: Nodes) {
+    let app = nodes.dev_app().await;
     let answer = dev_get(&app, "Demo Cuber").await;
     assert!(answer.body.is_null(), "a redirect has no body");
     let claim = claim_of(&answer);
@@ -91,9 +90,8 @@ async fn dev_sign_in_end_to_end() {
 
 /// The same name is the same user with the same token; another name (even
 /// one that differs only by a trailing space) is someone else.
-#[actix_web::test]
-async fn the_same_name_is_the_same_user() {
-    let app = spawn_dev_app().await;
+async fn the_same_name_is_the_same_user(nodes: Nodes) {
+    let app = nodes.dev_app().await;
     let (first, info) = dev_sign_in(&app, "Ana").await;
     let (second, info2) = dev_sign_in(&app, "Ana").await;
     assert!(first == second, "the access token changed across sign-ins");
@@ -106,9 +104,8 @@ async fn the_same_name_is_the_same_user() {
 
 /// Names with spaces, accents, other scripts and emoji sign in as they are;
 /// 40 characters is the limit whatever their bytes.
-#[actix_web::test]
-async fn names_are_characters_not_bytes() {
-    let app = spawn_dev_app().await;
+async fn names_are_characters_not_bytes(nodes: Nodes) {
+    let app = nodes.dev_app().await;
     let forty = "é".repeat(40);
     for name in [
         "Zoë Ünal",
@@ -124,9 +121,8 @@ async fn names_are_characters_not_bytes() {
 }
 
 /// A missing or bad name answers 400 with a JSON error saying why.
-#[actix_web::test]
-async fn bad_names_answer_400() {
-    let app = spawn_dev_app().await;
+async fn bad_names_answer_400(nodes: Nodes) {
+    let app = nodes.dev_app().await;
     let too_long = "a".repeat(41);
     let too_long_wide = "é".repeat(41);
     let cases: &[(&str, &str)] = &[
@@ -262,4 +258,11 @@ async fn the_binary_says_when_it_is_on() {
         let status = dev_get(&app, "Bin Ary").await.status;
         assert_eq!(status, if with_secret { 404 } else { 302 });
     }
+}
+
+on_one_and_two_nodes! {
+    dev_sign_in_end_to_end,
+    the_same_name_is_the_same_user,
+    names_are_characters_not_bytes,
+    bad_names_answer_400,
 }

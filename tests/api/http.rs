@@ -103,9 +103,8 @@ async fn unknown_paths_and_methods_answer_json_errors() {
 }
 
 /// Creating a stream needs a valid token (query or Bearer) and answers both shapes.
-#[actix_web::test]
-async fn create_stream_answers_both_shapes() {
-    let app = spawn_app().await;
+async fn create_stream_answers_both_shapes(nodes: Nodes) {
+    let app = nodes.app().await;
     let answer = app.post("/v0/streams").await;
     assert_eq!(answer.status, 401);
     assert!(answer.body["error"].is_string());
@@ -136,9 +135,8 @@ async fn create_stream_answers_both_shapes() {
 }
 
 /// The list is `{"streams": [...]}` with each stream's senders as an array of public user info.
-#[actix_web::test]
-async fn streams_are_listed_with_their_senders() {
-    let app = spawn_app().await;
+async fn streams_are_listed_with_their_senders(nodes: Nodes) {
+    let app = nodes.app().await;
     assert_eq!(
         app.get("/v0/streams").await.body,
         serde_json::json!({"streams": []})
@@ -160,9 +158,8 @@ async fn streams_are_listed_with_their_senders() {
 
 /// The list's body is what the API always answered, byte for byte (keys
 /// in the same order), and shows each sender as of their last sign-in.
-#[actix_web::test]
-async fn the_list_keeps_its_bytes_and_shows_a_new_name() {
-    let app = spawn_app().await;
+async fn the_list_keeps_its_bytes_and_shows_a_new_name(nodes: Nodes) {
+    let app = nodes.app().await;
     let (ana, ana_info) = app.sign_in(1, Some("2010ANAA01"), "Ana").await;
     let ana_id = ana_info["twizzleUserID"].as_str().unwrap().to_owned();
     let first = app.create_stream(&ana).await;
@@ -233,9 +230,8 @@ async fn readiness_check_is_ready() {
 
 /// A user may hold only so many open streams; the next one is a 429 saying
 /// so, and the honest pair's stream goes on.
-#[actix_web::test]
-async fn streams_per_user_are_limited() {
-    let app = spawn_app_with(|s| s.limits.max_streams_per_user = 2).await;
+async fn streams_per_user_are_limited(nodes: Nodes) {
+    let app = nodes.spawn(|s| s.limits.max_streams_per_user = 2).await;
     let mut honest = HonestPair::start(&app).await;
     let (token, _) = app.sign_in(3, None, "Many").await;
     app.create_stream(&token).await;
@@ -251,9 +247,8 @@ async fn streams_per_user_are_limited() {
 }
 
 /// The socket endpoint: unknown stream 404, bad token 401, no upgrade 400, all JSON.
-#[actix_web::test]
-async fn socket_endpoint_errors() {
-    let app = spawn_app().await;
+async fn socket_endpoint_errors(nodes: Nodes) {
+    let app = nodes.app().await;
     let answer = app
         .get("/v0/streams/twizzle_stream_0000000000000000/socket")
         .await;
@@ -309,9 +304,8 @@ async fn bad_query_strings_are_refused() {
 /// `GET /v0/streams/{id}` answers the stream's `StreamInfo`, whose viewer
 /// count and `live` follow the sockets (within the list's staleness
 /// bound); an unknown stream answers 404.
-#[actix_web::test]
-async fn a_stream_shows_its_viewers_and_whether_it_is_live() {
-    let app = spawn_app().await;
+async fn a_stream_shows_its_viewers_and_whether_it_is_live(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, info) = app.sign_in(1, Some("2010ANAA01"), "Ana").await;
     let before = epoch_ms();
     let created = app.post_as("/v0/streams", &token).await;
@@ -370,4 +364,13 @@ fn epoch_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+on_one_and_two_nodes! {
+    create_stream_answers_both_shapes,
+    streams_are_listed_with_their_senders,
+    the_list_keeps_its_bytes_and_shows_a_new_name,
+    streams_per_user_are_limited,
+    socket_endpoint_errors,
+    a_stream_shows_its_viewers_and_whether_it_is_live,
 }

@@ -373,9 +373,10 @@ async fn a_huge_request_body_is_not_read() {
 /// A stream takes at most `max_sender_sockets_per_stream` sender sockets at
 /// once: one more is refused with 429 naming the limit, viewers do not
 /// count, and a sender socket that closes frees its slot.
-#[actix_web::test]
-async fn sender_sockets_per_stream_are_limited() {
-    let app = spawn_app_with(|s| s.limits.max_sender_sockets_per_stream = 3).await;
+async fn sender_sockets_per_stream_are_limited(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| s.limits.max_sender_sockets_per_stream = 3)
+        .await;
     let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(7, None, "Many").await;
     let mut senders = Vec::new();
@@ -387,7 +388,7 @@ async fn sender_sockets_per_stream_are_limited() {
         viewers.push(app.connect(&id, None).await);
     }
     let path = format!("/v0/streams/{id}/socket?twizzleAccessToken={token}");
-    let (status, body) = raw_upgrade(app.port, &path);
+    let (status, body) = raw_upgrade(app.socket_port(), &path);
     assert_eq!(status, 429);
     let body: Value = serde_json::from_str(&body).expect("a JSON error");
     assert_eq!(
@@ -421,13 +422,13 @@ async fn sender_sockets_per_stream_are_limited() {
 
 /// All of a sender's sockets on one stream share one rate budget: a second
 /// socket does not double what the sender may send.
-#[actix_web::test]
-async fn a_senders_sockets_share_one_budget() {
-    let app = spawn_app_with(|s| {
-        s.limits.sender_events_per_sec = 0.001;
-        s.limits.sender_event_burst = 20.0;
-    })
-    .await;
+async fn a_senders_sockets_share_one_budget(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| {
+            s.limits.sender_events_per_sec = 0.001;
+            s.limits.sender_event_burst = 20.0;
+        })
+        .await;
     let mut honest = HonestPair::start(&app).await;
     let (token, id) = app.sender_with_stream(8, None, "Twice").await;
     let mut first = app.connect(&id, Some(&token)).await;
@@ -631,4 +632,9 @@ async fn a_stuck_viewer_costs_the_server_bounded_memory() {
         }
     }
     drop(stuck);
+}
+
+on_one_and_two_nodes! {
+    sender_sockets_per_stream_are_limited,
+    a_senders_sockets_share_one_budget,
 }

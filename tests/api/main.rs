@@ -5,6 +5,8 @@ mod browser;
 mod busy;
 mod clients;
 mod closing;
+mod cluster;
+mod cluster_faults;
 mod demo;
 mod deploy;
 mod dev_sign_in;

@@ -39,13 +39,13 @@ where
 /// The download is one line per recorded event, in order, with its offset
 /// and receive time; `since` skips what the client has; a bad `since` and
 /// an unknown stream are refused.
-#[actix_web::test]
-async fn a_recording_downloads_as_ndjson_from_any_offset() {
-    let app = spawn_app_with(|s| {
-        s.limits.sender_events_per_sec = 1e9;
-        s.limits.sender_event_burst = 1e9;
-    })
-    .await;
+async fn a_recording_downloads_as_ndjson_from_any_offset(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| {
+            s.limits.sender_events_per_sec = 1e9;
+            s.limits.sender_event_burst = 1e9;
+        })
+        .await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -98,9 +98,10 @@ async fn a_recording_downloads_as_ndjson_from_any_offset() {
 /// The list shows every kept recording newest first: an open stream's
 /// with `endedAt` null, an ended one's with its end; an ended stream's
 /// recording still downloads.
-#[actix_web::test]
-async fn the_list_shows_open_and_ended_recordings() {
-    let app = spawn_app_with(|s| s.stream_idle_timeout = Duration::from_millis(300)).await;
+async fn the_list_shows_open_and_ended_recordings(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| s.stream_idle_timeout = Duration::from_millis(300))
+        .await;
     let (token, first, sender, viewer) = stream_moves(&app, 3).await;
     drop((sender, viewer));
     let second = app.create_stream(&token).await;
@@ -137,9 +138,10 @@ async fn the_list_shows_open_and_ended_recordings() {
 /// Only a sender deletes a recording. An open stream goes on: its replay
 /// stays for late viewers and it records again from its next event. An
 /// ended stream's recording goes from the list and the download.
-#[actix_web::test]
-async fn a_sender_deletes_a_recording_and_the_stream_goes_on() {
-    let app = spawn_app_with(|s| s.stream_idle_timeout = Duration::from_millis(300)).await;
+async fn a_sender_deletes_a_recording_and_the_stream_goes_on(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| s.stream_idle_timeout = Duration::from_millis(300))
+        .await;
     let (token, id, mut sender, mut viewer) = stream_moves(&app, 5).await;
     let (other, _) = app.sign_in(2, None, "Bo").await;
     let path = format!("/v0/streams/{id}/recording");
@@ -237,13 +239,13 @@ async fn a_recording_from_before_offsets_stays_readable() {
 
 /// With a retention of zero, an ended stream's recording goes at its end:
 /// it leaves the list and the download answers 404.
-#[actix_web::test]
-async fn with_no_retention_an_ended_recording_goes_at_once() {
-    let app = spawn_app_with(|s| {
-        s.stream_idle_timeout = Duration::from_millis(300);
-        s.limits.recording_retention = Duration::ZERO;
-    })
-    .await;
+async fn with_no_retention_an_ended_recording_goes_at_once(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| {
+            s.stream_idle_timeout = Duration::from_millis(300);
+            s.limits.recording_retention = Duration::ZERO;
+        })
+        .await;
     let (_, id, sender, viewer) = stream_moves(&app, 3).await;
     let path = format!("/v0/streams/{id}/recording");
     assert_eq!(app.get_ndjson(&path).await.2.len(), 3, "kept while open");
@@ -261,4 +263,11 @@ async fn with_no_retention_an_ended_recording_goes_at_once() {
         .path()
         .join(format!("log/streams/{id}.log"))
         .exists());
+}
+
+on_one_and_two_nodes! {
+    a_recording_downloads_as_ndjson_from_any_offset,
+    the_list_shows_open_and_ended_recordings,
+    a_sender_deletes_a_recording_and_the_stream_goes_on,
+    with_no_retention_an_ended_recording_goes_at_once,
 }

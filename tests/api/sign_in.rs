@@ -4,9 +4,8 @@ use crate::helpers::*;
 
 /// The callback exchanges the code with the WCA (form body with every field) and
 /// redirects to the client app with a one-time claim token for the access token.
-#[actix_web::test]
-async fn sign_in_end_to_end() {
-    let app = spawn_app().await;
+async fn sign_in_end_to_end(nodes: Nodes) {
+    let app = nodes.app().await;
     let code = app.code_for(WcaAccount {
         id: 42,
         wca_id: Some("2015FAKE01".to_owned()),
@@ -58,9 +57,8 @@ async fn sign_in_end_to_end() {
 }
 
 /// Signing in again keeps the access token and refreshes the name and WCA ID.
-#[actix_web::test]
-async fn second_sign_in_keeps_the_token_and_refreshes_the_name() {
-    let app = spawn_app().await;
+async fn second_sign_in_keeps_the_token_and_refreshes_the_name(nodes: Nodes) {
+    let app = nodes.app().await;
     let (first, info) = app.sign_in(9, None, "New Cuber").await;
     assert_eq!(info["name"], "New Cuber (unverified)");
     assert!(info["wcaID"].is_null());
@@ -78,9 +76,8 @@ async fn second_sign_in_keeps_the_token_and_refreshes_the_name() {
 }
 
 /// The callback's failures: no code 400, WCA refusal or absence 403, no secret 503.
-#[actix_web::test]
-async fn callback_failures() {
-    let app = spawn_app().await;
+async fn callback_failures(nodes: Nodes) {
+    let app = nodes.app().await;
     let answer = app.get("/v0/auth/wca/oauth_callback").await;
     assert_eq!(answer.status, 400);
     assert_eq!(answer.body["error"], "code was not provided");
@@ -95,13 +92,13 @@ async fn callback_failures() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let unreachable = spawn_app_with(|s| s.wca.origin = origin).await;
+    let unreachable = nodes.spawn(|s| s.wca.origin = origin).await;
     let answer = unreachable
         .get("/v0/auth/wca/oauth_callback?code=anything")
         .await;
     assert_eq!(answer.status, 403);
 
-    let unconfigured = spawn_app_with(|s| s.wca.client_secret = None).await;
+    let unconfigured = nodes.spawn(|s| s.wca.client_secret = None).await;
     let answer = unconfigured
         .get("/v0/auth/wca/oauth_callback?code=anything")
         .await;
@@ -110,9 +107,8 @@ async fn callback_failures() {
 }
 
 /// Claim failures: no claim token 400, unknown or expired 401.
-#[actix_web::test]
-async fn claim_failures() {
-    let app = spawn_app().await;
+async fn claim_failures(nodes: Nodes) {
+    let app = nodes.app().await;
     assert_eq!(app.post("/v0/claim").await.status, 400);
     let answer = app
         .post("/v0/claim?claimToken=claim_token_00000000000000000000000000000000")
@@ -120,7 +116,9 @@ async fn claim_failures() {
     assert_eq!(answer.status, 401);
     assert!(answer.body["error"].is_string());
 
-    let expiring = spawn_app_with(|s| s.claim_token_ttl = std::time::Duration::ZERO).await;
+    let expiring = nodes
+        .spawn(|s| s.claim_token_ttl = std::time::Duration::ZERO)
+        .await;
     let code = expiring.code_for(WcaAccount {
         id: 1,
         wca_id: None,
@@ -135,4 +133,11 @@ async fn claim_failures() {
         401,
         "an expired claim token"
     );
+}
+
+on_one_and_two_nodes! {
+    sign_in_end_to_end,
+    second_sign_in_keeps_the_token_and_refreshes_the_name,
+    callback_failures,
+    claim_failures,
 }

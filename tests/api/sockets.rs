@@ -15,9 +15,8 @@ async fn stream_with_sender(app: &TestApp) -> (String, String) {
 }
 
 /// Events go to every viewer in order, and to the sender's other sockets, but never back.
-#[actix_web::test]
-async fn events_are_relayed_in_order_without_echo() {
-    let app = spawn_app().await;
+async fn events_are_relayed_in_order_without_echo(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut second_sender = app.connect(&id, Some(&token)).await;
@@ -44,9 +43,8 @@ async fn events_are_relayed_in_order_without_echo() {
 }
 
 /// A viewer who joins late gets the last reset, orientation and move, in that order, then live events.
-#[actix_web::test]
-async fn late_viewers_get_the_replay_first() {
-    let app = spawn_app().await;
+async fn late_viewers_get_the_replay_first(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut witness = app.connect(&id, None).await;
@@ -81,9 +79,8 @@ async fn late_viewers_get_the_replay_first() {
 }
 
 /// A reset with the same flag as an immediately preceding reset is dropped.
-#[actix_web::test]
-async fn repeated_resets_are_dropped() {
-    let app = spawn_app().await;
+async fn repeated_resets_are_dropped(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
@@ -103,9 +100,8 @@ async fn repeated_resets_are_dropped() {
 }
 
 /// A viewer that sends anything is closed with 1008; the stream goes on.
-#[actix_web::test]
-async fn viewers_may_not_send() {
-    let app = spawn_app().await;
+async fn viewers_may_not_send(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut rude = app.connect(&id, None).await;
@@ -120,9 +116,8 @@ async fn viewers_may_not_send() {
 }
 
 /// Bad frames from a sender get an error frame each; the socket stays open and good events still flow.
-#[actix_web::test]
-async fn bad_sender_frames_get_error_frames() {
-    let app = spawn_app().await;
+async fn bad_sender_frames_get_error_frames(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
@@ -161,9 +156,8 @@ async fn bad_sender_frames_get_error_frames() {
 }
 
 /// A frame over the size limit closes that socket with 1009.
-#[actix_web::test]
-async fn oversized_frames_close_the_socket() {
-    let app = spawn_app_with(|s| s.limits.max_frame_bytes = 1024).await;
+async fn oversized_frames_close_the_socket(nodes: Nodes) {
+    let app = nodes.spawn(|s| s.limits.max_frame_bytes = 1024).await;
     let mut honest = HonestPair::start(&app).await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
@@ -179,13 +173,13 @@ async fn oversized_frames_close_the_socket() {
 }
 
 /// A sender over its rate gets `rate limit exceeded` error frames instead of relays.
-#[actix_web::test]
-async fn senders_are_rate_limited() {
-    let app = spawn_app_with(|s| {
-        s.limits.sender_events_per_sec = 0.001;
-        s.limits.sender_event_burst = 3.0;
-    })
-    .await;
+async fn senders_are_rate_limited(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| {
+            s.limits.sender_events_per_sec = 0.001;
+            s.limits.sender_event_burst = 3.0;
+        })
+        .await;
     let mut honest = HonestPair::start(&app).await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
@@ -206,9 +200,10 @@ async fn senders_are_rate_limited() {
 
 /// With no sender for the idle timeout, the stream ends: sockets closed with
 /// 1000 `stream ended`, gone from the list, its socket URL 404.
-#[actix_web::test]
-async fn idle_streams_end() {
-    let app = spawn_app_with(|s| s.stream_idle_timeout = Duration::from_millis(700)).await;
+async fn idle_streams_end(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| s.stream_idle_timeout = Duration::from_millis(700))
+        .await;
     let (token, id) = stream_with_sender(&app).await;
     let mut viewer = app.connect(&id, None).await;
     assert_eq!(viewer.next_close().await, (1000, "stream ended".to_owned()));
@@ -224,9 +219,10 @@ async fn idle_streams_end() {
 }
 
 /// A connected sender holds the stream open past the idle timeout; when it leaves, the countdown starts.
-#[actix_web::test]
-async fn a_connected_sender_keeps_the_stream() {
-    let app = spawn_app_with(|s| s.stream_idle_timeout = Duration::from_millis(700)).await;
+async fn a_connected_sender_keeps_the_stream(nodes: Nodes) {
+    let app = nodes
+        .spawn(|s| s.stream_idle_timeout = Duration::from_millis(700))
+        .await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
@@ -277,9 +273,8 @@ async fn accepted_events_are_recorded() {
 /// A viewer whose connection dropped resumes with `?since=` the offset of
 /// the last event it got: it gets what was sent meanwhile, once and in
 /// order, then live events, and no replay.
-#[actix_web::test]
-async fn a_viewer_resumes_after_a_dropped_connection() {
-    let app = spawn_app().await;
+async fn a_viewer_resumes_after_a_dropped_connection(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut viewer = app.connect(&id, None).await;
@@ -313,9 +308,8 @@ async fn a_viewer_resumes_after_a_dropped_connection() {
 }
 
 /// `since` that is not a non-negative integer is refused with 400.
-#[actix_web::test]
-async fn a_bad_since_is_refused() {
-    let app = spawn_app().await;
+async fn a_bad_since_is_refused(nodes: Nodes) {
+    let app = nodes.app().await;
     let (_, id) = stream_with_sender(&app).await;
     for bad in ["-1", "abc", "", "1.5", "%201", "99999999999999999999999"] {
         let res = app
@@ -328,4 +322,18 @@ async fn a_bad_since_is_refused() {
         );
     }
     assert!(app.try_resume(&id, "0").await.is_ok());
+}
+
+on_one_and_two_nodes! {
+    events_are_relayed_in_order_without_echo,
+    late_viewers_get_the_replay_first,
+    repeated_resets_are_dropped,
+    viewers_may_not_send,
+    bad_sender_frames_get_error_frames,
+    oversized_frames_close_the_socket,
+    senders_are_rate_limited,
+    idle_streams_end,
+    a_connected_sender_keeps_the_stream,
+    a_viewer_resumes_after_a_dropped_connection,
+    a_bad_since_is_refused,
 }

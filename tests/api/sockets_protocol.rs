@@ -8,9 +8,13 @@ use awc::http::header::{HeaderMap, SEC_WEBSOCKET_PROTOCOL};
 
 use crate::helpers::*;
 
-/// The socket URL of `stream_id`, with no token in it.
+/// The socket URL of `stream_id`, with no token in it (on a cluster, on
+/// the next node in turn).
 fn socket_url(app: &TestApp, stream_id: &str) -> String {
-    format!("ws://127.0.0.1:{}/v0/streams/{stream_id}/socket", app.port)
+    format!(
+        "ws://127.0.0.1:{}/v0/streams/{stream_id}/socket",
+        app.socket_port()
+    )
 }
 
 /// Opens a socket offering `protocols`; the answer's headers and the socket.
@@ -47,9 +51,8 @@ async fn stream_with_sender(app: &TestApp) -> (String, String) {
 
 /// A sender whose token comes as a subprotocol sends; its viewers get the
 /// events; the answer names exactly `twizzle.v0`.
-#[actix_web::test]
-async fn a_sender_may_pass_its_token_as_a_subprotocol() {
-    let app = spawn_app().await;
+async fn a_sender_may_pass_its_token_as_a_subprotocol(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let (headers, mut sender) = connect_offering(&app, &id, &["twizzle.v0", &token])
         .await
@@ -73,9 +76,8 @@ async fn a_sender_may_pass_its_token_as_a_subprotocol() {
 
 /// `twizzle.v0` alone is a viewer: answered, given the replay, and closed
 /// with 1008 if it sends.
-#[actix_web::test]
-async fn the_protocol_without_a_token_is_a_viewer() {
-    let app = spawn_app().await;
+async fn the_protocol_without_a_token_is_a_viewer(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut sender = app.connect(&id, Some(&token)).await;
     let mut witness = app.connect(&id, None).await;
@@ -97,9 +99,8 @@ async fn the_protocol_without_a_token_is_a_viewer() {
 
 /// A malformed or unknown token in the subprotocol is refused with 401, as
 /// in the query.
-#[actix_web::test]
-async fn a_bad_token_in_the_subprotocol_is_refused() {
-    let app = spawn_app().await;
+async fn a_bad_token_in_the_subprotocol_is_refused(nodes: Nodes) {
+    let app = nodes.app().await;
     let (_, id) = stream_with_sender(&app).await;
     let unknown = format!("twizzle_access_token_{:032x}", rand::random::<u128>());
     for bad in ["twizzle_access_token_not-hex", unknown.as_str()] {
@@ -110,9 +111,8 @@ async fn a_bad_token_in_the_subprotocol_is_refused() {
 
 /// Other protocols are not this API's: offered alone, they get no answer,
 /// and a token among them is not read (the socket is a viewer).
-#[actix_web::test]
-async fn other_protocols_get_no_answer() {
-    let app = spawn_app().await;
+async fn other_protocols_get_no_answer(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let (headers, _chat) = connect_offering(&app, &id, &["chat"])
         .await
@@ -129,9 +129,8 @@ async fn other_protocols_get_no_answer() {
 /// With tokens in several places, the query parameter wins, then the
 /// `Authorization` header, then the subprotocol; the answer still names
 /// `twizzle.v0`.
-#[actix_web::test]
-async fn the_query_token_wins_over_the_subprotocol() {
-    let app = spawn_app().await;
+async fn the_query_token_wins_over_the_subprotocol(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let (other, _) = app.sign_in(501, None, "Bystander").await;
     let mut viewer = app.connect(&id, None).await;
@@ -159,12 +158,11 @@ async fn the_query_token_wins_over_the_subprotocol() {
 
 /// A client may split its offer over several header lines; the token and
 /// `twizzle.v0` are found on any of them, and the answer is one line.
-#[actix_web::test]
-async fn an_offer_split_over_header_lines_is_read_whole() {
-    let app = spawn_app().await;
+async fn an_offer_split_over_header_lines_is_read_whole(nodes: Nodes) {
+    let app = nodes.app().await;
     let (token, id) = stream_with_sender(&app).await;
     let mut viewer = app.connect(&id, None).await;
-    let port = app.port;
+    let port = app.socket_port();
     let sender_id = id.clone();
     let (head, mut sender) = actix_web::rt::task::spawn_blocking(move || {
         let headers = format!(
@@ -191,4 +189,13 @@ async fn an_offer_split_over_header_lines_is_read_whole() {
     .await
     .unwrap();
     assert_eq!(viewer.next_json().await, move_event(1), "it was a sender");
+}
+
+on_one_and_two_nodes! {
+    a_sender_may_pass_its_token_as_a_subprotocol,
+    the_protocol_without_a_token_is_a_viewer,
+    a_bad_token_in_the_subprotocol_is_refused,
+    other_protocols_get_no_answer,
+    the_query_token_wins_over_the_subprotocol,
+    an_offer_split_over_header_lines_is_read_whole,
 }

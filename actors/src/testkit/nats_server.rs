@@ -1,5 +1,7 @@
 //! A real `nats-server` with JetStream, one per test: on a free loopback
-//! port, with a store directory of its own, killed when dropped.
+//! port, with a store directory of its own, killed when dropped. A test
+//! may stop it (SIGTERM, as an operator does), kill it (SIGKILL, as a
+//! crash does) and start it again on the same port and store mid-test.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -11,6 +13,9 @@ use super::TempDir;
 
 /// How long the server may take to listen.
 const START_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a stopped server may take to exit before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// A running `nats-server -js`, killed (SIGKILL) when dropped; its store
 /// directory goes with it.
@@ -80,16 +85,55 @@ impl NatsServer {
         self.dir.path().join("jetstream")
     }
 
-    /// Kills the server (SIGKILL) and waits for it; its store stays.
+    /// The loopback port it listens on, the same across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the server runs now (it has not been stopped or killed, and
+    /// has not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Stops the server as an operator does (SIGTERM: it closes its
+    /// clients' connections and its store) and waits for it to exit, or
+    /// kills it if it has not within a few seconds; its store stays.
     pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: signals our own child, not yet reaped (it is waited for
+        // below), so `pid` is still that process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10)); // polling for it to exit
+        }
+        let _ = child.wait();
+    }
+
+    /// Kills the server as a crash does (SIGKILL, nothing flushed or
+    /// closed by it) and waits for it; its store stays.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts the server again (after [`NatsServer::stop`]) on the same port
-    /// and store, and waits until it listens.
+    /// Starts the server again (after [`NatsServer::stop`] or
+    /// [`NatsServer::kill`]; a running one is stopped first) on the same
+    /// port and store, and waits until it listens.
     ///
     /// # Panics
     ///
@@ -143,6 +187,42 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        self.stop();
+        // Nothing of it is needed any more: no reason to wait for a clean exit.
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether anything listens on `port` on loopback now.
+    fn listens(port: u16) -> bool {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    #[test]
+    fn it_stops_is_killed_and_comes_back_on_its_port_and_store() {
+        let Some(mut server) = NatsServer::start("testkit") else {
+            return;
+        };
+        let port = server.port();
+        assert!(server.is_running() && listens(port));
+        assert!(server.store_dir().is_dir(), "JetStream made its store");
+
+        server.kill();
+        assert!(!server.is_running());
+        assert!(!listens(port), "a killed server listens no more");
+        server.restart();
+        assert!(server.is_running() && listens(port));
+        assert_eq!(server.port(), port);
+        assert_eq!(server.url(), format!("nats://127.0.0.1:{port}"));
+
+        server.stop();
+        assert!(!server.is_running());
+        assert!(!listens(port), "a stopped server listens no more");
+        assert!(server.store_dir().is_dir(), "the store outlives the server");
+        server.restart();
+        assert!(server.is_running() && listens(port));
     }
 }

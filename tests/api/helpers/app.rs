@@ -1,6 +1,9 @@
 //! The server under test: its settings, starting it on port 0, and the
-//! HTTP calls and sign-in steps a test makes against it.
+//! HTTP calls and sign-in steps a test makes against it. A `TestApp` on a
+//! cluster sends each request and opens each socket on the next node in
+//! turn; [`TestApp::on`] picks one node.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,7 @@ use twizzle_api_server::config::{Secret, Settings};
 use twizzle_api_server::startup::Application;
 use twizzle_api_server::testkit::{FakeWca, TempDir, WcaAccount};
 
+use super::cluster::{Cluster, Ports};
 use super::ws::WsClient;
 use super::WAIT;
 
@@ -49,9 +53,17 @@ pub struct TestApp {
     /// The server's data directory, shared with a restarted server.
     pub dir: Arc<TempDir>,
     /// Numbers the codes of [`TestApp::code_for`].
-    next_code: std::cell::Cell<u64>,
+    next_code: Cell<u64>,
     /// Where the server serves `GET /metrics`, if it is known.
     pub metrics_port: Option<u16>,
+    /// On a cluster, each node's port while it is up; `None` for one server.
+    ports: Option<Ports>,
+    /// Counts the requests sent, to send each to the next node.
+    requests: Cell<usize>,
+    /// Counts the sockets opened, to open each on the next node.
+    sockets: Cell<usize>,
+    /// The cluster this app alone runs on, stopped with it.
+    _cluster: Option<Box<Cluster>>,
 }
 
 /// Starts a server with the test settings.
@@ -121,10 +133,153 @@ impl TestApp {
                 .finish(),
             handle: None,
             dir,
-            next_code: std::cell::Cell::new(0),
+            next_code: Cell::new(0),
             metrics_port: None,
+            ports: None,
+            requests: Cell::new(0),
+            // The first socket opens on another node than the first
+            // request's: a stream created on one node is used on the next.
+            sockets: Cell::new(1),
+            _cluster: None,
         }
     }
+
+    /// A `TestApp` for the nodes of a cluster whose ports are `ports`
+    /// (shared with the cluster, which marks a node that is down): each
+    /// request and socket goes to the next node that is up.
+    pub fn across(dir: Arc<TempDir>, wca: FakeWca, ports: Ports) -> TestApp {
+        let first = ports.lock().unwrap().iter().flatten().copied().next();
+        let app = TestApp::attach(dir, wca, first.expect("a node that is up"));
+        TestApp {
+            ports: Some(ports),
+            ..app
+        }
+    }
+
+    /// This app, owning `cluster`: the nodes stop when the app is dropped.
+    pub fn owning(self, cluster: Cluster) -> TestApp {
+        TestApp {
+            _cluster: Some(Box::new(cluster)),
+            ..self
+        }
+    }
+
+    /// The port of the next node in turn after those `counter` has counted
+    /// (of the nodes up now); the one server's port if this is not a cluster.
+    fn next_port(&self, counter: &Cell<usize>) -> u16 {
+        let Some(ports) = &self.ports else {
+            return self.port;
+        };
+        let up: Vec<u16> = ports.lock().unwrap().iter().flatten().copied().collect();
+        assert!(!up.is_empty(), "no node of the cluster is up");
+        let n = counter.get();
+        counter.set(n + 1);
+        up[n % up.len()]
+    }
+
+    /// The port the next socket opens on: the one server's, or on a
+    /// cluster the next node's in turn. For a test that opens a socket of
+    /// its own making.
+    pub fn socket_port(&self) -> u16 {
+        self.next_port(&self.sockets)
+    }
+
+    /// The port the next request goes to, as [`TestApp::socket_port`].
+    pub fn request_port(&self) -> u16 {
+        self.next_port(&self.requests)
+    }
+
+    /// The same calls, all on node `node` of a cluster (its number in the
+    /// cluster; a node that is down panics). On one server, node 0 is it.
+    pub fn on(&self, node: usize) -> OnNode<'_> {
+        let port = match &self.ports {
+            None if node == 0 => self.port,
+            None => panic!("one server has no node {node}"),
+            Some(ports) => {
+                ports.lock().unwrap()[node].unwrap_or_else(|| panic!("node {node} is down"))
+            }
+        };
+        OnNode { app: self, port }
+    }
+}
+
+/// A [`TestApp`]'s calls on one node of its cluster.
+pub struct OnNode<'a> {
+    /// The app: its client and fake WCA.
+    app: &'a TestApp,
+    /// The node's port.
+    pub port: u16,
+}
+
+impl OnNode<'_> {
+    /// The URL of `path` on this node.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `GET path`, answered.
+    pub async fn get(&self, path: &str) -> Answer {
+        answer(self.app.client.get(self.url(path)), "GET").await
+    }
+
+    /// `POST path` with no body and `token` in a Bearer header, answered.
+    pub async fn post_as(&self, path: &str, token: &str) -> Answer {
+        answer(
+            self.app.client.post(self.url(path)).bearer_auth(token),
+            "POST",
+        )
+        .await
+    }
+
+    /// Creates a stream on this node; returns its ID.
+    pub async fn create_stream(&self, token: &str) -> String {
+        let answer = self.post_as("/v0/streams", token).await;
+        assert_eq!(answer.status, 200, "create answered {}", answer.body);
+        answer.body["streamID"]
+            .as_str()
+            .expect("a stream ID")
+            .to_owned()
+    }
+
+    /// Opens a socket on a stream on this node, with or without a token.
+    pub async fn connect(&self, stream_id: &str, token: Option<&str>) -> WsClient {
+        self.try_connect(stream_id, token)
+            .await
+            .expect("the socket opens")
+    }
+
+    /// Opens a socket on a stream on this node; the refusal if it was refused.
+    pub async fn try_connect(
+        &self,
+        stream_id: &str,
+        token: Option<&str>,
+    ) -> Result<WsClient, awc::error::WsClientError> {
+        WsClient::connect(socket_url(self.port, stream_id, token, None)).await
+    }
+
+    /// Opens a viewer's socket on this node that resumes with `?since={since}`.
+    pub async fn try_resume(
+        &self,
+        stream_id: &str,
+        since: &str,
+    ) -> Result<WsClient, awc::error::WsClientError> {
+        WsClient::connect(socket_url(self.port, stream_id, None, Some(since))).await
+    }
+}
+
+/// The URL of a stream's socket on `port`, with a token and `since` if given.
+fn socket_url(port: u16, stream_id: &str, token: Option<&str>, since: Option<&str>) -> String {
+    let mut url = format!("ws://127.0.0.1:{port}/v0/streams/{stream_id}/socket");
+    let query: Vec<String> = token
+        .map(|token| format!("twizzleAccessToken={token}"))
+        .into_iter()
+        .chain(since.map(|since| format!("since={since}")))
+        .collect();
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
+    }
+    url
 }
 
 /// A status and a parsed JSON body.
@@ -138,9 +293,9 @@ pub struct Answer {
 }
 
 impl TestApp {
-    /// The URL of `path` on this server.
+    /// The URL of `path` on this server (on a cluster, on the next node in turn).
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
+        format!("http://127.0.0.1:{}{path}", self.request_port())
     }
 
     /// `GET path`, answered.
@@ -302,11 +457,7 @@ impl TestApp {
         stream_id: &str,
         token: Option<&str>,
     ) -> Result<WsClient, awc::error::WsClientError> {
-        let mut url = format!("ws://127.0.0.1:{}/v0/streams/{stream_id}/socket", self.port);
-        if let Some(token) = token {
-            url.push_str(&format!("?twizzleAccessToken={token}"));
-        }
-        WsClient::connect(url).await
+        WsClient::connect(socket_url(self.socket_port(), stream_id, token, None)).await
     }
 
     /// Opens a viewer's socket that resumes with `?since={since}`; the
@@ -316,11 +467,7 @@ impl TestApp {
         stream_id: &str,
         since: &str,
     ) -> Result<WsClient, awc::error::WsClientError> {
-        let url = format!(
-            "ws://127.0.0.1:{}/v0/streams/{stream_id}/socket?since={since}",
-            self.port
-        );
-        WsClient::connect(url).await
+        WsClient::connect(socket_url(self.socket_port(), stream_id, None, Some(since))).await
     }
 }
 

@@ -143,7 +143,7 @@ async fn request(
 
 /// A socket to `path`, as `client` through the trusted proxy if given.
 async fn socket(app: &TestApp, path: &str, client: Option<&str>) -> WsClient {
-    let url = format!("ws://127.0.0.1:{}{path}", app.port);
+    let url = format!("ws://127.0.0.1:{}{path}", app.socket_port());
     let mut request = awc::Client::new().ws(url).max_frame_size(1 << 24);
     if let Some(client) = client {
         request = request.header("X-Forwarded-For", client);

@@ -4,6 +4,9 @@
 //!
 //! - `app.rs`: the settings, starting the server, its HTTP calls, sign-in.
 //! - `binary.rs`: the real binary as a child process, and its log lines.
+//! - `cluster.rs`: NATS and N binaries on it in cluster mode; killing and
+//!   restarting a node, stopping and restarting NATS.
+//! - `nodes.rs`: one server or a two-node cluster, for a test that runs both ways.
 //! - `browser.rs`: a headless Chromium over WebDriver, for the watch page.
 //! - `ws.rs`: awc's WebSocket client, with a bounded wait for each frame.
 //! - `raw.rs`: sockets on plain TCP that misbehave on purpose.
@@ -13,8 +16,10 @@
 mod app;
 mod binary;
 mod browser;
+mod cluster;
 mod events;
 mod honest;
+mod nodes;
 mod raw;
 mod ws;
 
@@ -27,10 +32,13 @@ pub use binary::{
     assert_no_token_in, rest_of, spawn_reading, start_binary, start_binary_with, KillOnDrop,
 };
 pub use browser::{free_port, Browser};
+pub use cluster::Cluster;
 pub use events::{
     move_event, orientation_event, recording_lines, reset_event, sent_part, without_counts,
 };
 pub use honest::HonestPair;
+pub(crate) use nodes::on_one_and_two_nodes;
+pub use nodes::Nodes;
 pub use raw::{
     content_length, raw_upgrade, read_head, reset, status_of, upgrade_request, RawSocket,
 };
