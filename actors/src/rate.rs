@@ -40,6 +40,14 @@ impl TokenBucket {
         }
     }
 
+    /// Takes a token at `now` whether or not there is one: for what was
+    /// done elsewhere and counts all the same (another node's event of the
+    /// same sender). The bucket owes at most one burst.
+    pub fn charge(&mut self, now: Instant) {
+        self.tokens = (self.available(now) - 1.0).max(-self.burst);
+        self.refilled = self.refilled.max(now);
+    }
+
     /// Whether there is a token at `now`, without taking it.
     pub fn ready(&self, now: Instant) -> bool {
         self.available(now) >= 1.0
@@ -83,6 +91,21 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_charge_counts_without_a_token_and_owes_at_most_a_burst() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(1.0, 2.0, start);
+        bucket.charge(start);
+        bucket.charge(start);
+        assert!(!bucket.take(start), "both tokens charged");
+        for _ in 0..10 {
+            bucket.charge(start);
+        }
+        // Owing two, the bucket has a token again after three seconds.
+        assert!(!bucket.take(start + Duration::from_millis(2900)));
+        assert!(bucket.take(start + Duration::from_millis(3100)));
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -401,6 +401,8 @@ struct Remote {
     kind: EventKind,
     /// Bytes of its recording line, for the quota.
     bytes: u64,
+    /// Whose it is, where the node that recorded it said so.
+    sender: Option<UserId>,
 }
 
 impl StreamActor {
@@ -623,7 +625,15 @@ impl StreamActor {
             event.recorded = true;
         }
         let attempted = lines.len() as u64;
-        let appended = (!lines.is_empty()).then(|| self.recording.append(lines));
+        // A followed recording takes one event at a time: its sender's.
+        let sender = batch
+            .first()
+            .and_then(|event| self.members.get(&event.from))
+            .and_then(|member| member.sender.clone());
+        let appended = (!lines.is_empty()).then(|| match (&sender, self.following) {
+            (Some(sender), true) => self.recording.append_sent(lines, sender),
+            _ => self.recording.append(lines),
+        });
         // Events past the quota are kept only in the snapshot, which must
         // then hold them before they are relayed.
         let mut kept = self.kept;
@@ -773,7 +783,18 @@ impl StreamActor {
             recorded,
             kind,
             bytes,
+            sender,
         } = event;
+        // One sender's budget is shared by their sockets on every node:
+        // what they sent elsewhere counts here too.
+        if let Some(sender) = sender.filter(|sender| self.senders.contains(sender)) {
+            let limits = self.limits;
+            let now = Instant::now();
+            self.budgets
+                .entry(sender)
+                .or_insert_with(|| TokenBucket::new(limits.events_per_sec, limits.event_burst, now))
+                .charge(now);
+        }
         let frame = frame_of(&recorded);
         self.head.remember(kind, recorded.offset, frame.clone());
         self.kept.extend(recorded.offset);
@@ -839,6 +860,7 @@ impl StreamActor {
                     kind: parsed.event.kind,
                     recorded,
                     bytes,
+                    sender: None,
                 };
                 actor.take_remote(remote, ctx);
                 repaired = true;
@@ -1111,6 +1133,7 @@ impl StreamHandler<Followed> for StreamActor {
                 recorded,
                 kind,
                 bytes,
+                sender,
             } => {
                 // At or before the last event accepted here: this node's
                 // own, or one whose append refused this node's, which the
@@ -1127,6 +1150,7 @@ impl StreamHandler<Followed> for StreamActor {
                         recorded,
                         kind,
                         bytes,
+                        sender,
                     });
                 }
             }

@@ -291,6 +291,7 @@ impl Scripted {
             bytes: recorded_line(&event.text, offset, offset).len() as u64,
             kind: event.kind,
             recorded,
+            sender: None,
         }
     }
 }
@@ -371,6 +372,7 @@ async fn a_gap_in_the_feed_is_read_back_before_the_next_event_goes_out() {
         },
         kind: events[3].kind,
         bytes: 1,
+        sender: None,
     });
     assert_eq!(viewer.expect(&events[5], "the sixth").await, 6);
     let mut late = Peer::join(&stream, None).await;
@@ -459,6 +461,7 @@ async fn a_gap_the_recording_cannot_fill_is_told_to_viewers() {
         },
         kind: mv(4).kind,
         bytes: 1,
+        sender: None,
     };
     feed.push(fourth);
     assert_eq!(
@@ -466,4 +469,57 @@ async fn a_gap_the_recording_cannot_fill_is_told_to_viewers() {
         r#"{"event":"gap","data":{"from":2,"to":3}}"#
     );
     assert_eq!(viewer.expect(&mv(4), "the fourth").await, 4);
+}
+
+#[actix::test]
+async fn a_senders_rate_counts_what_they_sent_on_every_node() {
+    let Some(server) = NatsServer::start("follow-rate") else {
+        return;
+    };
+    let (a_nats, b_nats) = (node(&server).await, node(&server).await);
+    let id = StreamId::random();
+    let limits = twizzle_actors::stream::StreamLimits {
+        events_per_sec: 1.0,
+        event_burst: 10.0,
+        ..twizzle_actors::stream::StreamLimits::NONE
+    };
+    let start = |nats: &Nats| {
+        StreamActor::new(StreamSetup {
+            id: id.clone(),
+            recording: Box::new(NatsRecording::new(nats.clone(), &id)),
+            limits,
+            ..setup()
+        })
+        .start()
+    };
+    let (a, b) = (start(&a_nats), start(&b_nats));
+    let mut on_b = Peer::join(&b, None).await;
+    let on_a = Peer::join(&a, Some(OWNER)).await;
+    let mut also_on_b = Peer::join(&b, Some(OWNER)).await;
+    // The whole burst on A, which B hears of.
+    for n in 1..=10 {
+        on_a.publish(&a, &mv(n)).await;
+    }
+    events_until(&mut on_b, 10, "A's burst, on B").await;
+    // The same sender on B has nothing left of it.
+    for n in 11..=20 {
+        also_on_b.publish(&b, &mv(n)).await;
+    }
+    // It was relayed A's ten, then hears of at least eight refusals (one
+    // second of refill at most went by), and nothing of B's was relayed.
+    let mut refused = 0;
+    let mut relayed = 0;
+    while refused < 8 {
+        let frame = also_on_b.next_frame("B's refusals").await;
+        if frame.contains("rate limit exceeded") {
+            refused += 1;
+        } else {
+            relayed += 1;
+        }
+    }
+    assert_eq!(
+        relayed, 10,
+        "A's burst, relayed to the sender's socket on B"
+    );
+    on_b.expect_nothing_yet("the viewer on B after the refusals");
 }

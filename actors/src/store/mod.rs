@@ -364,6 +364,9 @@ pub enum Followed {
         kind: crate::event::EventKind,
         /// Bytes of its recording line (its newline counted), for the quota.
         bytes: u64,
+        /// The sender whose event it is, where the node that recorded it
+        /// said so: it counts against their rate on every node.
+        sender: Option<UserId>,
     },
     /// The feed may have missed events (its connection came back): the
     /// follower compares where it is with the recording.
@@ -459,6 +462,13 @@ pub trait RecordingStore {
     /// recording, and takes new events from there.
     fn follow(&mut self) -> Option<Feed> {
         None
+    }
+
+    /// [`RecordingStore::append`] of one sender's events, for a followed
+    /// recording to tell its followers whose they are.
+    fn append_sent(&mut self, lines: Vec<u8>, sender: &UserId) -> StoreFuture<()> {
+        let _ = sender;
+        self.append(lines)
     }
 
     /// For a followed recording: hands recording lines of events that are

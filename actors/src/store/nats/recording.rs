@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{unavailable, Nats, Read, Scan};
 use crate::event::parse_recorded;
-use crate::ids::StreamId;
+use crate::ids::{StreamId, UserId};
 use crate::replay::{Replay, Snapshot};
 use crate::store::{
     done, Chunk, Cursor, Feed, Followed, Kept, Opened, Recorded, RecordingStore, StoreError,
@@ -48,6 +48,9 @@ use crate::store::{
 
 /// The snapshot format.
 const CHECKPOINT_VERSION: u32 = 1;
+/// The header that names the sender of an appended event, for the rate
+/// limit the other nodes count it against.
+const SENDER_HEADER: &str = "Twizzle-Sender";
 /// Messages one step of a restore reads.
 const RESTORE_BATCH: usize = 1024;
 
@@ -201,6 +204,41 @@ impl NatsRecording {
     }
 }
 
+impl NatsRecording {
+    /// Appends `lines`, each published as `sender`'s if one is given.
+    fn append_as(&mut self, lines: Vec<u8>, sender: Option<UserId>) -> StoreFuture<()> {
+        let nats = self.nats.clone();
+        let (id, subject, end) = (self.id.clone(), self.subject.clone(), self.end.clone());
+        Box::pin(async move {
+            let written: Result<(), StoreError> = async {
+                nats.connected()?;
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let after = lock(&end).seq;
+                    let offset = offset_of(line);
+                    let seq =
+                        publish(&nats, &id, &subject, line, offset, after, sender.as_ref()).await?;
+                    lock(&end).appended(offset, seq, line.len() as u64 + 1);
+                }
+                Ok(())
+            }
+            .await;
+            let mut end = lock(&end);
+            match &written {
+                Ok(()) if end.failing => {
+                    end.failing = false;
+                    log::info!("stream {id}: recording again");
+                }
+                Err(e) if !end.failing => {
+                    end.failing = true;
+                    log::error!("stream {id}: recording failed: {e}");
+                }
+                _ => {}
+            }
+            written
+        })
+    }
+}
+
 /// The last message on `subject`, if any.
 async fn last_on(nats: &Nats, subject: &str) -> Result<Option<(u64, Option<u64>)>, StoreError> {
     match nats.events.direct_get_last_for_subject(subject).await {
@@ -325,12 +363,16 @@ async fn publish(
     line: &[u8],
     offset: Option<u64>,
     after: u64,
+    sender: Option<&UserId>,
 ) -> Result<u64, StoreError> {
     let mut after = after;
     for _ in 0..2 {
-        let message = PublishMessage::build()
+        let mut message = PublishMessage::build()
             .payload(bytes::Bytes::copy_from_slice(line))
             .expected_last_subject_sequence(after);
+        if let Some(sender) = sender {
+            message = message.header(SENDER_HEADER, sender.as_str());
+        }
         let asked = Instant::now();
         let acked = match nats.js.send_publish(subject.to_owned(), message).await {
             Ok(ack) => ack.await,
@@ -395,34 +437,11 @@ impl RecordingStore for NatsRecording {
     }
 
     fn append(&mut self, lines: Vec<u8>) -> StoreFuture<()> {
-        let nats = self.nats.clone();
-        let (id, subject, end) = (self.id.clone(), self.subject.clone(), self.end.clone());
-        Box::pin(async move {
-            let written: Result<(), StoreError> = async {
-                nats.connected()?;
-                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let after = lock(&end).seq;
-                    let offset = offset_of(line);
-                    let seq = publish(&nats, &id, &subject, line, offset, after).await?;
-                    lock(&end).appended(offset, seq, line.len() as u64 + 1);
-                }
-                Ok(())
-            }
-            .await;
-            let mut end = lock(&end);
-            match &written {
-                Ok(()) if end.failing => {
-                    end.failing = false;
-                    log::info!("stream {id}: recording again");
-                }
-                Err(e) if !end.failing => {
-                    end.failing = true;
-                    log::error!("stream {id}: recording failed: {e}");
-                }
-                _ => {}
-            }
-            written
-        })
+        self.append_as(lines, None)
+    }
+
+    fn append_sent(&mut self, lines: Vec<u8>, sender: &UserId) -> StoreFuture<()> {
+        self.append_as(lines, Some(sender.clone()))
     }
 
     fn checkpoint(&mut self, snapshot: &Snapshot, kept: Kept) -> StoreFuture<()> {
@@ -505,7 +524,7 @@ impl RecordingStore for NatsRecording {
         let events = stream::once(subscribed)
             .filter_map(future::ready)
             .flatten()
-            .filter_map(|message| future::ready(followed(&message.payload)));
+            .filter_map(|message| future::ready(followed(&message)));
         let mut reconnected = self.nats.reconnected.clone();
         reconnected.borrow_and_update();
         let checks = stream::unfold(reconnected, |mut reconnected| async move {
@@ -535,8 +554,14 @@ impl RecordingStore for NatsRecording {
 }
 
 /// What the feed tells of a message on a recording's subject.
-fn followed(payload: &[u8]) -> Option<Followed> {
+fn followed(message: &async_nats::Message) -> Option<Followed> {
+    let payload = &message.payload;
     let recorded = parse_recorded(std::str::from_utf8(payload).ok()?).ok()?;
+    let sender = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(SENDER_HEADER))
+        .and_then(|value| UserId::parse(value.as_str()));
     Some(Followed::Event {
         kind: recorded.event.kind,
         recorded: Recorded {
@@ -545,6 +570,7 @@ fn followed(payload: &[u8]) -> Option<Followed> {
             text: recorded.event.text,
         },
         bytes: payload.len() as u64 + 1,
+        sender,
     })
 }
 
