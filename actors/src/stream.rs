@@ -391,6 +391,9 @@ pub struct StreamActor {
     /// event was taken since: an event still ahead of the stream then is
     /// not preceded by any the recording has.
     read_to_end: bool,
+    /// Set when this node appended to the recording since its last
+    /// snapshot.
+    appended: bool,
 }
 
 /// An event another node recorded, as the feed or a read gave it.
@@ -441,6 +444,7 @@ impl StreamActor {
             behind: false,
             reopen: false,
             read_to_end: false,
+            appended: false,
         }
     }
 
@@ -542,10 +546,17 @@ impl StreamActor {
     /// Keeps a snapshot of the replay if events came since the last one.
     fn checkpoint(&mut self, ctx: &mut Context<Self>) {
         let accepted = self.replay.accepted();
-        // Past the quota every write keeps a snapshot of its own.
-        if accepted == self.checkpointed || self.checkpointing || self.recording_full {
+        // Past the quota every write keeps a snapshot of its own. Of a
+        // shared recording, the nodes that appended keep it: the others'
+        // would say the same, or less.
+        if accepted == self.checkpointed
+            || self.checkpointing
+            || self.recording_full
+            || (self.following && !self.appended)
+        {
             return;
         }
+        self.appended = false;
         self.checkpointing = true;
         let kept = self
             .recording
@@ -672,6 +683,7 @@ impl StreamActor {
             match appended {
                 Ok(()) => {
                     actor.kept = kept;
+                    actor.appended = true;
                     actor.metrics.recording_bytes.inc_by(attempted);
                 }
                 // On a shared recording, what other nodes cannot read is
