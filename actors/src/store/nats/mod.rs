@@ -17,6 +17,8 @@
 //! - KV bucket [`SNAPSHOTS_BUCKET`]: `<streamID>`, each stream's snapshot:
 //!   its replay, which offsets the recording holds, and up to which
 //!   JetStream sequence;
+//! - KV bucket [`presence::NODES_BUCKET`]: `node.<nodeID>`, each node's
+//!   presence lease: its sockets per stream (see [`presence`]);
 //! - stream [`EVENTS_STREAM`], subjects `twizzle.events.<streamID>`: each
 //!   stream's recording, one message per event, its payload the recording
 //!   line (`{"offset":n,"receivedAt":ms,"event":…,"data":…}`), appended with
@@ -43,6 +45,7 @@ use futures_util::StreamExt;
 
 use super::{StoreError, Stores};
 
+pub mod presence;
 pub mod recording;
 pub mod streams;
 pub mod users;
