@@ -13,7 +13,8 @@
 //!   compare-and-set, so a claim token works once;
 //! - KV bucket [`STREAMS_BUCKET`]: `stream.<streamID>`, each stream's record:
 //!   senders, creation, since when it is idle, when it ended; created only
-//!   where absent;
+//!   where absent; `owner.<userID>`, the streams each user created that
+//!   may be open, for the per-user limit over every node (see [`streams`]);
 //! - KV bucket [`SNAPSHOTS_BUCKET`]: `<streamID>`, each stream's snapshot:
 //!   its replay, which offsets the recording holds, and up to which
 //!   JetStream sequence;
