@@ -620,9 +620,17 @@ impl Registry {
     /// Their senders are unknown users until [`Registry::look_up_senders`].
     fn restore(&mut self, records: Vec<StreamRecord>, ctx: &mut Context<Self>) {
         if self.cluster.is_some() {
-            // Other nodes may have senders on them: the cluster check decides.
+            // Other nodes may have senders on them: the cluster check
+            // decides. Their senders are looked up after, all at once.
             for record in records {
-                self.adopt(record, ctx);
+                let senders = record.senders.iter().map(PublicUserInfo::unknown).collect();
+                self.launch(
+                    record.id,
+                    senders,
+                    record.created_ms,
+                    record.idle_since_ms,
+                    ctx,
+                );
             }
             return;
         }

@@ -226,20 +226,21 @@ async fn create_record(
 }
 
 /// Takes `doc` at `revision` as stream `id`'s record, unless a later
-/// revision is known. Whether that revision of an ended record was known
-/// already.
+/// revision is known. Whether it is news: not older than the revision
+/// known (a watch that lags behind this node's own writes), nor an ended
+/// record whose revision was known already (a watch started over).
 fn learn(known: &Mutex<Known>, id: &StreamId, doc: &StreamDoc, revision: u64) -> bool {
     let mut known = lock(known);
     match known.revisions.get(id) {
         Some(newer) if *newer > revision => return false,
         Some(same) if *same == revision => {
-            return known.docs.get(id).is_some_and(|d| d.ended_ms.is_some());
+            return known.docs.get(id).is_none_or(|d| d.ended_ms.is_none());
         }
         _ => {}
     }
     known.docs.insert(id.clone(), doc.clone());
     known.revisions.insert(id.clone(), revision);
-    false
+    true
 }
 
 /// Stream `id`'s record as kept now, and its revision; `None` if it has none.
@@ -411,9 +412,9 @@ async fn follow_records(nats: Nats, known: Arc<Mutex<Known>>, news: Recipient<Cl
     }
 }
 
-/// Takes a watched record in and tells `news` of it; an ended one only
-/// the first time that revision is seen, so that starting a watch over
-/// does not tell of every ended stream again.
+/// Takes a watched record in and tells `news` of it if it is news (see
+/// [`learn`]): starting a watch over does not tell of every ended stream
+/// again, nor does a watch behind this node's writes bring a stream back.
 fn told(known: &Mutex<Known>, news: &Recipient<ClusterNews>, entry: Entry) {
     let Some(id) = entry
         .key
@@ -428,7 +429,7 @@ fn told(known: &Mutex<Known>, news: &Recipient<ClusterNews>, entry: Entry) {
                 log::warn!("NATS: {} is not a stream; skipped", entry.key);
                 return;
             };
-            if learn(known, &id, &doc, entry.revision) {
+            if !learn(known, &id, &doc, entry.revision) {
                 return;
             }
             news.do_send(ClusterNews::Stream {
