@@ -128,6 +128,9 @@ pub struct Settings {
     /// The NATS server(s) whose JetStream keeps the state instead of
     /// `data_dir` (cluster mode); `None` keeps it in `data_dir`.
     pub nats_url: Option<String>,
+    /// In cluster mode, how long a node's presence lease lasts unrefreshed:
+    /// a node killed with -9 has no sockets after this.
+    pub node_lease: Duration,
 }
 
 /// What the command line asked for.
@@ -421,6 +424,15 @@ pub const NATS_URL: Setting = Setting {
     help: "NATS URL(s), comma-separated; state in its JetStream instead of the data directory",
 };
 
+/// How long a node's presence lease lasts unrefreshed (cluster mode).
+pub const NODE_LEASE_SECS: Setting = Setting {
+    flag: "node-lease-secs",
+    var: "TWIZZLE_NODE_LEASE_SECS",
+    dev: "30",
+    prod: "30",
+    help: "cluster mode: a node silent this long counts as having no sockets",
+};
+
 /// Every setting, in the order `--help` lists them; the flags a command line may use.
 pub const ALL: &[&Setting] = &[
     &BIND,
@@ -451,6 +463,7 @@ pub const ALL: &[&Setting] = &[
     &TRUSTED_PROXIES,
     &METRICS_BIND,
     &NATS_URL,
+    &NODE_LEASE_SECS,
 ];
 
 /// The `--help` text.
@@ -633,6 +646,7 @@ impl Settings {
             trusted_proxies: get(&TRUSTED_PROXIES).addresses()?,
             metrics_bind: Some(get(&METRICS_BIND).text).filter(|bind| bind != "off"),
             nats_url: Some(get(&NATS_URL).text.trim().to_owned()).filter(|url| !url.is_empty()),
+            node_lease: get(&NODE_LEASE_SECS).seconds()?,
         })
     }
 }
@@ -864,6 +878,9 @@ mod tests {
             Some("nats://a:4222,nats://b:4222")
         );
         assert_eq!(settings(&["--nats-url", "  "], &[]).nats_url, None);
+        assert_eq!(Settings::local().node_lease, Duration::from_secs(30));
+        let short = settings(&[], &[("TWIZZLE_NODE_LEASE_SECS", "2.5")]);
+        assert_eq!(short.node_lease, Duration::from_millis(2500));
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl Actors {
             streams,
             stream_arbiters.iter().map(Arbiter::handle).collect(),
         )
-        .with_users(tokens.clone());
+        .with_users(tokens.clone())
+        .with_node_lease(settings.node_lease);
         // The registry syncs its journal when a stream is created; on its own
         // thread that stalls nothing else.
         let registry = Registry::start_in_arbiter(&registry_arbiter.handle(), move |_| registry);

@@ -18,6 +18,19 @@
 //! up once from the token actor, which also tells the registry of every
 //! later change to a user's info (see [`Registry::with_users`]). The store
 //! keeps only user IDs, so that no name goes stale on disk.
+//!
+//! In cluster mode (a store that other nodes share, see
+//! [`StreamStore::follow`]) every node runs an actor for every open stream
+//! of the cluster: the registry launches the streams other nodes create as
+//! their records come in (and reads a record it has not heard of yet
+//! before it answers that a stream is unknown), and ends its actor when a
+//! record is ended. It keeps a presence lease listing its sockets per
+//! stream, and counts every node's sockets from theirs: the viewers and
+//! `live` listed, the sender sockets of a stream. Streams do not end by
+//! their own countdown then: every [`CLUSTER_CHECK`] the registry marks
+//! idle the streams no node has a sender on, and ends those idle for the
+//! timeout, each by compare-and-set on the record, so that exactly one
+//! node ends a stream and says so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -36,7 +49,8 @@ use crate::ids::{PublicUserInfo, StreamId, UserId};
 use crate::metrics::Metrics;
 use crate::store::journal::epoch_ms;
 use crate::store::{
-    Chunk, Cursor, EndedRecording, StoreError, StoreFuture, StreamChange, StreamRecord, StreamStore,
+    Chunk, ClusterNews, ClusterNode, Cursor, EndedRecording, SocketCounts, StoreError, StoreFuture,
+    StreamChange, StreamRecord, StreamStore,
 };
 use crate::stream::{
     ClearRecording, EndStream, GetRecordingSize, SocketId, StreamActor, StreamLimits, StreamNotice,
@@ -80,6 +94,32 @@ pub struct StreamSummary {
     /// When it was created, in ms since the Unix epoch.
     pub created_ms: u64,
 }
+
+/// How long a node's presence lease lasts unrefreshed, unless set
+/// otherwise ([`Registry::with_node_lease`]): a node killed with -9 has
+/// no sockets after this.
+pub const NODE_LEASE: Duration = Duration::from_secs(30);
+
+/// How often, in cluster mode, the registry marks idle the streams no
+/// node has a sender on and ends those idle for the timeout.
+pub const CLUSTER_CHECK: Duration = Duration::from_secs(1);
+
+/// How long, in cluster mode, this node's counts may change before its
+/// lease is written again: many sockets coming and going cost one write.
+pub const PRESENCE_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How long, in cluster mode, a stream looked up and not found is not
+/// looked up again: requests for an unknown stream cost NATS one read a
+/// second each, however many come. A stream created since is found at
+/// once all the same: its ID was unknown before its creation.
+pub const MISS_CACHE: Duration = Duration::from_secs(1);
+
+/// Stream IDs, at most, remembered as not found (see [`MISS_CACHE`]).
+pub const MAX_MISSES: usize = 4096;
+
+/// The countdown a stream runs in cluster mode: none that ends it, since
+/// the registry decides over every node's senders.
+const NO_COUNTDOWN: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// How stale the viewer counts in the encoded list may be: the list is
 /// encoded again for a count that changed at most this often, so sockets
@@ -232,6 +272,10 @@ struct Entry {
     viewer_sockets: usize,
     /// When it was created, in ms since the Unix epoch.
     created_ms: u64,
+    /// Since when its record says no node has had a sender (cluster mode).
+    idle_since_ms: Option<u64>,
+    /// Set while this node's attempt to end it is in flight (cluster mode).
+    ending: bool,
 }
 
 impl Entry {
@@ -257,14 +301,70 @@ struct Listed<'a> {
 }
 
 impl<'a> Listed<'a> {
-    fn of(id: &'a StreamId, entry: &'a Entry) -> Listed<'a> {
+    /// `entry` with, beside its own sockets, `remote` on other nodes.
+    fn of(id: &'a StreamId, entry: &'a Entry, remote: SocketCounts) -> Listed<'a> {
         Listed {
             stream_id: id,
             senders: &entry.senders,
-            viewers: entry.viewer_sockets,
-            live: entry.sender_sockets > 0,
+            viewers: entry.viewer_sockets + remote.viewers,
+            live: entry.sender_sockets + remote.senders > 0,
             created_at: entry.created_ms,
         }
+    }
+}
+
+/// Another node, as of its last lease.
+struct Peer {
+    /// Its sockets, per stream that has any.
+    streams: HashMap<StreamId, SocketCounts>,
+    /// When its lease was written.
+    written: Instant,
+}
+
+/// What the registry knows of the other nodes (cluster mode).
+struct Cluster {
+    /// The other nodes whose leases are live, by node ID.
+    peers: HashMap<String, Peer>,
+    /// Their sockets per stream, summed.
+    remote: HashMap<StreamId, SocketCounts>,
+    /// Stream IDs looked up and not found, and when (see [`MISS_CACHE`]).
+    misses: HashMap<StreamId, Instant>,
+    /// Set once every lease kept when this node started has been told: no
+    /// stream is marked idle or ended before.
+    presence_loaded: bool,
+    /// Set while a write of this node's lease is due.
+    lease_due: bool,
+}
+
+impl Cluster {
+    /// Sums the peers' sockets per stream again.
+    fn recount(&mut self) {
+        self.remote.clear();
+        for peer in self.peers.values() {
+            for (id, counts) in &peer.streams {
+                let sum = self.remote.entry(id.clone()).or_default();
+                sum.senders += counts.senders;
+                sum.viewers += counts.viewers;
+            }
+        }
+    }
+
+    /// Whether stream `id` was looked up and not found within [`MISS_CACHE`].
+    fn missed(&self, id: &StreamId) -> bool {
+        self.misses
+            .get(id)
+            .is_some_and(|at| at.elapsed() < MISS_CACHE)
+    }
+
+    /// Remembers that stream `id` was not found, within [`MAX_MISSES`].
+    fn miss(&mut self, id: StreamId) {
+        if self.misses.len() >= MAX_MISSES {
+            self.misses.retain(|_, at| at.elapsed() < MISS_CACHE);
+            if self.misses.len() >= MAX_MISSES {
+                self.misses.clear();
+            }
+        }
+        self.misses.insert(id, Instant::now());
     }
 }
 
@@ -302,6 +402,12 @@ pub struct Registry {
     shutting_down: bool,
     /// Where the streams are kept across restarts.
     store: Box<dyn StreamStore + Send>,
+    /// This node's random ID, the key of its presence lease.
+    node_id: String,
+    /// How long a presence lease lasts unrefreshed.
+    node_lease: Duration,
+    /// The other nodes, in cluster mode; `None` for a single node.
+    cluster: Option<Cluster>,
 }
 
 impl Registry {
@@ -330,7 +436,30 @@ impl Registry {
             next_arbiter: 0,
             shutting_down: false,
             store,
+            node_id: format!("node_{:016x}", rand::random::<u64>()),
+            node_lease: NODE_LEASE,
+            cluster: None,
         }
+    }
+
+    /// Counts another node's sockets as gone once its lease has not been
+    /// refreshed for `lease` (cluster mode; [`NODE_LEASE`] otherwise).
+    pub fn with_node_lease(mut self, lease: Duration) -> Registry {
+        self.node_lease = lease;
+        self
+    }
+
+    /// This node's ID, the key of its presence lease in cluster mode.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The other nodes' sockets on stream `id`, as of their leases.
+    fn remote(&self, id: &StreamId) -> SocketCounts {
+        self.cluster
+            .as_ref()
+            .and_then(|cluster| cluster.remote.get(id).copied())
+            .unwrap_or_default()
     }
 
     /// Shows the senders of streams restored at start as `users` knows
@@ -364,7 +493,8 @@ impl Registry {
         if let Some((body, _)) = &self.listing {
             return body.clone();
         }
-        let body = encode_listing(&self.order, &self.streams);
+        let remote = self.cluster.as_ref().map(|cluster| &cluster.remote);
+        let body = encode_listing(&self.order, &self.streams, remote);
         self.listing = Some((body.clone(), Instant::now()));
         self.counts_changed = false;
         body
@@ -394,7 +524,13 @@ impl Registry {
     /// Looks the senders of every open stream up from the token actor, if
     /// there is one, and shows them as it answers.
     fn look_up_senders(&mut self) -> ResponseActFuture<Self, ()> {
-        let mut user_ids: Vec<UserId> = self.streams.values().flat_map(Entry::sender_ids).collect();
+        let user_ids: Vec<UserId> = self.streams.values().flat_map(Entry::sender_ids).collect();
+        self.look_up(user_ids)
+    }
+
+    /// Looks `user_ids` up from the token actor, if there is one, and
+    /// shows the senders among them as it answers.
+    fn look_up(&mut self, mut user_ids: Vec<UserId>) -> ResponseActFuture<Self, ()> {
         user_ids.sort_unstable();
         user_ids.dedup();
         let lookup = match &self.users {
@@ -417,15 +553,18 @@ impl Registry {
         )
     }
 
-    /// Starts a stream actor, idle since `idle_since_ms`, and adds it to the open streams.
+    /// Starts a stream actor, idle since `idle_since_ms` (`None`: a sender
+    /// is connected somewhere), and adds it to the open streams.
     fn launch(
         &mut self,
         id: StreamId,
         senders: Vec<PublicUserInfo>,
         created_ms: u64,
-        idle_since_ms: u64,
+        idle_since_ms: Option<u64>,
         ctx: &mut Context<Self>,
     ) -> StreamSummary {
+        let idle_since =
+            idle_since_ms.map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms));
         if let Some(owner) = senders.first() {
             *self
                 .streams_per_user
@@ -438,12 +577,16 @@ impl Registry {
                 .iter()
                 .map(|sender| sender.twizzle_user_id.clone())
                 .collect(),
-            idle_timeout: self.settings.idle_timeout,
+            idle_timeout: if self.cluster.is_some() {
+                NO_COUNTDOWN
+            } else {
+                self.settings.idle_timeout
+            },
             recording: self.store.recording(&id),
             limits: self.settings.stream_limits,
             metrics: Arc::clone(&self.settings.metrics),
             registry: Some(ctx.address().recipient()),
-            idle_since: Some(UNIX_EPOCH + Duration::from_millis(idle_since_ms)),
+            idle_since: Some(idle_since),
         };
         let addr = if self.arbiters.is_empty() {
             StreamActor::new(setup).start()
@@ -459,6 +602,8 @@ impl Registry {
             sender_sockets: 0,
             viewer_sockets: 0,
             created_ms,
+            idle_since_ms,
+            ending: false,
         };
         self.next_seq += 1;
         let summary = Self::summary(&id, &entry);
@@ -474,6 +619,21 @@ impl Registry {
     /// was cut off by the restart); one whose countdown ran out meanwhile ends.
     /// Their senders are unknown users until [`Registry::look_up_senders`].
     fn restore(&mut self, records: Vec<StreamRecord>, ctx: &mut Context<Self>) {
+        if self.cluster.is_some() {
+            // Other nodes may have senders on them: the cluster check
+            // decides. Their senders are looked up after, all at once.
+            for record in records {
+                let senders = record.senders.iter().map(PublicUserInfo::unknown).collect();
+                self.launch(
+                    record.id,
+                    senders,
+                    record.created_ms,
+                    record.idle_since_ms,
+                    ctx,
+                );
+            }
+            return;
+        }
         let now = epoch_ms(SystemTime::now());
         let timeout_ms = u64::try_from(self.settings.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut restored = 0;
@@ -492,7 +652,13 @@ impl Registry {
                 self.keep(change, ctx);
             }
             let senders = record.senders.iter().map(PublicUserInfo::unknown).collect();
-            self.launch(record.id, senders, record.created_ms, idle_since_ms, ctx);
+            self.launch(
+                record.id,
+                senders,
+                record.created_ms,
+                Some(idle_since_ms),
+                ctx,
+            );
             restored += 1;
         }
         if restored > 0 {
@@ -526,9 +692,29 @@ impl Registry {
         );
     }
 
-    /// Forgets a stream: frees its creator's slot and, unless the server is
-    /// shutting down (then it comes back on the next start), records its end.
-    fn forget(&mut self, id: StreamId, ctx: &mut Context<Self>) -> Option<Entry> {
+    /// Launches a stream whose record another node wrote, or this one
+    /// before a restart (cluster mode), and looks its senders up.
+    fn adopt(&mut self, record: StreamRecord, ctx: &mut Context<Self>) {
+        if self.streams.contains_key(&record.id) || self.shutting_down {
+            return;
+        }
+        let senders = record.senders.iter().map(PublicUserInfo::unknown).collect();
+        log::debug!("stream {} taken in from the shared store", record.id);
+        self.launch(
+            record.id,
+            senders,
+            record.created_ms,
+            record.idle_since_ms,
+            ctx,
+        );
+        let lookup = self.look_up(record.senders);
+        ctx.spawn(lookup);
+    }
+
+    /// Forgets a stream: frees its creator's slot and, if `record_end` and
+    /// the server is not shutting down (then it comes back on the next
+    /// start), records its end.
+    fn forget(&mut self, id: StreamId, record_end: bool, ctx: &mut Context<Self>) -> Option<Entry> {
         let entry = self.streams.remove(&id)?;
         self.order.remove(&entry.seq);
         self.listing = None;
@@ -542,10 +728,194 @@ impl Registry {
                 }
             }
         }
-        if !self.shutting_down {
+        if entry.sender_sockets + entry.viewer_sockets > 0 {
+            self.lease_changed(ctx);
+        }
+        if record_end && !self.shutting_down {
             self.keep(StreamChange::Ended(id), ctx);
         }
         Some(entry)
+    }
+
+    /// Has this node's lease written again soon, with its counts as they
+    /// are then (cluster mode).
+    fn lease_changed(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        if cluster.lease_due {
+            return;
+        }
+        cluster.lease_due = true;
+        ctx.run_later(PRESENCE_DEBOUNCE, |registry, _| {
+            if let Some(cluster) = &mut registry.cluster {
+                cluster.lease_due = false;
+            }
+            let sockets = registry
+                .streams
+                .iter()
+                .filter(|(_, e)| e.sender_sockets + e.viewer_sockets > 0)
+                .map(|(id, e)| {
+                    let counts = SocketCounts {
+                        senders: e.sender_sockets,
+                        viewers: e.viewer_sockets,
+                    };
+                    (id.clone(), counts)
+                })
+                .collect();
+            registry.store.publish_presence(sockets);
+        });
+    }
+
+    /// Cluster mode, every [`CLUSTER_CHECK`]: drops the leases past their
+    /// time, then, once the leases kept at start have come in, marks idle
+    /// each stream no node has a sender on, keeps live each one this node
+    /// has a sender on, and ends each one idle for the timeout.
+    fn check_cluster(&mut self, ctx: &mut Context<Self>) {
+        let lease = self.node_lease;
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let before = cluster.peers.len();
+        cluster
+            .peers
+            .retain(|_, peer| peer.written.elapsed() < lease);
+        if cluster.peers.len() != before {
+            cluster.recount();
+            self.counts_changed = true;
+        }
+        if self.shutting_down || !cluster.presence_loaded {
+            return;
+        }
+        let now_ms = epoch_ms(SystemTime::now());
+        let timeout_ms = u64::try_from(self.settings.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut live = Vec::new();
+        let mut idle = Vec::new();
+        let mut due = Vec::new();
+        for (id, entry) in &mut self.streams {
+            if entry.ending {
+                continue;
+            }
+            if entry.sender_sockets > 0 {
+                if entry.idle_since_ms.take().is_some() {
+                    live.push(id.clone());
+                }
+                continue;
+            }
+            if cluster.remote.get(id).is_some_and(|r| r.senders > 0) {
+                continue;
+            }
+            match entry.idle_since_ms {
+                None => {
+                    entry.idle_since_ms = Some(now_ms);
+                    idle.push(id.clone());
+                }
+                Some(since) if since.saturating_add(timeout_ms) <= now_ms => {
+                    entry.ending = true;
+                    due.push(id.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        for id in live {
+            self.keep(StreamChange::Live(id), ctx);
+        }
+        for id in idle {
+            let marked = self.store.mark_idle(&id, now_ms);
+            ctx.spawn(
+                async move {
+                    let _ = marked.await;
+                }
+                .into_actor(self),
+            );
+        }
+        for id in due {
+            let ended = self.store.end_idle(&id, self.settings.idle_timeout);
+            ctx.spawn(ended.into_actor(self).map(move |ended, registry, ctx| {
+                match ended {
+                    Ok(true) => {
+                        log::info!(
+                            "stream {id} ended: no sender on any node for {:?}",
+                            registry.settings.idle_timeout
+                        );
+                        registry.close_ended(id, ctx);
+                    }
+                    // Live again, or ended by another node: its record says which.
+                    Ok(false) | Err(_) => {
+                        if let Some(entry) = registry.streams.get_mut(&id) {
+                            entry.ending = false;
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Cluster mode: the last sender on this node left stream `id` at
+    /// `since`; marks it idle from then if no other node has one.
+    fn idle_here(&mut self, id: StreamId, since: SystemTime, ctx: &mut Context<Self>) {
+        let remote = self.remote(&id);
+        let ready = self.cluster.as_ref().is_some_and(|c| c.presence_loaded);
+        let Some(entry) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !ready || remote.senders > 0 || entry.sender_sockets > 0 || entry.ending {
+            return;
+        }
+        if entry.idle_since_ms.is_none() {
+            let since_ms = epoch_ms(since);
+            entry.idle_since_ms = Some(since_ms);
+            let marked = self.store.mark_idle(&id, since_ms);
+            ctx.spawn(
+                async move {
+                    let _ = marked.await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// Forgets a stream whose record is ended, without writing it again,
+    /// and closes its sockets with 1000 `stream ended`.
+    fn close_ended(&mut self, id: StreamId, ctx: &mut Context<Self>) -> bool {
+        match self.forget(id, false, ctx) {
+            Some(entry) => {
+                entry.addr.do_send(EndStream {
+                    close: close::STREAM_ENDED,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads stream `id`'s record where this node has not heard of it yet
+    /// (cluster mode), launching it if it is open; `None` if there is
+    /// nothing to read: a single node, or a miss within [`MISS_CACHE`].
+    fn find_elsewhere(&mut self, id: &StreamId) -> Option<ResponseActFuture<Self, ()>> {
+        if self.shutting_down || self.cluster.as_ref()?.missed(id) {
+            return None;
+        }
+        let found = self.store.find(id)?;
+        let id = id.clone();
+        Some(Box::pin(found.into_actor(self).map(
+            move |found, registry, ctx| match found {
+                Ok(Some(record)) => registry.adopt(record, ctx),
+                Ok(None) => {
+                    if let Some(cluster) = &mut registry.cluster {
+                        cluster.miss(id);
+                    }
+                }
+                Err(e) => log::debug!("stream {id}: cannot look it up: {e}"),
+            },
+        )))
+    }
+
+    /// Stream `id`'s `StreamInfo`, encoded as in the list.
+    fn info_body(&self, id: &StreamId) -> Option<ByteString> {
+        let entry = self.streams.get(id)?;
+        let info = serde_json::to_value(Listed::of(id, entry, self.remote(id))).ok()?;
+        Some(ByteString::from(info.to_string()))
     }
 }
 
@@ -555,10 +925,14 @@ impl Registry {
 fn encode_listing(
     order: &BTreeMap<u64, StreamId>,
     streams: &HashMap<StreamId, Entry>,
+    remote: Option<&HashMap<StreamId, SocketCounts>>,
 ) -> ByteString {
     let listed: Vec<Listed<'_>> = order
         .values()
-        .filter_map(|id| Some(Listed::of(id, streams.get(id)?)))
+        .filter_map(|id| {
+            let counts = remote.and_then(|r| r.get(id).copied()).unwrap_or_default();
+            Some(Listed::of(id, streams.get(id)?, counts))
+        })
         .collect();
     ByteString::from(serde_json::json!({ "streams": listed }).to_string())
 }
@@ -573,6 +947,25 @@ impl Actor for Registry {
             users.do_send(WatchUsers {
                 watcher: ctx.address().recipient(),
             });
+        }
+        let shared = self.store.follow(ClusterNode {
+            node: self.node_id.clone(),
+            lease: self.node_lease,
+            news: ctx.address().recipient(),
+        });
+        if shared {
+            log::info!(
+                "node {}: streams and presence shared with every node on the store",
+                self.node_id
+            );
+            self.cluster = Some(Cluster {
+                peers: HashMap::new(),
+                remote: HashMap::new(),
+                misses: HashMap::new(),
+                presence_loaded: false,
+                lease_due: false,
+            });
+            ctx.run_interval(CLUSTER_CHECK, Self::check_cluster);
         }
         // `wait`: no request is answered before the kept streams are back
         // and their senders looked up.
@@ -606,12 +999,15 @@ impl Handler<CreateStream> for Registry {
             return refused(RegistryError::ShuttingDown);
         }
         let limit = self.settings.max_streams_per_user;
-        if self
-            .streams_per_user
-            .get(&msg.owner.twizzle_user_id)
-            .copied()
-            .unwrap_or(0)
-            >= limit
+        // In cluster mode the store counts the creator's streams on every
+        // node, exactly; here they may trail behind.
+        if self.cluster.is_none()
+            && self
+                .streams_per_user
+                .get(&msg.owner.twizzle_user_id)
+                .copied()
+                .unwrap_or(0)
+                >= limit
         {
             self.settings.metrics.limit_hit("streams_per_user");
             return refused(RegistryError::TooManyStreams { limit });
@@ -624,17 +1020,20 @@ impl Handler<CreateStream> for Registry {
             idle_since_ms: Some(created_ms),
         };
         // Kept before the answer: a stream handed out survives a crash.
-        let kept = self.store.record(StreamChange::Created(record.clone()));
+        let kept = self.store.create(record.clone(), limit);
         let asked = Instant::now();
         AtomicResponse::new(Box::pin(kept.into_actor(self).map(
             move |kept, registry, ctx| {
                 registry.settings.metrics.state_synced(asked.elapsed());
-                kept.map_err(RegistryError::Storage)?;
+                if !kept.map_err(RegistryError::Storage)? {
+                    registry.settings.metrics.limit_hit("streams_per_user");
+                    return Err(RegistryError::TooManyStreams { limit });
+                }
                 let summary = registry.launch(
                     record.id,
                     vec![msg.owner],
                     record.created_ms,
-                    record.created_ms,
+                    Some(record.created_ms),
                     ctx,
                 );
                 log::info!("stream {} created by {}", summary.id, summary.senders[0]);
@@ -666,12 +1065,16 @@ impl Handler<StreamListBody> for Registry {
 }
 
 impl Handler<StreamInfoBody> for Registry {
-    type Result = Option<ByteString>;
+    type Result = ResponseActFuture<Self, Option<ByteString>>;
 
     fn handle(&mut self, msg: StreamInfoBody, _: &mut Self::Context) -> Self::Result {
-        let entry = self.streams.get(&msg.id)?;
-        let info = serde_json::to_value(Listed::of(&msg.id, entry)).ok()?;
-        Some(ByteString::from(info.to_string()))
+        if self.streams.contains_key(&msg.id) {
+            return Box::pin(fut::ready(self.info_body(&msg.id)));
+        }
+        match self.find_elsewhere(&msg.id) {
+            Some(found) => Box::pin(found.map(move |(), registry, _| registry.info_body(&msg.id))),
+            None => Box::pin(fut::ready(None)),
+        }
     }
 }
 
@@ -696,22 +1099,51 @@ impl Handler<CheckWritable> for Registry {
 }
 
 impl Handler<FindStream> for Registry {
-    type Result = Option<Addr<StreamActor>>;
+    type Result = ResponseActFuture<Self, Option<Addr<StreamActor>>>;
 
     fn handle(&mut self, msg: FindStream, _: &mut Self::Context) -> Self::Result {
-        self.streams.get(&msg.id).map(|entry| entry.addr.clone())
+        let find = |registry: &Registry| registry.streams.get(&msg.id).map(|e| e.addr.clone());
+        if let Some(addr) = find(self) {
+            return Box::pin(fut::ready(Some(addr)));
+        }
+        match self.find_elsewhere(&msg.id) {
+            Some(found) => {
+                Box::pin(found.map(move |(), registry, _| {
+                    registry.streams.get(&msg.id).map(|e| e.addr.clone())
+                }))
+            }
+            None => Box::pin(fut::ready(None)),
+        }
     }
 }
 
 impl Handler<OpenSocket> for Registry {
-    type Result = Result<Admission, RegistryError>;
+    type Result = ResponseActFuture<Self, Result<Admission, RegistryError>>;
 
     fn handle(&mut self, msg: OpenSocket, ctx: &mut Self::Context) -> Self::Result {
+        if self.shutting_down || self.streams.contains_key(&msg.stream_id) {
+            return Box::pin(fut::ready(self.admit(msg, ctx)));
+        }
+        match self.find_elsewhere(&msg.stream_id) {
+            Some(found) => Box::pin(found.map(move |(), registry, ctx| registry.admit(msg, ctx))),
+            None => Box::pin(fut::ready(Err(RegistryError::UnknownStream))),
+        }
+    }
+}
+
+impl Registry {
+    /// Admits a socket to a stream this node runs, within the limits.
+    fn admit(
+        &mut self,
+        msg: OpenSocket,
+        ctx: &mut Context<Self>,
+    ) -> Result<Admission, RegistryError> {
         // Checked first: a socket refused while the server stops must hear
         // that it will be back, not that its stream is unknown.
         if self.shutting_down {
             return Err(RegistryError::ShuttingDown);
         }
+        let remote = self.remote(&msg.stream_id);
         let entry = self
             .streams
             .get_mut(&msg.stream_id)
@@ -734,7 +1166,7 @@ impl Handler<OpenSocket> for Registry {
             .is_some_and(|user| entry.senders.iter().any(|s| s.twizzle_user_id == *user));
         if sender {
             let limit = self.settings.max_sender_sockets_per_stream;
-            if entry.sender_sockets >= limit {
+            if entry.sender_sockets + remote.senders >= limit {
                 self.settings.metrics.limit_hit("sender_sockets_per_stream");
                 return Err(RegistryError::TooManySenderSockets { limit });
             }
@@ -747,13 +1179,15 @@ impl Handler<OpenSocket> for Registry {
         *self.sockets_per_client.entry(client).or_default() += 1;
         let socket = self.next_socket;
         self.next_socket += 1;
+        let addr = entry.addr.clone();
         let slot = SocketClosed {
             stream_id: msg.stream_id,
             sender,
             client,
         };
+        self.lease_changed(ctx);
         Ok(Admission::new(
-            entry.addr.clone(),
+            addr,
             socket,
             msg.user_id,
             slot,
@@ -773,7 +1207,7 @@ impl Handler<CountSockets> for Registry {
 impl Handler<SocketClosed> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: SocketClosed, _: &mut Self::Context) {
+    fn handle(&mut self, msg: SocketClosed, ctx: &mut Self::Context) {
         self.sockets = self.sockets.saturating_sub(1);
         if let Some(open) = self.sockets_per_client.get_mut(&msg.client) {
             *open -= 1;
@@ -789,12 +1223,13 @@ impl Handler<SocketClosed> for Registry {
             };
             *count = count.saturating_sub(1);
             self.counts_changed = true;
+            self.lease_changed(ctx);
         }
     }
 }
 
 impl Handler<Shutdown> for Registry {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
@@ -811,12 +1246,24 @@ impl Handler<Shutdown> for Registry {
             })
             .collect();
         let synced = self.store.sync();
-        Box::pin(async move {
-            for end in ends {
-                let _ = end.await;
+        Box::pin(
+            async move {
+                for end in ends {
+                    let _ = end.await;
+                }
+                let _ = synced.await;
             }
-            let _ = synced.await;
-        })
+            .into_actor(self)
+            // The lease goes last, so that no other node counts this one's
+            // sockets as gone while they are still open.
+            .then(|(), registry, _| {
+                let withdrawn = registry.store.withdraw_presence();
+                async move {
+                    let _ = withdrawn.await;
+                }
+                .into_actor(registry)
+            }),
+        )
     }
 }
 
@@ -826,9 +1273,16 @@ impl Handler<StreamNotice> for Registry {
     fn handle(&mut self, msg: StreamNotice, ctx: &mut Self::Context) {
         match msg {
             StreamNotice::Live { id } => {
-                if self.streams.contains_key(&id) {
+                if let Some(entry) = self.streams.get_mut(&id) {
+                    entry.idle_since_ms = None;
                     self.keep(StreamChange::Live(id), ctx);
                 }
+            }
+            // In cluster mode a sender may be on another node: the stream
+            // is marked idle only if none is known anywhere (the cluster
+            // check marks it later otherwise, once none is).
+            StreamNotice::Idle { id, since } if self.cluster.is_some() => {
+                self.idle_here(id, since, ctx);
             }
             StreamNotice::Idle { id, since } => {
                 if self.streams.contains_key(&id) {
@@ -839,19 +1293,76 @@ impl Handler<StreamNotice> for Registry {
             StreamNotice::Expired { id } => {
                 // Forgotten first, so that once a socket hears `stream ended`
                 // the stream is neither listed nor found.
-                if let Some(entry) = self.forget(id, ctx) {
+                if let Some(entry) = self.forget(id, true, ctx) {
                     entry.addr.do_send(EndStream {
                         close: close::STREAM_ENDED,
                     });
                 }
             }
             StreamNotice::Stopped { id } => {
-                self.forget(id, ctx);
+                self.forget(id, true, ctx);
                 // A recording kept for no time past its stream's end goes
                 // now, not at the next sweep; one suspended by a shutdown
                 // is not ended.
                 if self.settings.recording_retention.is_zero() && !self.shutting_down {
                     self.sweep(ctx);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ClusterNews> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClusterNews, ctx: &mut Self::Context) {
+        if self.cluster.is_none() {
+            return;
+        }
+        match msg {
+            ClusterNews::Stream { record, ended } => {
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.misses.remove(&record.id);
+                }
+                if ended {
+                    let id = record.id;
+                    if self.close_ended(id.clone(), ctx) {
+                        log::info!("stream {id}: its end was recorded by another node; closing its sockets here");
+                    }
+                } else if let Some(entry) = self.streams.get_mut(&record.id) {
+                    entry.idle_since_ms = record.idle_since_ms;
+                } else {
+                    self.adopt(record, ctx);
+                }
+            }
+            ClusterNews::Presence { node, streams, age } => {
+                let Some(cluster) = &mut self.cluster else {
+                    return;
+                };
+                if node == self.node_id || age >= self.node_lease {
+                    return;
+                }
+                let now = Instant::now();
+                let peer = Peer {
+                    streams: streams.into_iter().collect(),
+                    written: now.checked_sub(age).unwrap_or(now),
+                };
+                cluster.peers.insert(node, peer);
+                cluster.recount();
+                self.counts_changed = true;
+            }
+            ClusterNews::PresenceLoaded => {
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.presence_loaded = true;
+                }
+            }
+            ClusterNews::NodeGone { node } => {
+                let Some(cluster) = &mut self.cluster else {
+                    return;
+                };
+                if cluster.peers.remove(&node).is_some() {
+                    cluster.recount();
+                    self.counts_changed = true;
                 }
             }
         }

@@ -7,6 +7,7 @@ mod clients;
 mod closing;
 mod cluster;
 mod cluster_faults;
+mod cluster_streams;
 mod demo;
 mod deploy;
 mod dev_sign_in;

@@ -235,7 +235,60 @@ pub enum StreamChange {
     Ended(StreamId),
 }
 
+/// One node's sockets on one stream, as its presence lease lists them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCounts {
+    /// Sender sockets.
+    pub senders: usize,
+    /// Viewer sockets.
+    pub viewers: usize,
+}
+
+/// What a store shared by several nodes tells a registry of the others
+/// (cluster mode); a store no other node shares never sends it.
+#[derive(actix::Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub enum ClusterNews {
+    /// A stream's record as some node (this one included) wrote it.
+    Stream {
+        /// The record.
+        record: StreamRecord,
+        /// Whether it is ended.
+        ended: bool,
+    },
+    /// Another node's lease: its sockets, per stream that has any.
+    Presence {
+        /// The node's ID.
+        node: String,
+        /// Its sockets, per stream.
+        streams: Vec<(StreamId, SocketCounts)>,
+        /// How long ago the lease was written.
+        age: std::time::Duration,
+    },
+    /// A node withdrew its lease: it stopped cleanly.
+    NodeGone {
+        /// The node's ID.
+        node: String,
+    },
+    /// Every lease kept when the node began to follow them has been told.
+    PresenceLoaded,
+}
+
+/// A node that joins the others sharing its store (see [`StreamStore::follow`]).
+pub struct ClusterNode {
+    /// Its random ID, the key of its lease.
+    pub node: String,
+    /// How long its lease, and every other node's, lasts unrefreshed.
+    pub lease: std::time::Duration,
+    /// Where the other nodes' streams and leases are told.
+    pub news: actix::Recipient<ClusterNews>,
+}
+
 /// The registry's open streams, and where their recordings live.
+///
+/// The methods with defaults are for stores that several nodes share
+/// (cluster mode); the defaults are a single node's, whose registry alone
+/// decides.
 pub trait StreamStore {
     /// The streams open when the server last stopped, oldest first.
     fn load(&mut self) -> StoreFuture<Vec<StreamRecord>>;
@@ -277,6 +330,63 @@ pub trait StreamStore {
         cursor: Cursor,
         max: usize,
     ) -> StoreFuture<Option<Chunk>>;
+
+    /// Starts telling `node.news` of every stream record any node writes
+    /// and of every other node's lease, from what is kept now on and again
+    /// after a reconnect; `false` (and nothing told) for a store no other
+    /// node shares: the registry then runs as a single node.
+    fn follow(&mut self, node: ClusterNode) -> bool {
+        let _ = node;
+        false
+    }
+
+    /// Reads stream `id`'s record, which another node may have just
+    /// created; resolves to it if it is open. `None` for a store no other
+    /// node writes: what the registry knows is all there is.
+    fn find(&mut self, id: &StreamId) -> Option<StoreFuture<Option<StreamRecord>>> {
+        let _ = id;
+        None
+    }
+
+    /// Creates a stream, durable when the future resolves, unless its
+    /// creator has `max_per_user` open streams already over all nodes
+    /// sharing the store: then nothing is kept and it resolves to `false`.
+    /// A single node's store leaves the limit to its registry.
+    fn create(&mut self, record: StreamRecord, max_per_user: usize) -> StoreFuture<bool> {
+        let _ = max_per_user;
+        let kept = self.record(StreamChange::Created(record));
+        Box::pin(async move { kept.await.map(|()| true) })
+    }
+
+    /// Keeps open stream `id` idle since `since_ms`, unless a node kept it
+    /// idle (or ended) already: a compare-and-set on its record.
+    fn mark_idle(&mut self, id: &StreamId, since_ms: u64) -> StoreFuture<()> {
+        self.record(StreamChange::Idle {
+            id: id.clone(),
+            since_ms,
+        })
+    }
+
+    /// Ends stream `id` if its record says it has been idle for `timeout`
+    /// or more, by compare-and-set: resolves to whether this call ended it
+    /// (`false` if it was live, not idle long enough, or ended already).
+    fn end_idle(&mut self, id: &StreamId, timeout: std::time::Duration) -> StoreFuture<bool> {
+        let _ = timeout;
+        let ended = self.record(StreamChange::Ended(id.clone()));
+        Box::pin(async move { ended.await.map(|()| true) })
+    }
+
+    /// Makes `sockets` this node's lease, written soon and refreshed until
+    /// [`StreamStore::withdraw_presence`]. Nothing for a single node.
+    fn publish_presence(&mut self, sockets: Vec<(StreamId, SocketCounts)>) {
+        let _ = sockets;
+    }
+
+    /// Deletes this node's lease, for a clean stop; resolves once it is
+    /// gone (or could not be deleted, which leaves it to expire).
+    fn withdraw_presence(&mut self) -> StoreFuture<()> {
+        done(Ok(()))
+    }
 }
 
 /// Which offsets a recording holds without a hole: every one from `from`

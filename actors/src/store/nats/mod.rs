@@ -13,10 +13,13 @@
 //!   compare-and-set, so a claim token works once;
 //! - KV bucket [`STREAMS_BUCKET`]: `stream.<streamID>`, each stream's record:
 //!   senders, creation, since when it is idle, when it ended; created only
-//!   where absent;
+//!   where absent; `owner.<userID>`, the streams each user created that
+//!   may be open, for the per-user limit over every node (see [`streams`]);
 //! - KV bucket [`SNAPSHOTS_BUCKET`]: `<streamID>`, each stream's snapshot:
 //!   its replay, which offsets the recording holds, and up to which
 //!   JetStream sequence;
+//! - KV bucket [`presence::NODES_BUCKET`]: `node.<nodeID>`, each node's
+//!   presence lease: its sockets per stream (see [`presence`]);
 //! - stream [`EVENTS_STREAM`], subjects `twizzle.events.<streamID>`: each
 //!   stream's recording, one message per event, its payload the recording
 //!   line (`{"offset":n,"receivedAt":ms,"event":…,"data":…}`), appended with
@@ -46,6 +49,7 @@ use futures_util::StreamExt;
 use super::{StoreError, Stores};
 use crate::metrics::EngineMetrics;
 
+pub mod presence;
 pub mod recording;
 pub mod streams;
 pub mod users;

@@ -579,3 +579,168 @@ fn server_versions_compare_by_major_and_minor() {
     assert!(version("2.11.0").unwrap() >= MIN_SERVER);
     assert_eq!(version("nonsense"), None);
 }
+
+// Cluster mode: records and limits shared by nodes on one NATS, each
+// node's store on a connection of its own.
+
+#[actix::test]
+async fn two_nodes_creating_at_once_take_a_users_last_slot_once() {
+    let Some(server) = NatsServer::start("cluster-limit") else {
+        return;
+    };
+    let mut a = NatsStreams::new(connect(&server).await);
+    let mut b = NatsStreams::new(connect(&server).await);
+    let owner = UserId::random();
+    let first = record(&owner);
+    assert!(a.create(first.clone(), 2).await.unwrap());
+    let (on_a, on_b) =
+        futures_util::future::join(a.create(record(&owner), 2), b.create(record(&owner), 2)).await;
+    let created = [on_a.unwrap(), on_b.unwrap()];
+    assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+    assert!(!b.create(record(&owner), 2).await.unwrap(), "at the limit");
+    // Another user is not counted with them.
+    assert!(b.create(record(&UserId::random()), 2).await.unwrap());
+    // An ended stream frees its slot, on whichever node.
+    assert!(a.end_idle(&first.id, Duration::ZERO).await.unwrap());
+    assert!(b.create(record(&owner), 2).await.unwrap());
+    assert!(!a.create(record(&owner), 2).await.unwrap());
+}
+
+#[actix::test]
+async fn exactly_one_node_ends_an_idle_stream_and_a_live_one_is_not_ended() {
+    let Some(server) = NatsServer::start("cluster-end") else {
+        return;
+    };
+    let mut a = NatsStreams::new(connect(&server).await);
+    let mut b = NatsStreams::new(connect(&server).await);
+    let mut stream = record(&UserId::random());
+    stream.idle_since_ms = None;
+    assert!(a.create(stream.clone(), 10).await.unwrap());
+    // Found from the other node at once, open and live.
+    let found = b.find(&stream.id).expect("a shared store").await.unwrap();
+    assert_eq!(found, Some(stream.clone()));
+    assert!(
+        !b.end_idle(&stream.id, Duration::ZERO).await.unwrap(),
+        "live"
+    );
+    // The first node to mark it idle sets since when; a later mark keeps it.
+    b.mark_idle(&stream.id, 1_000).await.unwrap();
+    a.mark_idle(&stream.id, 2_000).await.unwrap();
+    let found = a.find(&stream.id).unwrap().await.unwrap().unwrap();
+    assert_eq!(found.idle_since_ms, Some(1_000));
+    assert!(!a
+        .end_idle(&stream.id, Duration::from_secs(3600 * 24 * 365 * 100))
+        .await
+        .unwrap());
+    let (x, y) = futures_util::future::join(
+        a.end_idle(&stream.id, Duration::ZERO),
+        b.end_idle(&stream.id, Duration::ZERO),
+    )
+    .await;
+    let ended = [x.unwrap(), y.unwrap()];
+    assert_eq!(ended.iter().filter(|e| **e).count(), 1, "{ended:?}");
+    assert_eq!(b.find(&stream.id).unwrap().await.unwrap(), None, "ended");
+    assert!(!a.end_idle(&stream.id, Duration::ZERO).await.unwrap());
+}
+
+/// Tells a test what a store's cluster feed says.
+struct Listener(tokio::sync::mpsc::UnboundedSender<crate::store::ClusterNews>);
+
+impl actix::Actor for Listener {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<crate::store::ClusterNews> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::store::ClusterNews, _: &mut Self::Context) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// The next piece of news that `pick` takes, within [`WAIT`].
+async fn news_until<T>(
+    news: &mut tokio::sync::mpsc::UnboundedReceiver<crate::store::ClusterNews>,
+    mut pick: impl FnMut(crate::store::ClusterNews) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let item = actix::clock::timeout(left, news.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no such news within {WAIT:?}"))
+            .expect("the listener runs");
+        if let Some(found) = pick(item) {
+            return found;
+        }
+    }
+}
+
+#[actix::test]
+async fn nodes_hear_of_each_others_streams_and_leases_and_a_clean_stop_withdraws_one() {
+    use crate::store::{ClusterNews, ClusterNode, SocketCounts};
+    use actix::Actor;
+    let Some(server) = NatsServer::start("cluster-follow") else {
+        return;
+    };
+    let lease = Duration::from_secs(3);
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let listener = Listener(tx).start();
+    let mut a = NatsStreams::new(connect(&server).await);
+    let mut b = NatsStreams::new(connect(&server).await);
+    let (quiet, _unheard) = tokio::sync::mpsc::unbounded_channel();
+    assert!(a.follow(ClusterNode {
+        node: "node_a".to_owned(),
+        lease,
+        news: Listener(quiet).start().recipient(),
+    }));
+    assert!(b.follow(ClusterNode {
+        node: "node_b".to_owned(),
+        lease,
+        news: listener.recipient(),
+    }));
+    news_until(&mut heard, |n| {
+        (n == ClusterNews::PresenceLoaded).then_some(())
+    })
+    .await;
+    let stream = record(&UserId::random());
+    assert!(a.create(stream.clone(), 10).await.unwrap());
+    let told = news_until(&mut heard, |n| match n {
+        ClusterNews::Stream { record, ended } if record.id == stream.id => Some(ended),
+        _ => None,
+    })
+    .await;
+    assert!(!told, "open");
+    let counts = SocketCounts {
+        senders: 1,
+        viewers: 2,
+    };
+    a.publish_presence(vec![(stream.id.clone(), counts)]);
+    news_until(&mut heard, |n| match n {
+        ClusterNews::Presence { node, streams, age } if node == "node_a" => {
+            assert!(age < lease);
+            (streams == vec![(stream.id.clone(), counts)]).then_some(())
+        }
+        _ => None,
+    })
+    .await;
+    // Its own lease is not told to a node.
+    while let Ok(news) = heard.try_recv() {
+        assert!(
+            !matches!(&news, ClusterNews::Presence { node, .. } if node == "node_b"),
+            "{news:?}"
+        );
+    }
+    assert!(a.end_idle(&stream.id, Duration::ZERO).await.unwrap());
+    news_until(&mut heard, |n| match n {
+        ClusterNews::Stream { record, ended } if record.id == stream.id => ended.then_some(()),
+        _ => None,
+    })
+    .await;
+    a.withdraw_presence().await.unwrap();
+    news_until(&mut heard, |n| match n {
+        ClusterNews::NodeGone { node } => (node == "node_a").then_some(()),
+        _ => None,
+    })
+    .await;
+}
