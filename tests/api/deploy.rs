@@ -23,7 +23,7 @@ const CADDY_AT_LEAST: (u32, u32) = (2, 7);
 
 /// Whether `tool` can be run (asked for its version) and, for Caddy, is
 /// recent enough; if not, panics under CI and returns false otherwise.
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     // Caddy has a `version` subcommand and no `--version` flag.
     let ask = if tool == "caddy" {
         "version"
@@ -108,6 +108,7 @@ fn systemd_unit_verifies() {
         "MemoryMax=",
         "TasksMax=",
         "TWIZZLE_METRICS_BIND=127.0.0.1:9337",
+        "EnvironmentFile=-/etc/twizzle-api-server/environment",
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting}");
     }

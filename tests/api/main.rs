@@ -8,6 +8,7 @@ mod closing;
 mod cluster;
 mod cluster_faults;
 mod cluster_streams;
+mod cluster_ops;
 mod demo;
 mod deploy;
 mod dev_sign_in;

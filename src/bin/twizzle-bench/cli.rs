@@ -15,6 +15,9 @@ pub enum Scenario {
     Idle,
     /// An honest stream while attackers hit every per-client and per-stream limit.
     Attack,
+    /// One stream on a cluster of nodes on one NATS: its sender on node 1,
+    /// its viewers spread over every node; beside one node on NATS.
+    Cluster,
 }
 
 impl Scenario {
@@ -25,6 +28,7 @@ impl Scenario {
             Scenario::Saturate => "saturate",
             Scenario::Idle => "idle",
             Scenario::Attack => "attack",
+            Scenario::Cluster => "cluster",
         }
     }
 
@@ -34,6 +38,7 @@ impl Scenario {
             "saturate" => Some(Scenario::Saturate),
             "idle" => Some(Scenario::Idle),
             "attack" => Some(Scenario::Attack),
+            "cluster" => Some(Scenario::Cluster),
             _ => None,
         }
     }
@@ -45,6 +50,7 @@ const MAX_RATE: f64 = 100_000.0;
 const MAX_THREADS: usize = 64;
 const MAX_ROUNDS: usize = 20;
 const MAX_SOURCES: usize = 250;
+const MAX_NODES: usize = 9;
 
 /// Everything the command line asked for.
 #[derive(Debug, Clone)]
@@ -55,7 +61,8 @@ pub struct Options {
     pub compare: bool,
     /// Streams (fanout, saturate: default 1; idle: sockets / 100).
     pub streams: Option<usize>,
-    /// Viewers per stream (fanout 500, saturate 200; attack: honest viewers, 20).
+    /// Viewers per stream (fanout 500, saturate 200; attack: honest viewers,
+    /// 20; cluster: over all nodes, 600).
     pub viewers: Option<usize>,
     /// Events per second per sender (fanout; attack: the honest sender).
     pub rate: f64,
@@ -70,6 +77,8 @@ pub struct Options {
     pub flood_secs: f64,
     /// Idle sockets in all (idle).
     pub sockets: usize,
+    /// Cluster: nodes on the one NATS.
+    pub nodes: usize,
     /// Client threads that run the viewers.
     pub threads: usize,
     /// Loopback source addresses the client sockets are spread over (127.0.0.2, …).
@@ -105,6 +114,9 @@ Usage:
   twizzle-bench idle     [options]   C idle viewer sockets: memory per socket
   twizzle-bench attack   [options]   an honest stream while attackers hit every
                                      limit, with the server's default limits
+  twizzle-bench cluster  [options]   N nodes on one nats-server (from PATH): 1 sender
+                                     on node 1, V viewers spread over the nodes;
+                                     then the same load on one node on NATS
   twizzle-bench compare [fanout|saturate|idle] [options] --peer DIR
                                      ours and the Node peer, alternating, side by side
 
@@ -115,7 +127,8 @@ the end.
 Options:
   --streams S        streams (fanout/saturate 1; idle: sockets/100)
   --viewers V        viewers per stream (fanout 500, saturate 200; attack:
-                     the honest stream's, 20)
+                     the honest stream's, 20; cluster: over all nodes, 600)
+  --nodes N          cluster: nodes (default 3, at most 9)
   --rate E           events per second per sender (fanout, and attack's honest
                      sender; default 30)
   --secs D           seconds of sending (fanout 10, saturate 5), of holding
@@ -220,6 +233,7 @@ impl Options {
             rate: 30.0,
             secs: None,
             sockets: 2000,
+            nodes: 3,
             attack_sockets: 3000,
             sender_sockets: 300,
             flood_secs: 60.0,
@@ -245,6 +259,12 @@ impl Options {
             "rate" => self.rate = number(&flag, &value, MAX_RATE)?,
             "secs" => self.secs = Some(number(&flag, &value, MAX_SECS)?),
             "sockets" => self.sockets = count(&flag, &value, 1_000_000)?,
+            "nodes" => {
+                self.nodes = count(&flag, &value, MAX_NODES)?;
+                if self.nodes < 2 {
+                    return Err(format!("{flag}: a cluster has 2 nodes or more"));
+                }
+            }
             "attack-sockets" => self.attack_sockets = count(&flag, &value, 1_000_000)?,
             "sender-sockets" => self.sender_sockets = count(&flag, &value, 100_000)?,
             "flood-secs" => self.flood_secs = number(&flag, &value, MAX_SECS)?,
@@ -282,6 +302,17 @@ impl Options {
                 "attack checks our server's limits as SPEC sets them: it runs against our server only (--server-cmd at most)"
                     .to_owned(),
             );
+        }
+        if self.scenario == Scenario::Cluster
+            && (self.compare || self.peer.is_some() || self.peer_cmd.is_some())
+        {
+            return Err(
+                "cluster runs our server's cluster mode, which the peer has not: --server-cmd at most"
+                    .to_owned(),
+            );
+        }
+        if self.scenario == Scenario::Cluster && self.streams.is_some_and(|s| s != 1) {
+            return Err("cluster runs one stream; --streams does not apply".to_owned());
         }
         if self.compare && self.peer.is_none() && self.peer_cmd.is_none() {
             return Err(
@@ -358,6 +389,19 @@ mod tests {
         assert!(run(&["--help"]).is_err());
         assert!(run(&["compare", "attack", "--peer", "x"]).is_err());
         assert!(run(&["attack", "--peer", "x"]).is_err());
+    }
+
+    #[test]
+    fn cluster_options_parse() {
+        let o = run(&["cluster", "--viewers", "1500", "--rate", "30"]).unwrap();
+        assert_eq!(o.scenario, Scenario::Cluster);
+        assert_eq!((o.viewers, o.rate, o.nodes), (Some(1500), 30.0, 3));
+        assert_eq!(run(&["cluster", "--nodes", "5"]).unwrap().nodes, 5);
+        assert!(run(&["cluster", "--nodes", "1"]).is_err());
+        assert!(run(&["cluster", "--nodes", "10"]).is_err());
+        assert!(run(&["cluster", "--streams", "2"]).is_err());
+        assert!(run(&["cluster", "--peer", "x"]).is_err());
+        assert!(run(&["compare", "cluster", "--peer", "x"]).is_err());
     }
 
     #[test]

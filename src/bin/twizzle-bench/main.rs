@@ -15,8 +15,9 @@
 //!
 //! - `cli`: the command line and its defaults.
 //! - `scenario`: one file per scenario (`fanout`, `saturate`, `idle`, `attack`,
-//!   and `compare` for two servers), the load fanout and saturate share, and
-//!   what all share.
+//!   `cluster`, and `compare` for two servers), the load fanout and saturate
+//!   share, and what all share.
+//! - `nats`: the `nats-server` the cluster scenario starts.
 //! - `target`: the server under test as a child process, signed into through the
 //!   testkit's fake WCA; the HTTP calls.
 //! - `load`: sender and viewer sockets on a few client threads, and their counters.
@@ -27,6 +28,7 @@
 mod cli;
 mod load;
 mod measure;
+mod nats;
 mod report;
 mod scenario;
 mod target;

@@ -57,11 +57,22 @@ pub struct Shared {
     pub ended_owed: Vec<AtomicU64>,
     /// What each sender reported when it finished.
     pub sender_reports: Mutex<Vec<SenderReport>>,
+    /// For each stream index, the index whose `sent` counts the events
+    /// its viewers are owed: itself, or (in a cluster, where each node's
+    /// viewers of one stream count apart) the index its sender sends on.
+    pub sent_by: Vec<usize>,
 }
 
 impl Shared {
     /// Counters for `streams` streams, all zero.
     pub fn new(streams: usize) -> Arc<Shared> {
+        Shared::sent_by((0..streams).collect())
+    }
+
+    /// Counters for `sent_by.len()` stream indexes, all zero, whose viewers
+    /// are owed the events sent on `sent_by[index]`.
+    pub fn sent_by(sent_by: Vec<usize>) -> Arc<Shared> {
+        let streams = sent_by.len();
         Arc::new(Shared {
             connected: AtomicU64::new(0),
             connect_failed: AtomicU64::new(0),
@@ -77,6 +88,7 @@ impl Shared {
             ended: (0..streams).map(|_| AtomicU64::new(0)).collect(),
             ended_owed: (0..streams).map(|_| AtomicU64::new(0)).collect(),
             sender_reports: Mutex::new(Vec::new()),
+            sent_by,
         })
     }
 
@@ -87,7 +99,7 @@ impl Shared {
         let open = self.viewers[s]
             .load(Relaxed)
             .saturating_sub(self.ended[s].load(Relaxed));
-        self.sent[s].load(Relaxed) * open + self.ended_owed[s].load(Relaxed)
+        self.sent[self.sent_by[s]].load(Relaxed) * open + self.ended_owed[s].load(Relaxed)
     }
 
     /// Deliveries owed over all streams.

@@ -5,12 +5,15 @@
 //!   `relay`, streams with one sender and many viewers each.
 //! - `idle`: many idle viewer sockets, opened in steps.
 //! - `attack`: an honest stream while attackers try the limits, phase by phase.
+//! - `cluster`: one stream over several nodes on one NATS, each node's
+//!   viewers counted apart, beside one node on NATS.
 //! - `compare`: a scenario against our server and the peer, in alternating rounds.
 //!
 //! This file holds what they share: CPU clocks and the usage between two,
 //! signing in and making streams, and running one scenario against one server.
 
 mod attack;
+mod cluster;
 mod compare;
 mod fanout;
 mod idle;
@@ -235,6 +238,7 @@ pub fn describe(o: &Options, fd_limit: u64) -> String {
         Scenario::Saturate => saturate::describe(o),
         Scenario::Idle => idle::describe(o, fd_limit),
         Scenario::Attack => attack::describe(o),
+        Scenario::Cluster => cluster::describe(o),
     }
 }
 
@@ -244,7 +248,12 @@ pub async fn run(o: &Options, target: &Target, fd_limit: u64) -> Result<Figures,
         Scenario::Fanout => fanout::env(o),
         Scenario::Saturate => saturate::env(),
         Scenario::Idle => Vec::new(),
-        Scenario::Attack => return Err("attack is a run of its own, not one of figures".to_owned()),
+        Scenario::Attack | Scenario::Cluster => {
+            return Err(format!(
+                "{} is a run of its own, not one of figures",
+                o.scenario.name()
+            ))
+        }
     };
     env.extend(o.env.iter().cloned());
     eprintln!(
@@ -257,7 +266,7 @@ pub async fn run(o: &Options, target: &Target, fd_limit: u64) -> Result<Figures,
         Scenario::Fanout => relay::drive(o, &mut server, fd_limit, fanout::load(o)).await,
         Scenario::Saturate => relay::drive(o, &mut server, fd_limit, saturate::load(o)).await,
         Scenario::Idle => idle::drive(o, &mut server, fd_limit).await,
-        Scenario::Attack => unreachable!("refused above"),
+        Scenario::Attack | Scenario::Cluster => unreachable!("refused above"),
     };
     let result =
         result.map_err(|e| format!("{e}\nthe server's log ends:\n{}", server.log_tail(10)));
@@ -381,6 +390,9 @@ pub async fn run_all(o: &Options, fd_limit: u64) -> Result<Verdict, String> {
     };
     if o.scenario == Scenario::Attack {
         return attack::run(o, &target, fd_limit).await;
+    }
+    if o.scenario == Scenario::Cluster {
+        return cluster::run(o, &target, fd_limit).await;
     }
     let figures = run(o, &target, fd_limit).await?;
     report::print_single(&title, &figures);
