@@ -205,34 +205,38 @@ impl Nats {
             ..Default::default()
         };
         let kv_failed = |e| StoreError::Failed(format!("cannot set up a NATS KV bucket: {e}"));
-        let users = js
-            .create_or_update_key_value(bucket(
+        let users = key_value(
+            &js,
+            bucket(
                 USERS_BUCKET,
                 "twizzle users, by ID, WCA account and development name",
-            ))
+            ),
+        )
+        .await
+        .map_err(kv_failed)?;
+        let claims = key_value(&js, bucket(CLAIMS_BUCKET, "twizzle claim tokens, by hash"))
             .await
             .map_err(kv_failed)?;
-        let claims = js
-            .create_or_update_key_value(bucket(CLAIMS_BUCKET, "twizzle claim tokens, by hash"))
+        let streams = key_value(&js, bucket(STREAMS_BUCKET, "twizzle streams, by ID"))
             .await
             .map_err(kv_failed)?;
-        let streams = js
-            .create_or_update_key_value(bucket(STREAMS_BUCKET, "twizzle streams, by ID"))
-            .await
-            .map_err(kv_failed)?;
-        let snapshots = js
-            .create_or_update_key_value(bucket(
-                SNAPSHOTS_BUCKET,
-                "twizzle streams' replay snapshots, by ID",
-            ))
-            .await
-            .map_err(kv_failed)?;
+        let snapshots = key_value(
+            &js,
+            bucket(SNAPSHOTS_BUCKET, "twizzle streams' replay snapshots, by ID"),
+        )
+        .await
+        .map_err(kv_failed)?;
+        let replicas = match js.get_stream(EVENTS_STREAM).await {
+            Ok(existing) => kept_replicas(Some(&existing.cached_info().config)),
+            Err(_) => 1,
+        };
         js.create_or_update_stream(stream::Config {
             name: EVENTS_STREAM.to_owned(),
             description: Some("twizzle recordings: one subject per stream".to_owned()),
             subjects: vec![EVENTS_SUBJECTS.to_owned()],
             storage: StorageType::File,
             allow_direct: true,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -280,6 +284,25 @@ impl Nats {
             _ => Ok(()),
         }
     }
+}
+
+/// The replicas an operator gave an existing stream (a KV bucket is one
+/// too), which a node setting it up again keeps: one where there is none.
+fn kept_replicas(existing: Option<&stream::Config>) -> usize {
+    existing.map_or(1, |config| config.num_replicas.max(1))
+}
+
+/// Sets up a KV bucket as `config` says, but with the replicas it has if
+/// it exists: an operator raises them (`nats stream edit KV_<bucket>
+/// --replicas 3`), and a node starting must not lower them again.
+pub(crate) async fn key_value(
+    js: &jetstream::Context,
+    mut config: kv::Config,
+) -> Result<kv::Store, jetstream::context::CreateKeyValueError> {
+    if let Ok(existing) = js.get_stream(format!("KV_{}", config.bucket)).await {
+        config.num_replicas = kept_replicas(Some(&existing.cached_info().config));
+    }
+    js.create_or_update_key_value(config).await
 }
 
 /// `major.minor` of a server version such as `2.15.1`.

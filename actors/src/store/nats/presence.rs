@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use super::streams::RESYNC_INTERVAL;
-use super::{entries, Nats, REQUEST_TIMEOUT};
+use super::{entries, key_value, Nats, REQUEST_TIMEOUT};
 use crate::ids::StreamId;
 use crate::store::journal::epoch_ms;
 use crate::store::{ClusterNews, SocketCounts};
@@ -106,17 +106,18 @@ impl Presence {
 /// tried again every [`CONNECTION_CHECK`] until it works.
 async fn nodes_bucket(nats: &Nats, lease: Duration) -> kv::Store {
     loop {
-        let made = nats
-            .js
-            .create_or_update_key_value(kv::Config {
+        let made = key_value(
+            &nats.js,
+            kv::Config {
                 bucket: NODES_BUCKET.to_owned(),
                 description: "twizzle nodes' presence leases, by node ID".to_owned(),
                 history: 1,
                 max_age: lease,
                 storage: StorageType::File,
                 ..Default::default()
-            })
-            .await;
+            },
+        )
+        .await;
         match made {
             Ok(store) => return store,
             Err(e) => {
