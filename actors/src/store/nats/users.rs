@@ -25,7 +25,8 @@
 //! (loaded, followed, found, or read back after a refused write) is checked
 //! against the revision last handed over, on the actor's thread as it takes
 //! it in: the actor never goes back to an older version, and the revision
-//! the next compare-and-set expects is always that of what it holds.
+//! a compare-and-set expects, taken as the change is handed over, is that
+//! of the version the change was made from.
 //!
 //! The changes of one [`UserStore::apply`] are made one after the other,
 //! in the order the token actor gives them (the user first, then the claim
@@ -156,6 +157,14 @@ impl Revisions {
         true
     }
 
+    /// Makes `user` at `revision` what the token actor holds from now on,
+    /// whatever it held: for what it is given back with a refused write,
+    /// which it takes in as it is.
+    fn hand_over(&mut self, user: &UserRecord, revision: u64) {
+        self.users.insert(user.id.clone(), revision);
+        self.indexed.extend(user.token_hashes.iter().cloned());
+    }
+
     /// Whether the claim created at `revision` may be handed over: not
     /// redeemed, nor older than one handed over already.
     fn offer_claim(&mut self, claim: &ClaimRecord, revision: u64) -> bool {
@@ -250,16 +259,18 @@ async fn read_user(nats: &Nats, key: &str) -> Result<Option<(UserRecord, u64, By
     Ok(Some((user, entry.revision, entry.value)))
 }
 
+/// Writes `user`, made from the version of them at revision `base` (as
+/// the store knew it when the change was handed over), or new.
 async fn put_user(
     nats: &Nats,
     revisions: &Mutex<Revisions>,
     user: &UserRecord,
+    base: Option<u64>,
 ) -> Result<Outcome, StoreError> {
     let value: Bytes = serde_json::to_vec(user)
         .map_err(|e| StoreError::Failed(e.to_string()))?
         .into();
-    let known = lock(revisions).users.get(&user.id).copied();
-    match known {
+    match base {
         Some(revision) => {
             index_tokens(nats, revisions, user).await?;
             update_user(nats, revisions, user, value, revision).await
@@ -324,8 +335,7 @@ async fn create_user(
     let Some((current, revision, kept)) = read_user(nats, &key).await? else {
         return Err(StoreError::Unavailable(format!("{key} changed meanwhile")));
     };
-    let mut revisions = lock(revisions);
-    revisions.offer(&current, revision);
+    lock(revisions).hand_over(&current, revision);
     if kept == value {
         return Ok(Outcome::Kept);
     }
@@ -375,7 +385,7 @@ async fn update_user(
         }
         if revisions.unsure.get(&user.id) != Some(&kept) {
             revisions.unsure.remove(&user.id);
-            revisions.offer(&current, current_revision);
+            revisions.hand_over(&current, current_revision);
             return Ok(Outcome::Stale(
                 UserNews::User(current),
                 format!("user {} was changed elsewhere meanwhile", user.id),
@@ -422,7 +432,7 @@ async fn claim_identity(
                 "{} signs in as user {owner}, made on another node",
                 user.identity
             );
-            lock(revisions).offer(&record, revision);
+            lock(revisions).hand_over(&record, revision);
             return Ok(Some(Outcome::Stale(
                 UserNews::User(record),
                 format!("{} belongs to user {owner}", user.identity),
@@ -725,11 +735,30 @@ impl UserStore for NatsUsers {
     fn try_apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<Applied> {
         let nats = self.nats.clone();
         let revisions = Arc::clone(&self.revisions);
+        // What each user's change was made from is what the actor holds
+        // now, as it hands the change over; by the time the write goes
+        // out, the feed may have told it of a newer version, which the
+        // write must not be taken for having seen.
+        let bases: HashMap<UserId, Option<u64>> = {
+            let known = lock(&revisions);
+            changes
+                .iter()
+                .filter_map(|change| match change {
+                    UserChange::PutUser(user) => {
+                        Some((user.id.clone(), known.users.get(&user.id).copied()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         Box::pin(async move {
             nats.connected()?;
             for (done, change) in changes.iter().enumerate() {
                 let outcome = match change {
-                    UserChange::PutUser(user) => put_user(&nats, &revisions, user).await?,
+                    UserChange::PutUser(user) => {
+                        let base = bases.get(&user.id).copied().flatten();
+                        put_user(&nats, &revisions, user, base).await?
+                    }
                     UserChange::PutClaim(claim) => put_claim(&nats, &revisions, claim).await?,
                     UserChange::RemoveClaim(hash) => remove_claim(&nats, &revisions, hash).await?,
                 };
