@@ -5,6 +5,7 @@ mod browser;
 mod busy;
 mod clients;
 mod closing;
+mod cluster_users;
 mod demo;
 mod deploy;
 mod dev_sign_in;
