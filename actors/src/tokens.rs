@@ -3,11 +3,14 @@
 //! HTTP handlers ask it to sign a WCA account (or a development user) in,
 //! to redeem a claim token and to authenticate an access token. Everything it hands out is in its
 //! [`UserStore`] before the answer leaves; tokens are kept there only as
-//! hashes, and access tokens also sealed (see [`secrets`]).
+//! hashes, and access tokens also sealed (see [`secrets`]). In cluster
+//! mode the store is shared, and the actor follows what other nodes change
+//! there (a sign-in on one node, the claim on another, the token on a
+//! third).
 //!
 //! [`secrets`]: crate::secrets
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,10 +19,12 @@ use actix::prelude::*;
 use crate::health::CheckWritable;
 use crate::ids::{AccessToken, ClaimToken, DevName, PublicUserInfo, UserId};
 use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
 use crate::secrets::{SealingKey, TokenHash};
 use crate::store::journal::epoch_ms;
 use crate::store::{
-    ClaimRecord, Identity, StoreError, UserChange, UserRecord, UserState, UserStore,
+    Applied, ClaimRecord, Identity, StoreError, UserChange, UserNews, UserRecord, UserState,
+    UserStore,
 };
 
 /// How often expired claim tokens are forgotten.
@@ -28,6 +33,25 @@ const CLAIM_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// could not be opened, e.g. after the WCA secret was rotated); the oldest
 /// stops working beyond this.
 pub const MAX_TOKENS_PER_USER: usize = 16;
+/// How many times a sign-in or a redemption is made in all, each on what
+/// another node kept meanwhile, before it fails. Two nodes racing make it
+/// in two; more means something keeps writing that user.
+const MAX_ATTEMPTS: u32 = 4;
+/// Access-token lookups in a shared store that may be under way at once.
+/// A token unknown here is asked for (it may be another node's, newer than
+/// this node's feed), without holding up the tokens known here; beyond
+/// this many at once (a flood of made-up tokens) one is refused unread.
+const MAX_TOKEN_LOOKUPS: usize = 16;
+/// Claim-token lookups a second in a shared store, and how many may be
+/// saved up. A redemption holds the actor while it asks, so lookups are
+/// budgeted by time rather than by number at once; beyond the budget an
+/// unknown claim token is refused unread (a real one is usually here by
+/// its feed before the browser comes back with it).
+const CLAIM_LOOKUPS_PER_SEC: f64 = 50.0;
+/// See [`CLAIM_LOOKUPS_PER_SEC`].
+const CLAIM_LOOKUP_BURST: f64 = 100.0;
+/// Hashes of tokens a shared store had nobody for, remembered per kind.
+const MAX_MISSES: usize = 4096;
 
 /// What the WCA says of the account that signed in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +160,53 @@ fn public(user: &UserRecord) -> PublicUserInfo {
     PublicUserInfo::new(&user.id, user.wca_id.as_deref(), &user.name)
 }
 
+/// Token hashes that a shared store was asked for and had nobody for,
+/// remembered so that the same bad token sent again is refused without
+/// asking again. The oldest go first beyond [`MAX_MISSES`].
+///
+/// A miss stays true: a token is kept before it is handed out, so nobody
+/// presents one that is not kept yet, and a token learnt of afterwards (a
+/// feed that was behind) is found in memory, which is asked first.
+#[derive(Debug, Default)]
+struct Misses {
+    /// The hashes.
+    hashes: HashSet<TokenHash>,
+    /// The same, oldest first.
+    order: VecDeque<TokenHash>,
+}
+
+impl Misses {
+    fn contains(&self, hash: &TokenHash) -> bool {
+        self.hashes.contains(hash)
+    }
+
+    fn insert(&mut self, hash: TokenHash) {
+        if self.hashes.insert(hash.clone()) {
+            self.order.push_back(hash);
+        }
+        while self.order.len() > MAX_MISSES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.hashes.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// A reply the token actor makes up as it goes: a store call, perhaps
+/// another after it.
+type Reply<T> = ResponseActFuture<TokenActor, Result<T, TokenError>>;
+
+fn answer<T: 'static>(result: Result<T, TokenError>) -> Reply<T> {
+    Box::pin(fut::ready(result))
+}
+
 /// Owns users, access tokens and claim tokens, kept in a [`UserStore`].
+///
+/// On a store shared by several nodes, it also takes in what the store's
+/// feed tells of other nodes' changes, and asks the store for a token it
+/// does not know before refusing it. Its writes are compare-and-sets there:
+/// a sign-in or redemption that another node got in before is made again
+/// on what that node kept (at most [`MAX_ATTEMPTS`] times).
 pub struct TokenActor {
     /// Users by ID.
     users: HashMap<UserId, UserRecord>,
@@ -152,6 +222,18 @@ pub struct TokenActor {
     claim_ttl: Duration,
     /// Where every change is kept before it is answered.
     store: Box<dyn UserStore + Send>,
+    /// Whether other nodes write to `store` too, so that a token unknown
+    /// here may be known there.
+    shared: bool,
+    /// Access tokens the store had nobody for.
+    token_misses: Misses,
+    /// Claim tokens the store had nothing for.
+    claim_misses: Misses,
+    /// Access-token lookups in the store under way, at most
+    /// [`MAX_TOKEN_LOOKUPS`].
+    token_lookups: usize,
+    /// The budget of claim-token lookups in the store.
+    claim_lookups: TokenBucket,
     /// Seals access tokens at rest.
     key: SealingKey,
     /// Told of every change to a user's public info.
@@ -170,7 +252,16 @@ impl TokenActor {
             by_identity: HashMap::new(),
             claims: HashMap::new(),
             claim_ttl,
+            shared: store.shared(),
             store,
+            token_misses: Misses::default(),
+            claim_misses: Misses::default(),
+            token_lookups: 0,
+            claim_lookups: TokenBucket::new(
+                CLAIM_LOOKUPS_PER_SEC,
+                CLAIM_LOOKUP_BURST,
+                Instant::now(),
+            ),
             key: SealingKey::random(),
             watchers: Vec::new(),
             metrics: Metrics::new(),
@@ -218,22 +309,31 @@ impl TokenActor {
         self.users.insert(user.id.clone(), user);
     }
 
+    /// Takes `user` in, and tells the watchers if what is shown of them
+    /// changed. A user new here is told of too when they come from another
+    /// node, where they may be shown already (as the sender of a stream);
+    /// one made here has nothing shown anywhere yet.
+    fn put_user(&mut self, user: UserRecord, from_elsewhere: bool) {
+        let before = self.users.get(&user.id).map(public);
+        let after = public(&user);
+        self.index(user);
+        let changed = match before {
+            Some(before) => before != after,
+            None => from_elsewhere,
+        };
+        if changed {
+            self.watchers.retain(|watcher| watcher.connected());
+            for watcher in &self.watchers {
+                watcher.do_send(UserUpdated {
+                    info: after.clone(),
+                });
+            }
+        }
+    }
+
     fn apply(&mut self, change: UserChange) {
         match change {
-            UserChange::PutUser(user) => {
-                let before = self.users.get(&user.id).map(public);
-                let after = public(&user);
-                self.index(user);
-                // A new user has nothing shown elsewhere yet.
-                if before.is_some_and(|before| before != after) {
-                    self.watchers.retain(|watcher| watcher.connected());
-                    for watcher in &self.watchers {
-                        watcher.do_send(UserUpdated {
-                            info: after.clone(),
-                        });
-                    }
-                }
-            }
+            UserChange::PutUser(user) => self.put_user(user, false),
             UserChange::PutClaim(claim) => {
                 self.claims.insert(claim.hash.clone(), claim);
             }
@@ -243,25 +343,62 @@ impl TokenActor {
         }
     }
 
+    /// Takes in what the store tells of a change made elsewhere.
+    fn take(&mut self, news: UserNews) {
+        match news {
+            UserNews::User(user) => self.put_user(user, true),
+            UserNews::Claim(claim) => {
+                self.claims.insert(claim.hash.clone(), claim);
+            }
+            UserNews::ClaimGone(hash) => {
+                self.claims.remove(&hash);
+            }
+        }
+    }
+
     /// Keeps `changes`, then applies them here and answers `answer`: nothing
-    /// is handed out, nor changed in memory, before the store has it.
+    /// is handed out, nor changed in memory, before the store has it. If
+    /// the store refuses them as made from something another node changed
+    /// meanwhile, what it has now is taken in and `again` makes the change
+    /// anew on it, up to `attempts` in all; a claim token redeemed
+    /// elsewhere meanwhile is refused.
     fn commit<T: 'static>(
         &mut self,
         changes: Vec<UserChange>,
         answer: T,
-    ) -> AtomicResponse<Self, Result<T, TokenError>> {
-        let kept = self.store.apply(changes.clone());
+        attempts: u32,
+        again: impl FnOnce(&mut Self, u32) -> Reply<T> + 'static,
+    ) -> Reply<T> {
+        let kept = self.store.try_apply(changes.clone());
         let asked = Instant::now();
-        AtomicResponse::new(Box::pin(kept.into_actor(self).map(
-            move |kept, actor, _| {
-                actor.metrics.state_synced(asked.elapsed());
-                kept.map_err(TokenError::Storage)?;
-                for change in changes {
-                    actor.apply(change);
+        Box::pin(kept.into_actor(self).then(move |kept, actor, _| {
+            actor.metrics.state_synced(asked.elapsed());
+            let (kept, news, why) = match kept {
+                Err(e) => return answer_err(TokenError::Storage(e)),
+                Ok(Applied::Kept) => {
+                    for change in changes {
+                        actor.apply(change);
+                    }
+                    return self::answer(Ok(answer));
                 }
-                Ok(answer)
-            },
-        )))
+                Ok(Applied::Stale { kept, news, why }) => (kept, news, why),
+            };
+            for change in changes.into_iter().take(kept) {
+                actor.apply(change);
+            }
+            let claim_gone = matches!(news, UserNews::ClaimGone(_));
+            actor.take(news);
+            if claim_gone {
+                log::info!("claim refused: {why}");
+                answer_err(TokenError::InvalidClaimToken)
+            } else if attempts <= 1 {
+                log::warn!("{why}; given up after {MAX_ATTEMPTS} attempts");
+                answer_err(TokenError::Storage(StoreError::Failed(why)))
+            } else {
+                log::info!("{why}; made again on what is kept now");
+                again(actor, attempts - 1)
+            }
+        }))
     }
 
     fn sweep_claims(&mut self) {
@@ -277,22 +414,23 @@ impl TokenActor {
         identity: Identity,
         wca_id: Option<String>,
         name: String,
-    ) -> AtomicResponse<Self, Result<ClaimToken, TokenError>> {
+        attempts: u32,
+    ) -> Reply<ClaimToken> {
         let existing = self
             .by_identity
             .get(&identity)
             .and_then(|id| self.users.get(id));
         let user = match existing {
             Some(user) => UserRecord {
-                name,
-                wca_id,
+                name: name.clone(),
+                wca_id: wca_id.clone(),
                 ..user.clone()
             },
             None => UserRecord {
                 id: UserId::random(),
-                identity,
-                wca_id,
-                name,
+                identity: identity.clone(),
+                wca_id: wca_id.clone(),
+                name: name.clone(),
                 token_hashes: Vec::new(),
                 sealed_token: None,
             },
@@ -311,7 +449,100 @@ impl TokenActor {
             user_id: user.id,
             expires_ms: epoch_ms(SystemTime::now()).saturating_add(ttl_ms),
         }));
-        self.commit(changes, claim_token)
+        self.commit(changes, claim_token, attempts, move |actor, attempts| {
+            actor.sign_in(identity, wca_id, name, attempts)
+        })
+    }
+
+    /// Redeems the claim token of hash `hash`; one unknown here is looked
+    /// up in a shared store first, unless `looked_up` already.
+    fn redeem(&mut self, hash: TokenHash, attempts: u32, looked_up: bool) -> Reply<Claimed> {
+        if let Some(claim) = self.claims.get(&hash).cloned() {
+            return self.redeem_claim(claim, attempts, false);
+        }
+        if looked_up || !self.shared || self.claim_misses.contains(&hash) {
+            return answer_err(TokenError::InvalidClaimToken);
+        }
+        if !self.claim_lookups.take(Instant::now()) {
+            log::debug!("claim lookups over their budget: an unknown claim token refused unread");
+            return answer_err(TokenError::InvalidClaimToken);
+        }
+        let found = self.store.find_claim(&hash);
+        Box::pin(
+            found
+                .into_actor(self)
+                .then(move |found, actor, _| match found {
+                    Err(e) => answer_err(TokenError::Storage(e)),
+                    Ok(Some(claim)) => {
+                        actor.take(UserNews::Claim(claim));
+                        actor.redeem(hash, attempts, true)
+                    }
+                    Ok(None) => {
+                        actor.claim_misses.insert(hash.clone());
+                        actor.redeem(hash, attempts, true)
+                    }
+                }),
+        )
+    }
+
+    /// Redeems `claim` for its user's access token; a user unknown here is
+    /// looked up in a shared store first, unless `looked_up` already.
+    fn redeem_claim(
+        &mut self,
+        claim: ClaimRecord,
+        attempts: u32,
+        looked_up: bool,
+    ) -> Reply<Claimed> {
+        let claim_hash = claim.hash.clone();
+        if claim.expires_ms <= epoch_ms(SystemTime::now()) {
+            self.claims.remove(&claim_hash);
+            return answer_err(TokenError::InvalidClaimToken);
+        }
+        let Some(user) = self.users.get(&claim.user_id) else {
+            if looked_up || !self.shared {
+                return answer_err(TokenError::InvalidClaimToken);
+            }
+            let found = self.store.find_user(&claim.user_id);
+            return Box::pin(
+                found
+                    .into_actor(self)
+                    .then(move |found, actor, _| match found {
+                        Err(e) => answer_err(TokenError::Storage(e)),
+                        Ok(found) => {
+                            if let Some(user) = found {
+                                actor.put_user(user, true);
+                            }
+                            actor.redeem_claim(claim, attempts, true)
+                        }
+                    }),
+            );
+        };
+        let (access_token, updated) = self.access_token_for(user);
+        log::info!("user {} claimed access token {access_token}", user.id);
+        let claimed = Claimed {
+            user: public(user),
+            access_token,
+        };
+        // The new token and the claim's redemption are kept together: a
+        // claim token must not work twice, not even across a crash, and
+        // must not be used up by a token that was never kept.
+        let changes = updated
+            .map(UserChange::PutUser)
+            .into_iter()
+            .chain([UserChange::RemoveClaim(claim_hash.clone())])
+            .collect();
+        self.commit(changes, claimed, attempts, move |actor, attempts| {
+            actor.redeem(claim_hash, attempts, true)
+        })
+    }
+
+    /// The user whose access token has hash `hash`, as known here.
+    fn authenticated(&self, hash: &TokenHash) -> Option<AuthenticatedUser> {
+        let user = self.by_token.get(hash).and_then(|id| self.users.get(id))?;
+        Some(AuthenticatedUser {
+            id: user.id.clone(),
+            info: public(user),
+        })
     }
 
     /// The user's access token: the sealed one if it opens and is still
@@ -339,21 +570,41 @@ impl TokenActor {
     }
 }
 
+fn answer_err<T: 'static>(error: TokenError) -> Reply<T> {
+    answer(Err(error))
+}
+
 impl Actor for TokenActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // `wait`: nothing is answered before the users are back.
+        // `wait`: nothing is answered before the users are back. The feed
+        // goes on from where the load read up to.
         let loaded = self.store.load();
-        ctx.wait(
-            loaded
-                .into_actor(self)
-                .map(|loaded, actor, _| match loaded {
-                    Ok(state) => actor.install(state),
-                    Err(e) => log::error!("cannot read the users back: {e}"),
-                }),
-        );
+        ctx.wait(loaded.into_actor(self).map(|loaded, actor, ctx| {
+            match loaded {
+                Ok(state) => actor.install(state),
+                Err(e) => log::error!("cannot read the users back: {e}"),
+            }
+            if let Some(feed) = actor.store.follow() {
+                ctx.add_stream(feed);
+            }
+        }));
         ctx.run_interval(CLAIM_SWEEP_INTERVAL, |actor, _| actor.sweep_claims());
+    }
+}
+
+impl StreamHandler<UserNews> for TokenActor {
+    fn handle(&mut self, news: UserNews, _: &mut Self::Context) {
+        self.take(news);
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The feed makes itself again when it fails; ending is a bug, and
+        // the actor goes on answering from memory and the store.
+        log::error!(
+            "the users' feed ended: changes made on other nodes now show only when asked for"
+        );
     }
 }
 
@@ -369,7 +620,7 @@ impl Handler<SignIn> for TokenActor {
         let identity = Identity::Wca {
             wca_account: account_id,
         };
-        self.sign_in(identity, wca_id, name)
+        AtomicResponse::new(self.sign_in(identity, wca_id, name, MAX_ATTEMPTS))
     }
 }
 
@@ -378,7 +629,8 @@ impl Handler<DevSignIn> for TokenActor {
 
     fn handle(&mut self, msg: DevSignIn, _: &mut Self::Context) -> Self::Result {
         let name = msg.name.as_str().to_owned();
-        self.sign_in(Identity::Dev { dev_name: msg.name }, None, name)
+        let identity = Identity::Dev { dev_name: msg.name };
+        AtomicResponse::new(self.sign_in(identity, None, name, MAX_ATTEMPTS))
     }
 }
 
@@ -386,50 +638,43 @@ impl Handler<RedeemClaim> for TokenActor {
     type Result = AtomicResponse<Self, Result<Claimed, TokenError>>;
 
     fn handle(&mut self, msg: RedeemClaim, _: &mut Self::Context) -> Self::Result {
-        let refused =
-            || AtomicResponse::new(Box::pin(fut::ready(Err(TokenError::InvalidClaimToken))));
-        let claim_hash = TokenHash::of(msg.claim_token.expose());
-        let Some(claim) = self.claims.get(&claim_hash) else {
-            return refused();
-        };
-        if claim.expires_ms <= epoch_ms(SystemTime::now()) {
-            self.claims.remove(&claim_hash);
-            return refused();
-        }
-        let Some(user) = self.users.get(&claim.user_id) else {
-            return refused();
-        };
-        let (access_token, updated) = self.access_token_for(user);
-        log::info!("user {} claimed access token {access_token}", user.id);
-        let claimed = Claimed {
-            user: public(user),
-            access_token,
-        };
-        // The new token and the claim's redemption are kept together: a
-        // claim token must not work twice, not even across a crash, and
-        // must not be used up by a token that was never kept.
-        let changes = updated
-            .map(UserChange::PutUser)
-            .into_iter()
-            .chain([UserChange::RemoveClaim(claim_hash)])
-            .collect();
-        self.commit(changes, claimed)
+        let hash = TokenHash::of(msg.claim_token.expose());
+        AtomicResponse::new(self.redeem(hash, MAX_ATTEMPTS, false))
     }
 }
 
 impl Handler<Authenticate> for TokenActor {
-    type Result = Result<AuthenticatedUser, TokenError>;
+    type Result = Reply<AuthenticatedUser>;
 
     fn handle(&mut self, msg: Authenticate, _: &mut Self::Context) -> Self::Result {
-        let user = self
-            .by_token
-            .get(&TokenHash::of(msg.access_token.expose()))
-            .and_then(|id| self.users.get(id))
-            .ok_or(TokenError::InvalidAccessToken)?;
-        Ok(AuthenticatedUser {
-            id: user.id.clone(),
-            info: public(user),
-        })
+        let hash = TokenHash::of(msg.access_token.expose());
+        if let Some(user) = self.authenticated(&hash) {
+            return answer(Ok(user));
+        }
+        if !self.shared || self.token_misses.contains(&hash) {
+            return answer_err(TokenError::InvalidAccessToken);
+        }
+        if self.token_lookups >= MAX_TOKEN_LOOKUPS {
+            log::debug!("{MAX_TOKEN_LOOKUPS} access-token lookups under way: an unknown token refused unread");
+            return answer_err(TokenError::InvalidAccessToken);
+        }
+        // Not atomic: the tokens known here go on being answered while the
+        // store is asked.
+        self.token_lookups += 1;
+        let found = self.store.find_token(&hash);
+        Box::pin(found.into_actor(self).map(move |found, actor, _| {
+            actor.token_lookups -= 1;
+            match found {
+                Ok(Some(user)) => actor.put_user(user, true),
+                Ok(None) => {}
+                // Known here meanwhile (the feed caught up), or not at all.
+                Err(e) => return actor.authenticated(&hash).ok_or(TokenError::Storage(e)),
+            }
+            actor.authenticated(&hash).ok_or_else(|| {
+                actor.token_misses.insert(hash);
+                TokenError::InvalidAccessToken
+            })
+        }))
     }
 }
 

@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_faults;
 mod cluster_ops;
 mod cluster_streams;
+mod cluster_users;
 mod demo;
 mod deploy;
 mod dev_sign_in;

@@ -173,13 +173,94 @@ pub struct UserState {
     pub claims: Vec<ClaimRecord>,
 }
 
+/// A change to the users and claims that a [`UserStore`] shared by several
+/// nodes tells the token actor of: made by another node, or found to be
+/// newer than what the actor was last given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserNews {
+    /// A user as kept now: newer than, or the same as, any version of them
+    /// the store handed over before.
+    User(UserRecord),
+    /// An unredeemed claim token.
+    Claim(ClaimRecord),
+    /// A claim token that was redeemed or expired.
+    ClaimGone(TokenHash),
+}
+
+/// What a shared [`UserStore`] tells of changes made elsewhere, in the
+/// order they were made. Polled on the token actor's thread, like a
+/// [`StoreFuture`].
+pub type UserFeed = Pin<Box<dyn futures_util::Stream<Item = UserNews>>>;
+
+/// What became of the changes given to [`UserStore::try_apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// All of them are kept.
+    Kept,
+    /// The first `kept` are kept; the next one was not, because what it was
+    /// made from changed elsewhere meanwhile (another node's sign-in or
+    /// redemption). The caller takes `news` in and makes that change again
+    /// from it, or gives up (a claim token redeemed elsewhere).
+    Stale {
+        /// How many of the changes, in order, are kept.
+        kept: usize,
+        /// What is kept now in place of what the change was made from.
+        news: UserNews,
+        /// What happened, for the log.
+        why: String,
+    },
+}
+
 /// The token actor's users and claim tokens.
+///
+/// A store shared by several nodes (see [`UserStore::shared`]) also tells
+/// of the changes other nodes make ([`UserStore::follow`]), and answers for
+/// what the actor has not been told of yet (the `find_` calls): a token
+/// handed out by one node works on the next at once. Every user record it
+/// hands over, whichever way, is at least as new as the last one it handed
+/// over, so the actor can take each in as it comes. The others answer
+/// "nothing more than what was loaded".
 pub trait UserStore {
     /// Everything kept, for the token actor's start.
     fn load(&mut self) -> StoreFuture<UserState>;
 
     /// Makes `changes` durable, all or none, before the future resolves.
     fn apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<()>;
+
+    /// Whether other nodes change what this store holds.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// As [`UserStore::apply`], except that a change refused because what
+    /// it was made from changed elsewhere is told as [`Applied::Stale`]
+    /// rather than as an error.
+    fn try_apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<Applied> {
+        let applied = self.apply(changes);
+        Box::pin(async move { applied.await.map(|()| Applied::Kept) })
+    }
+
+    /// The changes made elsewhere from the end of [`UserStore::load`] on,
+    /// for as long as it is polled; `None` for a store nobody else writes.
+    fn follow(&mut self) -> Option<UserFeed> {
+        None
+    }
+
+    /// The user as kept now, if newer than what the store handed over.
+    fn find_user(&mut self, _id: &UserId) -> StoreFuture<Option<UserRecord>> {
+        done(Ok(None))
+    }
+
+    /// The user whose access token has this hash, if the store has one
+    /// newer than what it handed over.
+    fn find_token(&mut self, _hash: &TokenHash) -> StoreFuture<Option<UserRecord>> {
+        done(Ok(None))
+    }
+
+    /// The unredeemed, unexpired claim token of this hash, if kept.
+    fn find_claim(&mut self, _hash: &TokenHash) -> StoreFuture<Option<ClaimRecord>> {
+        done(Ok(None))
+    }
 
     /// Whether a change made now would be kept: `Ok`, or what would refuse
     /// it (`Full`, `ReadOnly`, `Unavailable`). For the readiness check, so

@@ -744,3 +744,414 @@ async fn nodes_hear_of_each_others_streams_and_leases_and_a_clean_stop_withdraws
     })
     .await;
 }
+
+/// Users cluster-wide: token actors (or stores) on one NATS, each as one
+/// node's, see each other's users, tokens and claims at once.
+mod cluster_users {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use actix::prelude::*;
+    use futures_util::future::join;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::ids::{AccessToken, ClaimToken};
+    use crate::store::{Applied, StoreFuture, UserFeed, UserNews, UserState};
+    use crate::tokens::{
+        Authenticate, AuthenticatedUser, Claimed, DevSignIn, RedeemClaim, SignIn, TokenActor,
+        TokenError, UserUpdated, WatchUsers, WcaProfile,
+    };
+
+    const CLAIM_TTL: Duration = Duration::from_secs(600);
+
+    /// A node's token actor on `server`, with a connection of its own.
+    async fn node(server: &NatsServer) -> Addr<TokenActor> {
+        let users = NatsUsers::new(connect(server).await);
+        TokenActor::new(Box::new(users), CLAIM_TTL).start()
+    }
+
+    /// The users in NATS, without the feed: what another node changes is
+    /// seen only by asking (the lookups), and lookups are counted.
+    struct Unfollowed {
+        inner: NatsUsers,
+        token_lookups: Arc<AtomicUsize>,
+    }
+
+    impl UserStore for Unfollowed {
+        fn load(&mut self) -> StoreFuture<UserState> {
+            self.inner.load()
+        }
+        fn apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<()> {
+            self.inner.apply(changes)
+        }
+        fn check_writable(&mut self) -> StoreFuture<()> {
+            self.inner.check_writable()
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        fn try_apply(&mut self, changes: Vec<UserChange>) -> StoreFuture<Applied> {
+            self.inner.try_apply(changes)
+        }
+        fn follow(&mut self) -> Option<UserFeed> {
+            None
+        }
+        fn find_user(&mut self, id: &UserId) -> StoreFuture<Option<UserRecord>> {
+            self.inner.find_user(id)
+        }
+        fn find_token(&mut self, hash: &TokenHash) -> StoreFuture<Option<UserRecord>> {
+            self.token_lookups.fetch_add(1, Ordering::Relaxed);
+            self.inner.find_token(hash)
+        }
+        fn find_claim(&mut self, hash: &TokenHash) -> StoreFuture<Option<ClaimRecord>> {
+            self.inner.find_claim(hash)
+        }
+    }
+
+    /// A node that never hears of other nodes' changes but by asking; and
+    /// how many access-token lookups it made.
+    async fn deaf_node(server: &NatsServer) -> (Addr<TokenActor>, Arc<AtomicUsize>) {
+        let token_lookups = Arc::new(AtomicUsize::new(0));
+        let users = Unfollowed {
+            inner: NatsUsers::new(connect(server).await),
+            token_lookups: Arc::clone(&token_lookups),
+        };
+        let actor = TokenActor::new(Box::new(users), CLAIM_TTL).start();
+        (actor, token_lookups)
+    }
+
+    async fn dev_sign_in(node: &Addr<TokenActor>, name: &str) -> ClaimToken {
+        node.send(DevSignIn {
+            name: DevName::parse(name).unwrap(),
+        })
+        .await
+        .unwrap()
+        .expect("signed in")
+    }
+
+    fn profile(account: u64, name: &str) -> WcaProfile {
+        WcaProfile {
+            account_id: account,
+            wca_id: Some("2020CLUS01".to_owned()),
+            name: name.to_owned(),
+        }
+    }
+
+    async fn sign_in(node: &Addr<TokenActor>, account: u64, name: &str) -> ClaimToken {
+        node.send(SignIn {
+            profile: profile(account, name),
+        })
+        .await
+        .unwrap()
+        .expect("signed in")
+    }
+
+    async fn redeem(node: &Addr<TokenActor>, claim: &ClaimToken) -> Result<Claimed, TokenError> {
+        node.send(RedeemClaim {
+            claim_token: claim.clone(),
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn authenticate(
+        node: &Addr<TokenActor>,
+        token: &AccessToken,
+    ) -> Result<AuthenticatedUser, TokenError> {
+        node.send(Authenticate {
+            access_token: token.clone(),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Hands every [`UserUpdated`] it is told over to the test.
+    struct Told(mpsc::UnboundedSender<UserUpdated>);
+
+    impl Actor for Told {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<UserUpdated> for Told {
+        type Result = ();
+
+        fn handle(&mut self, msg: UserUpdated, _: &mut Self::Context) {
+            let _ = self.0.send(msg);
+        }
+    }
+
+    async fn watch(node: &Addr<TokenActor>) -> mpsc::UnboundedReceiver<UserUpdated> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let told = Told(tx).start();
+        node.send(WatchUsers {
+            watcher: told.recipient(),
+        })
+        .await
+        .unwrap();
+        rx
+    }
+
+    /// Waits for the update that shows `name`, skipping others.
+    async fn told_of(rx: &mut mpsc::UnboundedReceiver<UserUpdated>, name: &str) -> UserUpdated {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let update = actix::clock::timeout(left, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("not told of {name:?} within {WAIT:?}"))
+                .expect("the watcher is there");
+            if update.info.name == name {
+                return update;
+            }
+        }
+    }
+
+    #[actix::test]
+    async fn a_sign_in_on_one_node_is_claimed_on_another_and_works_on_a_third() {
+        let Some(server) = NatsServer::start("cluster-claim") else {
+            return;
+        };
+        let (a, b, c) = (
+            node(&server).await,
+            node(&server).await,
+            node(&server).await,
+        );
+        let claim = dev_sign_in(&a, "Ana").await;
+        let claimed = redeem(&b, &claim).await.expect("claimed on another node");
+        assert_eq!(claimed.user.name, "Ana (unverified)");
+        for node in [&c, &a, &b] {
+            let user = authenticate(node, &claimed.access_token).await.unwrap();
+            assert_eq!(user.info, claimed.user);
+        }
+        // Once redeemed, on any node, never again.
+        for node in [&a, &b, &c] {
+            assert_eq!(
+                redeem(node, &claim).await,
+                Err(TokenError::InvalidClaimToken)
+            );
+        }
+    }
+
+    /// No window: a node that has not heard of the new user, claim or
+    /// token yet finds each in NATS before it refuses it.
+    #[actix::test]
+    async fn what_a_node_has_not_heard_of_yet_is_looked_up_before_it_is_refused() {
+        let Some(server) = NatsServer::start("cluster-lookup") else {
+            return;
+        };
+        let a = node(&server).await;
+        let (b, lookups) = deaf_node(&server).await;
+        let (c, _) = deaf_node(&server).await;
+        let claim = dev_sign_in(&a, "Bo").await;
+        let claimed = redeem(&b, &claim).await.expect("claimed where unheard of");
+        let user = authenticate(&c, &claimed.access_token).await.unwrap();
+        assert_eq!(user.info, claimed.user);
+        // A token made up is refused, and asked for once however often it comes.
+        let made_up = AccessToken::random();
+        let before = lookups.load(Ordering::Relaxed);
+        for _ in 0..20 {
+            assert_eq!(
+                authenticate(&b, &made_up).await,
+                Err(TokenError::InvalidAccessToken)
+            );
+        }
+        assert_eq!(
+            lookups.load(Ordering::Relaxed),
+            before + 1,
+            "one lookup for a token sent 20 times"
+        );
+        // A token known there is answered without asking.
+        authenticate(&b, &claimed.access_token).await.unwrap();
+        assert_eq!(lookups.load(Ordering::Relaxed), before + 1);
+        // A node that signs in a user another node made, unheard of, finds
+        // them rather than failing: one user, both tokens good everywhere.
+        let again = dev_sign_in(&c, "Bo").await;
+        let claimed_again = redeem(&c, &again).await.unwrap();
+        assert_eq!(claimed_again.user, claimed.user);
+        for node in [&a, &b, &c] {
+            for token in [&claimed.access_token, &claimed_again.access_token] {
+                assert_eq!(authenticate(node, token).await.unwrap().info, claimed.user);
+            }
+        }
+    }
+
+    #[actix::test]
+    async fn one_account_signing_in_on_two_nodes_at_once_is_one_user() {
+        let Some(server) = NatsServer::start("cluster-race") else {
+            return;
+        };
+        let (a, b) = (node(&server).await, node(&server).await);
+        for account in 100..106 {
+            let (on_a, on_b) = join(sign_in(&a, account, "Cy"), sign_in(&b, account, "Cy")).await;
+            // Each redeemed on the other node, at once too.
+            let (from_a, from_b) = join(redeem(&b, &on_a), redeem(&a, &on_b)).await;
+            let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+            assert_eq!(from_a.user, from_b.user, "one user for account {account}");
+            for node in [&a, &b] {
+                for token in [&from_a.access_token, &from_b.access_token] {
+                    assert_eq!(authenticate(node, token).await.unwrap().info, from_a.user);
+                }
+            }
+        }
+        // The same for development names, on deaf nodes (nothing but NATS
+        // to go by).
+        let (c, _) = deaf_node(&server).await;
+        let (d, _) = deaf_node(&server).await;
+        for n in 0..6 {
+            let name = format!("Dee {n}");
+            let (on_c, on_d) = join(dev_sign_in(&c, &name), dev_sign_in(&d, &name)).await;
+            let (from_c, from_d) = join(redeem(&d, &on_c), redeem(&c, &on_d)).await;
+            let (from_c, from_d) = (from_c.unwrap(), from_d.unwrap());
+            assert_eq!(from_c.user, from_d.user, "one user for {name}");
+            for node in [&c, &d, &a] {
+                for token in [&from_c.access_token, &from_d.access_token] {
+                    assert_eq!(authenticate(node, token).await.unwrap().info, from_c.user);
+                }
+            }
+        }
+        let users = NatsUsers::new(connect(&server).await).load().await.unwrap();
+        assert_eq!(users.users.len(), 12, "{:?}", users.users);
+    }
+
+    #[actix::test]
+    async fn a_claim_redeemed_on_two_nodes_at_once_works_once() {
+        let Some(server) = NatsServer::start("cluster-claim-race") else {
+            return;
+        };
+        let (a, b) = (node(&server).await, node(&server).await);
+        let (c, _) = deaf_node(&server).await;
+        for n in 0..6 {
+            let claim = dev_sign_in(&a, &format!("Eve {n}")).await;
+            // One node that heard of it, one that must look it up.
+            let (on_b, on_c) = join(redeem(&b, &claim), redeem(&c, &claim)).await;
+            let won: Vec<_> = [&on_b, &on_c].into_iter().filter(|r| r.is_ok()).collect();
+            assert_eq!(won.len(), 1, "{on_b:?} {on_c:?}");
+            for lost in [&on_b, &on_c].into_iter().filter(|r| r.is_err()) {
+                assert_eq!(lost, &Err(TokenError::InvalidClaimToken));
+            }
+        }
+    }
+
+    /// A name refreshed at a sign-in on another node is told to this
+    /// node's watchers, as a local one is, and so is a user new here.
+    #[actix::test]
+    async fn users_changed_on_another_node_are_told_to_the_watchers() {
+        let Some(server) = NatsServer::start("cluster-updated") else {
+            return;
+        };
+        let (a, b) = (node(&server).await, node(&server).await);
+        let mut told = watch(&b).await;
+        let claim = sign_in(&a, 7, "Fay").await;
+        let first = told_of(&mut told, "Fay (2020CLUS01)").await;
+        sign_in(&a, 7, "Fay Renamed").await;
+        let renamed = told_of(&mut told, "Fay Renamed (2020CLUS01)").await;
+        assert_eq!(renamed.info.twizzle_user_id, first.info.twizzle_user_id);
+        let claimed = redeem(&b, &claim).await.unwrap();
+        assert_eq!(claimed.user, renamed.info);
+    }
+
+    /// The feed goes on after NATS restarts: a change made after it is back
+    /// reaches a node that was following before.
+    #[actix::test]
+    async fn the_feed_goes_on_after_nats_restarts() {
+        let Some(mut server) = NatsServer::start("cluster-restart") else {
+            return;
+        };
+        let (a, b) = (node(&server).await, node(&server).await);
+        let mut told = watch(&b).await;
+        sign_in(&a, 8, "Gus").await;
+        told_of(&mut told, "Gus (2020CLUS01)").await;
+        server.stop();
+        server.restart();
+        let deadline = Instant::now() + WAIT;
+        let claim = loop {
+            match a
+                .send(SignIn {
+                    profile: profile(8, "Gus Again"),
+                })
+                .await
+                .unwrap()
+            {
+                Ok(claim) => break claim,
+                Err(e) => assert!(Instant::now() < deadline, "NATS not back: {e:?}"),
+            }
+            actix::clock::sleep(Duration::from_millis(50)).await; // polling for the reconnect
+        };
+        told_of(&mut told, "Gus Again (2020CLUS01)").await;
+        redeem(&b, &claim).await.unwrap();
+    }
+
+    /// The store itself: a second node's new user for an account taken is
+    /// told as stale, with the user kept, rather than failing.
+    #[actix::test]
+    async fn a_twin_user_is_told_as_stale_with_the_user_kept() {
+        let Some(server) = NatsServer::start("cluster-stale") else {
+            return;
+        };
+        let mut one = NatsUsers::new(connect(&server).await);
+        let mut two = NatsUsers::new(connect(&server).await);
+        one.load().await.unwrap();
+        two.load().await.unwrap();
+        let ana = user(Identity::Wca { wca_account: 9 }, "Ana");
+        one.apply(vec![UserChange::PutUser(ana.clone())])
+            .await
+            .unwrap();
+        let twin = user(Identity::Wca { wca_account: 9 }, "Ana");
+        let twin_claim = claim(&twin, CLAIM_TTL);
+        let applied = two
+            .try_apply(vec![
+                UserChange::PutUser(twin),
+                UserChange::PutClaim(twin_claim),
+            ])
+            .await
+            .unwrap();
+        let Applied::Stale { kept, news, .. } = applied else {
+            panic!("{applied:?}");
+        };
+        assert_eq!((kept, news), (0, UserNews::User(ana.clone())));
+        // Made again on the user kept, it goes through; and the claim is
+        // redeemed once, by whichever node comes first.
+        let mut renamed = ana.clone();
+        renamed.name = "Ana Two".to_owned();
+        let ana_claim = claim(&ana, CLAIM_TTL);
+        two.apply(vec![
+            UserChange::PutUser(renamed.clone()),
+            UserChange::PutClaim(ana_claim.clone()),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            one.find_user(&ana.id).await.unwrap(),
+            Some(renamed),
+            "the other node finds the change"
+        );
+        assert_eq!(
+            one.find_claim(&ana_claim.hash).await.unwrap(),
+            Some(ana_claim.clone())
+        );
+        one.apply(vec![UserChange::RemoveClaim(ana_claim.hash.clone())])
+            .await
+            .unwrap();
+        let again = two
+            .try_apply(vec![UserChange::RemoveClaim(ana_claim.hash.clone())])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&again, Applied::Stale { news: UserNews::ClaimGone(hash), .. } if *hash == ana_claim.hash),
+            "{again:?}"
+        );
+        assert_eq!(one.find_claim(&ana_claim.hash).await.unwrap(), None);
+        // A token is found by its hash, and one made up is not.
+        let token = ana.token_hashes[0].clone();
+        let mut three = NatsUsers::new(connect(&server).await);
+        assert_eq!(
+            three.find_token(&token).await.unwrap().map(|u| u.id),
+            Some(ana.id.clone())
+        );
+        assert_eq!(
+            three.find_token(&TokenHash::of("made up")).await.unwrap(),
+            None
+        );
+    }
+}
