@@ -48,6 +48,11 @@ impl TokenBucket {
         self.refilled = self.refilled.max(now);
     }
 
+    /// Gives back a token taken for what then did not happen.
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
     /// Whether there is a token at `now`, without taking it.
     pub fn ready(&self, now: Instant) -> bool {
         self.available(now) >= 1.0

@@ -68,6 +68,9 @@ pub const CATCH_UP_CHUNK: usize = 256;
 /// Live events held for a viewer while it catches up, at most; past it the
 /// viewer is dropped as too slow, as one whose queue is full.
 pub const CATCH_UP_HELD: usize = 1024;
+/// Times an event is appended to a shared recording before it is refused,
+/// each time after another node's event took its offset.
+pub const MAX_TRIES: u32 = 4;
 
 /// How often a stream that follows a shared recording, and has sockets
 /// here, compares where it is with the recording's end: a feed can lose
@@ -303,6 +306,13 @@ struct Unrecorded {
     received: Instant,
     /// Whether it went to the recording (within its quota).
     recorded: bool,
+    /// Appends of it that another node's got in before.
+    tries: u32,
+    /// Whether it has its offset (and was counted against its sender's
+    /// rate); on a followed recording that waits for its append.
+    admitted: bool,
+    /// Its sender, on a followed recording.
+    by: Option<UserId>,
 }
 
 /// One stream: its sockets, its replay, its countdown and recording.
@@ -394,6 +404,9 @@ pub struct StreamActor {
     /// Set when this node appended to the recording since its last
     /// snapshot.
     appended: bool,
+    /// Set while events wait for the recording to be read on, after
+    /// another node's append took their offsets.
+    rebasing: bool,
 }
 
 /// An event another node recorded, as the feed or a read gave it.
@@ -445,6 +458,7 @@ impl StreamActor {
             reopen: false,
             read_to_end: false,
             appended: false,
+            rebasing: false,
         }
     }
 
@@ -577,7 +591,11 @@ impl StreamActor {
         // Nor while the recording is read for other nodes' events: an
         // event of this node's appended meanwhile could be read back as
         // theirs.
-        if self.writing || self.repairing || (self.checkpointing && self.snapshot_next()) {
+        if self.writing
+            || self.repairing
+            || self.rebasing
+            || (self.checkpointing && self.snapshot_next())
+        {
             // A write that keeps a snapshot waits for the one being kept:
             // two at once could land in either order.
             return;
@@ -611,6 +629,14 @@ impl StreamActor {
         // A shared recording takes one event per append, so that a refusal
         // (another node appended first, NATS went away) is of one event,
         // never of part of a write.
+        while self.following && !self.admit_next() {}
+        if self.unrecorded.is_empty() {
+            // Every event waiting was refused.
+            for waiter in self.flushed.drain(..) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
         let most = if self.following { 1 } else { WRITE_BATCH };
         let take = self.unrecorded.len().min(most);
         let mut batch: Vec<Unrecorded> = self.unrecorded.drain(..take).collect();
@@ -689,6 +715,33 @@ impl StreamActor {
                 // On a shared recording, what other nodes cannot read is
                 // not relayed: the senders hear that it was refused, and
                 // the stream reads on from the recording.
+                // Another node appended first: its events are read, and
+                // these go after them (a few times at most).
+                Err(StoreError::Conflict(_)) if actor.following => {
+                    actor.recorded_bytes -= attempted;
+                    let (retried, refused): (Vec<_>, Vec<_>) =
+                        batch.into_iter().partition(|event| event.tries < MAX_TRIES);
+                    actor.tell_refused(&refused, &StoreError::Conflict(String::new()));
+                    for mut event in retried.into_iter().rev() {
+                        // Counted and given an offset again after the
+                        // events read first.
+                        if let Some(budget) =
+                            event.by.as_ref().and_then(|by| actor.budgets.get_mut(by))
+                        {
+                            budget.give_back();
+                        }
+                        event.admitted = false;
+                        event.recorded = false;
+                        event.tries += 1;
+                        actor.unrecorded.insert(0, event);
+                    }
+                    actor.head = actor.replay.clone();
+                    actor.rebasing = true;
+                    actor.behind = true;
+                    actor.write_next(ctx);
+                    actor.follow_on(ctx);
+                    return;
+                }
                 Err(e) if actor.following => {
                     actor.recorded_bytes -= attempted;
                     actor.refuse_unrecorded(batch, &e);
@@ -726,9 +779,20 @@ impl StreamActor {
     /// its last relayed event: the events after it had offsets that
     /// followed the refused ones.
     fn refuse_unrecorded(&mut self, batch: Vec<Unrecorded>, error: &StoreError) {
-        let frame = error_frame(error.public_message());
         let refused: Vec<Unrecorded> = batch.into_iter().chain(self.unrecorded.drain(..)).collect();
-        for event in &refused {
+        self.tell_refused(&refused, error);
+        self.head = self.replay.clone();
+        self.behind = true;
+    }
+
+    /// Tells the senders of `refused` that their events were refused for
+    /// `error`, one error frame each.
+    fn tell_refused(&mut self, refused: &[Unrecorded], error: &StoreError) {
+        if refused.is_empty() {
+            return;
+        }
+        let frame = error_frame(error.public_message());
+        for event in refused {
             self.metrics.rejected("storage_unavailable");
             if let Some(member) = self.members.get(&event.from) {
                 let _ = member.outbox.try_send(Outbound::Event(frame.clone()));
@@ -739,8 +803,64 @@ impl StreamActor {
             self.id,
             refused.len()
         );
+    }
+
+    /// Lets the events that lost their offsets to another node's go on,
+    /// now that the recording was read to its end: each is counted and
+    /// given its offset again when its turn comes.
+    fn rebase(&mut self) {
+        self.rebasing = false;
         self.head = self.replay.clone();
-        self.behind = true;
+    }
+
+    /// On a followed recording, counts the next waiting event against its
+    /// sender's rate and gives it the offset after the last event here;
+    /// `false` if it was refused (and taken out), `true` if it may go (or
+    /// nothing waits).
+    fn admit_next(&mut self) -> bool {
+        let Some(event) = self.unrecorded.first_mut() else {
+            return true;
+        };
+        if event.admitted {
+            return true;
+        }
+        let now = Instant::now();
+        let limits = self.limits;
+        let over_rate = event.by.as_ref().is_some_and(|by| {
+            !self
+                .budgets
+                .entry(by.clone())
+                .or_insert_with(|| TokenBucket::new(limits.events_per_sec, limits.event_burst, now))
+                .take(now)
+        });
+        let offset = if over_rate {
+            None
+        } else {
+            self.head.admit(event.kind)
+        };
+        let Some(offset) = offset else {
+            let event = self.unrecorded.remove(0);
+            if over_rate {
+                self.metrics.rejected("rate_limited");
+                self.metrics.limit_hit("sender_events");
+                if let Some(member) = self.members.get(&event.from) {
+                    let _ = member
+                        .outbox
+                        .try_send(Outbound::Event(self.rate_limited.clone()));
+                }
+            } else {
+                self.metrics.rejected("reset_loop");
+            }
+            return false;
+        };
+        if event.tries == 0 {
+            self.metrics.events_accepted.inc();
+        }
+        event.offset = offset;
+        event.frame = with_offset(&event.text, offset);
+        event.admitted = true;
+        self.head.remember(event.kind, offset, event.frame.clone());
+        true
     }
 
     /// Relays what other nodes recorded, in order, once no append of this
@@ -750,7 +870,7 @@ impl StreamActor {
         if !self.following
             || self.writing
             || self.repairing
-            || !self.unrecorded.is_empty()
+            || (!self.unrecorded.is_empty() && !self.rebasing)
             || self.ending.is_some()
         {
             return;
@@ -777,6 +897,12 @@ impl StreamActor {
                 // The recording was read to its end since the event came
                 // and does not have the ones before it (deleted, or past
                 // its quota): the viewers hear which they miss.
+                log::warn!(
+                    "stream {}: feed jumped from {} to {}; the recording has nothing between",
+                    self.id,
+                    next - 1,
+                    event.recorded.offset
+                );
                 let gap = gap_frame(next - 1, event.recorded.offset - 1);
                 self.fan_out(NO_SOCKET, &gap, ctx);
             }
@@ -821,6 +947,9 @@ impl StreamActor {
                 received_ms: recorded.received_ms.unwrap_or_default(),
                 received: Instant::now(),
                 recorded: true,
+                tries: 0,
+                admitted: true,
+                by: None,
             },
             ctx,
         );
@@ -841,8 +970,13 @@ impl StreamActor {
             let chunk = match read {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    // The next check (a reconnect, the interval) tries again.
+                    // The next check (a reconnect, the interval) tries again;
+                    // events waiting to go after what it reads cannot.
                     log::debug!("stream {}: cannot read on from {after}: {e}", actor.id);
+                    if actor.rebasing {
+                        actor.rebasing = false;
+                        actor.refuse_unrecorded(Vec::new(), &e);
+                    }
                     actor.write_next(ctx);
                     return;
                 }
@@ -856,6 +990,12 @@ impl StreamActor {
                 if recorded.offset > next {
                     // Not in the recording either (deleted, or past its
                     // quota): the viewers hear which events they miss.
+                    log::warn!(
+                        "stream {}: the recording jumps from {} to {}",
+                        actor.id,
+                        next - 1,
+                        recorded.offset
+                    );
                     let gap = gap_frame(next - 1, recorded.offset - 1);
                     actor.fan_out(NO_SOCKET, &gap, ctx);
                 }
@@ -870,9 +1010,9 @@ impl StreamActor {
                 .len() as u64;
                 let remote = Remote {
                     kind: parsed.event.kind,
+                    sender: recorded.sender.clone(),
                     recorded,
                     bytes,
-                    sender: None,
                 };
                 actor.take_remote(remote, ctx);
                 repaired = true;
@@ -883,6 +1023,9 @@ impl StreamActor {
             // More to read: on at once.
             actor.behind = !chunk.done;
             actor.read_to_end = chunk.done;
+            if chunk.done && actor.rebasing {
+                actor.rebase();
+            }
             actor.write_next(ctx);
             actor.follow_on(ctx);
         }));
@@ -1145,7 +1288,6 @@ impl StreamHandler<Followed> for StreamActor {
                 recorded,
                 kind,
                 bytes,
-                sender,
             } => {
                 // At or before the last event accepted here: this node's
                 // own, or one whose append refused this node's, which the
@@ -1159,10 +1301,10 @@ impl StreamHandler<Followed> for StreamActor {
                     self.behind = true;
                 } else {
                     self.remote.push_back(Remote {
+                        sender: recorded.sender.clone(),
                         recorded,
                         kind,
                         bytes,
-                        sender,
                     });
                 }
             }
@@ -1239,6 +1381,32 @@ impl Handler<Publish> for StreamActor {
             return;
         };
         let Some(user) = &member.sender else { return };
+        if self.following {
+            // Checked and given its offset when its turn to be appended
+            // comes: only then has this node read every event before it.
+            if self.unrecorded.len() >= MAX_UNRECORDED {
+                self.metrics.rejected("storage_busy");
+                let _ = member
+                    .outbox
+                    .try_send(Outbound::Event(self.storage_busy.clone()));
+                return;
+            }
+            self.unrecorded.push(Unrecorded {
+                from: msg.socket,
+                by: Some(user.clone()),
+                kind: msg.event.kind,
+                offset: 0,
+                text: msg.event.text,
+                frame: ByteString::new(),
+                received_ms: epoch_ms(SystemTime::now()),
+                received: msg.received,
+                recorded: false,
+                tries: 0,
+                admitted: false,
+            });
+            self.write_next(ctx);
+            return;
+        }
         let limits = self.limits;
         let budget = self.budgets.entry(user.clone()).or_insert_with(|| {
             TokenBucket::new(limits.events_per_sec, limits.event_burst, Instant::now())
@@ -1269,6 +1437,7 @@ impl Handler<Publish> for StreamActor {
         self.head.remember(msg.event.kind, offset, frame.clone());
         self.unrecorded.push(Unrecorded {
             from: msg.socket,
+            by: None,
             kind: msg.event.kind,
             offset,
             text: msg.event.text,
@@ -1276,6 +1445,8 @@ impl Handler<Publish> for StreamActor {
             received_ms: epoch_ms(SystemTime::now()),
             received: msg.received,
             recorded: false,
+            tries: 0,
+            admitted: true,
         });
         self.write_next(ctx);
     }

@@ -505,7 +505,8 @@ async fn caddy_balances_over_ready_nodes_only() {
     relay.cut();
     let body = b.wait_readiness(&probes.direct, 503).await;
     assert_eq!(body["reason"], "storage unavailable");
-    assert_eq!(a.readiness(&probes.direct).await.0, 200);
+    // A is unaffected (a check may be slow on a busy machine, so waited on).
+    a.wait_readiness(&probes.direct, 200).await;
     probes
         .until(&through, &caddy, &mut [&mut a, &mut b], 20, |c| c[1] == 0)
         .await;

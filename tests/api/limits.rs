@@ -449,7 +449,7 @@ async fn a_senders_sockets_share_one_budget(nodes: Nodes) {
                     if frame["event"] == "move" {
                         continue;
                     }
-                    assert_eq!(frame["data"]["message"], "rate limit exceeded");
+                    assert_eq!(frame["data"]["message"], "rate limit exceeded", "{frame}");
                     refused += 1;
                 }
                 Ok(other) => panic!("unexpected {other:?}"),

@@ -54,6 +54,9 @@ pub enum StoreError {
     ReadOnly,
     /// The storage cannot be reached now (a networked store); try again later.
     Unavailable(String),
+    /// Another node wrote first what this write expected to follow (a
+    /// shared recording's next event); read on and try again.
+    Conflict(String),
     /// Anything else; the details are for the log.
     Failed(String),
 }
@@ -64,7 +67,7 @@ impl StoreError {
         match self {
             StoreError::Full => "storage full",
             StoreError::ReadOnly => "storage read-only",
-            StoreError::Unavailable(_) => "storage unavailable",
+            StoreError::Unavailable(_) | StoreError::Conflict(_) => "storage unavailable",
             StoreError::Failed(_) => "internal error",
         }
     }
@@ -76,6 +79,7 @@ impl fmt::Display for StoreError {
             StoreError::Full => f.write_str("storage full"),
             StoreError::ReadOnly => f.write_str("storage read-only"),
             StoreError::Unavailable(why) => write!(f, "storage unavailable: {why}"),
+            StoreError::Conflict(why) => write!(f, "written elsewhere first: {why}"),
             StoreError::Failed(why) => write!(f, "storage failed: {why}"),
         }
     }
@@ -555,9 +559,6 @@ pub enum Followed {
         kind: crate::event::EventKind,
         /// Bytes of its recording line (its newline counted), for the quota.
         bytes: u64,
-        /// The sender whose event it is, where the node that recorded it
-        /// said so: it counts against their rate on every node.
-        sender: Option<UserId>,
     },
     /// The feed may have missed events (its connection came back): the
     /// follower compares where it is with the recording.
@@ -579,6 +580,9 @@ pub struct Recorded {
     pub received_ms: Option<u64>,
     /// The event as senders' events are encoded: `{"event":…,"data":…}`.
     pub text: ByteString,
+    /// Who sent it, where the recording keeps that (cluster mode), for the
+    /// rate of a sender with sockets on several nodes.
+    pub sender: Option<UserId>,
 }
 
 /// Where a read of a recording goes on from.

@@ -351,6 +351,7 @@ pub fn read_chunk(
             offset,
             received_ms: recorded.received_ms,
             text: recorded.event.text,
+            sender: None,
         });
     };
     Ok(Some(Chunk {

@@ -8,6 +8,8 @@
 //!   revision; `wca.<account>` and `dev.<hex of the name>`, the user each
 //!   WCA account or development name signs in as, created only where
 //!   absent, so that two nodes never create the same user twice;
+//!   `token.<hash>`, the user an access token's hash belongs to, written
+//!   before the record that makes it valid, so another node finds it;
 //! - KV bucket [`CLAIMS_BUCKET`]: `<hash>`, each unredeemed claim token,
 //!   which JetStream deletes when it expires (a per-key TTL); redeemed by
 //!   compare-and-set, so a claim token works once;
@@ -22,9 +24,19 @@
 //!   presence lease: its sockets per stream (see [`presence`]);
 //! - stream [`EVENTS_STREAM`], subjects `twizzle.events.<streamID>`: each
 //!   stream's recording, one message per event, its payload the recording
-//!   line (`{"offset":n,"receivedAt":ms,"event":…,"data":…}`), appended with
-//!   the sequence of the subject's last message expected, so one writer at
-//!   a time can append.
+//!   line (`{"offset":n,"receivedAt":ms,"event":…,"data":…}`) and a
+//!   `Twizzle-Sender` header, appended with the sequence of the subject's
+//!   last message expected, so that an append from a node that has not
+//!   seen the last event is refused (see [`recording`]);
+//! - core subjects `twizzle.feed.<streamID>`: each message JetStream
+//!   stored on the stream's recording subject, republished by JetStream
+//!   (only what it stored: a refused append reaches plain subscribers of
+//!   the recording's subject too), and the events past a recording's
+//!   quota, which are not recorded, sent there by the node that took them.
+//!
+//! Every node's stream follows `twizzle.feed.<streamID>` and relays what
+//! any node appended; the offsets in the payloads show it what it missed,
+//! which it reads back from the recording.
 //!
 //! The [`Client`] is connected once (see [`Nats::connect`]) on the thread
 //! that starts the server; its connection task runs there, and the actors
@@ -66,6 +78,9 @@ pub const SNAPSHOTS_BUCKET: &str = "twizzle_snapshots";
 pub const EVENTS_STREAM: &str = "TWIZZLE_EVENTS";
 /// The subjects of [`EVENTS_STREAM`]: one per broadcast stream.
 pub const EVENTS_SUBJECTS: &str = "twizzle.events.>";
+/// Where JetStream republishes each message it stored on
+/// [`EVENTS_SUBJECTS`]: `twizzle.feed.<streamID>`, which the nodes follow.
+pub const FEED_SUBJECTS: &str = "twizzle.feed.>";
 /// How long a request to NATS may take before it counts as unanswered.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the readiness probe waits for NATS: well within the
@@ -236,6 +251,15 @@ impl Nats {
             subjects: vec![EVENTS_SUBJECTS.to_owned()],
             storage: StorageType::File,
             allow_direct: true,
+            // What the nodes' streams follow: a message on the recording's
+            // subject reaches core subscribers there whether or not
+            // JetStream took it (an append refused for its expected
+            // sequence included); one republished was stored.
+            republish: Some(stream::Republish {
+                source: EVENTS_SUBJECTS.to_owned(),
+                destination: FEED_SUBJECTS.to_owned(),
+                headers_only: false,
+            }),
             num_replicas: replicas,
             ..Default::default()
         })
@@ -337,6 +361,8 @@ pub(crate) struct Read {
     pub payload: Bytes,
     /// Whether it marks a deleted key (KV) rather than a value.
     pub deleted: bool,
+    /// The value of its `Twizzle-Sender` header, if it has one.
+    pub sender: Option<String>,
 }
 
 /// Reads a stream's messages on a subject filter in order, a batch at a
@@ -410,11 +436,17 @@ impl Scan {
                         .get("KV-Operation")
                         .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
             });
+            let sender = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(recording::SENDER_HEADER))
+                .map(|value| value.as_str().to_owned());
             read.push(Read {
                 subject: message.subject.to_string(),
                 seq,
                 payload: message.payload.clone(),
                 deleted,
+                sender,
             });
             self.left = usize::try_from(pending).unwrap_or(usize::MAX);
             if read.len() >= want {

@@ -15,9 +15,11 @@
 //! binary search over the subject's messages (direct gets), then reads on
 //! through an ephemeral consumer.
 //!
-//! The subject is followed too ([`RecordingStore::follow`]): a core NATS
-//! subscription made before the open reads, so that every node's stream
-//! hears of what any node appends.
+//! The recording is followed too ([`RecordingStore::follow`]): a core NATS
+//! subscription to what JetStream republishes of it once stored
+//! ([`feed_subject`]), made before the open reads, so that every node's
+//! stream hears of what any node appended, and of nothing JetStream
+//! refused.
 //!
 //! The snapshot says up to which sequence it covers the recording; a
 //! restored stream reads the snapshot and the messages after it. Clearing
@@ -50,7 +52,7 @@ use crate::store::{
 const CHECKPOINT_VERSION: u32 = 1;
 /// The header that names the sender of an appended event, for the rate
 /// limit the other nodes count it against.
-const SENDER_HEADER: &str = "Twizzle-Sender";
+pub(crate) const SENDER_HEADER: &str = "Twizzle-Sender";
 /// Messages one step of a restore reads.
 const RESTORE_BATCH: usize = 1024;
 
@@ -59,16 +61,11 @@ pub fn subject(id: &StreamId) -> String {
     format!("twizzle.events.{id}")
 }
 
-/// The subject on which stream `id`'s events past its quota, which are not
-/// recorded, reach the other nodes; core NATS, kept nowhere.
-pub fn relay_subject(id: &StreamId) -> String {
-    format!("twizzle.relay.{id}")
-}
-
-/// What a follower of stream `id` subscribes to: its recording's subject
-/// and its relay subject.
-fn followed_subjects(id: &StreamId) -> String {
-    format!("twizzle.*.{id}")
+/// What a follower of stream `id` subscribes to: what JetStream stored of
+/// its recording, republished (see [`super::FEED_SUBJECTS`]), and its
+/// events past the quota, which are not recorded, sent there directly.
+pub fn feed_subject(id: &StreamId) -> String {
+    format!("twizzle.feed.{id}")
 }
 
 /// The snapshot as kept: the replay, and how much of the recording it covers.
@@ -228,6 +225,8 @@ impl NatsRecording {
                     end.failing = false;
                     log::info!("stream {id}: recording again");
                 }
+                // Another node's append first is not a failure of NATS.
+                Err(StoreError::Conflict(why)) => log::debug!("stream {id}: {why}"),
                 Err(e) if !end.failing => {
                     end.failing = true;
                     log::error!("stream {id}: recording failed: {e}");
@@ -393,10 +392,10 @@ async fn publish(
                     Some((seq, Some(last))) if offset == Some(last + 1) => after = seq,
                     // Emptied (a deletion) since.
                     None => after = 0,
-                    // Told as unavailable: the stream reads on from the
-                    // recording, and its sender may send again.
+                    // The stream reads on from the recording, and tries
+                    // again after what it finds.
                     _ => {
-                        return Err(StoreError::Unavailable(format!(
+                        return Err(StoreError::Conflict(format!(
                             "stream {id}: another node appended to its recording first"
                         )))
                     }
@@ -418,7 +417,7 @@ impl RecordingStore for NatsRecording {
         Box::pin(async move {
             // Before the read: an event appended while it reads comes on
             // the feed too, and is skipped there if the read had it.
-            match nats.client.subscribe(followed_subjects(&id)).await {
+            match nats.client.subscribe(feed_subject(&id)).await {
                 Ok(subscriber) => {
                     *live.lock().unwrap_or_else(|p| p.into_inner()) = Some(subscriber)
                 }
@@ -506,7 +505,7 @@ impl RecordingStore for NatsRecording {
     fn follow(&mut self) -> Option<Feed> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).take();
         let (nats, id) = (self.nats.clone(), self.id.clone());
-        // Core NATS delivery of what JetStream stores on the subject: no
+        // Core NATS delivery of what JetStream stored and republished: no
         // acknowledgements and no redelivery, so it can miss messages (a
         // reconnect, a slow consumer); the follower finds those by their
         // offsets and reads them from the recording.
@@ -515,7 +514,7 @@ impl RecordingStore for NatsRecording {
                 Some(subscriber) => Some(subscriber),
                 None => nats
                     .client
-                    .subscribe(followed_subjects(&id))
+                    .subscribe(feed_subject(&id))
                     .await
                     .inspect_err(|e| log::error!("stream {id}: cannot follow its recording: {e}"))
                     .ok(),
@@ -536,7 +535,7 @@ impl RecordingStore for NatsRecording {
 
     fn pass_on(&mut self, lines: Vec<u8>) -> StoreFuture<()> {
         let nats = self.nats.clone();
-        let subject = relay_subject(&self.id);
+        let subject = feed_subject(&self.id);
         Box::pin(async move {
             nats.connected()?;
             for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -568,9 +567,9 @@ fn followed(message: &async_nats::Message) -> Option<Followed> {
             offset: recorded.offset?,
             received_ms: recorded.received_ms,
             text: recorded.event.text,
+            sender,
         },
         bytes: payload.len() as u64 + 1,
-        sender,
     })
 }
 
@@ -668,6 +667,7 @@ pub async fn read_chunk(
                 offset,
                 received_ms: recorded.received_ms,
                 text: recorded.event.text,
+                sender: message.sender.as_deref().and_then(UserId::parse),
             })
         })
         .filter(|recorded| recorded.offset > after)

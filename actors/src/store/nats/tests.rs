@@ -478,7 +478,7 @@ async fn a_second_writer_of_a_recording_is_refused() {
     let (mut a, mut b) = (Replay::default(), Replay::default());
     first.append(accept(&mut a, &[mv(1)])).await.unwrap();
     let refused = second.append(accept(&mut b, &[mv(1)])).await;
-    let first_there = |refused: &Result<(), StoreError>| matches!(refused, Err(StoreError::Unavailable(why)) if why.contains("appended to its recording first"));
+    let first_there = |refused: &Result<(), StoreError>| matches!(refused, Err(StoreError::Conflict(why)) if why.contains("appended to its recording first"));
     assert!(first_there(&refused), "{refused:?}");
     first.append(accept(&mut a, &[mv(2)])).await.unwrap();
     // Offset 2 is taken too; the second writer's 3, after it, goes in once
