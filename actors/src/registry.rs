@@ -276,6 +276,8 @@ struct Entry {
     idle_since_ms: Option<u64>,
     /// Set while this node's attempt to end it is in flight (cluster mode).
     ending: bool,
+    /// Sender sockets whose cluster-wide slot is being taken (cluster mode).
+    pending_senders: usize,
 }
 
 impl Entry {
@@ -604,6 +606,7 @@ impl Registry {
             created_ms,
             idle_since_ms,
             ending: false,
+            pending_senders: 0,
         };
         self.next_seq += 1;
         let summary = Self::summary(&id, &entry);
@@ -1122,20 +1125,89 @@ impl Handler<OpenSocket> for Registry {
 
     fn handle(&mut self, msg: OpenSocket, ctx: &mut Self::Context) -> Self::Result {
         if self.shutting_down || self.streams.contains_key(&msg.stream_id) {
-            return Box::pin(fut::ready(self.admit(msg, ctx)));
+            return self.admit_across(msg, ctx);
         }
         match self.find_elsewhere(&msg.stream_id) {
-            Some(found) => Box::pin(found.map(move |(), registry, ctx| registry.admit(msg, ctx))),
+            Some(found) => {
+                Box::pin(found.then(move |(), registry, ctx| registry.admit_across(msg, ctx)))
+            }
             None => Box::pin(fut::ready(Err(RegistryError::UnknownStream))),
         }
     }
 }
 
 impl Registry {
+    /// Admits a socket; in cluster mode a sender socket first takes one of
+    /// the stream's sender-socket slots, counted over every node by
+    /// compare-and-set, so that the limit holds exactly however the
+    /// sockets are spread.
+    fn admit_across(
+        &mut self,
+        msg: OpenSocket,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Admission, RegistryError>> {
+        let live: Option<Vec<String>> = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.peers.keys().cloned().collect());
+        let (Some(live), false) = (live, self.shutting_down) else {
+            return Box::pin(fut::ready(self.admit(msg, false, ctx)));
+        };
+        let Some(entry) = self.streams.get_mut(&msg.stream_id) else {
+            return Box::pin(fut::ready(Err(RegistryError::UnknownStream)));
+        };
+        let sender = msg
+            .user_id
+            .as_ref()
+            .is_some_and(|user| entry.senders.iter().any(|s| s.twizzle_user_id == *user));
+        if !sender {
+            return Box::pin(fut::ready(self.admit(msg, false, ctx)));
+        }
+        let mine = entry.sender_sockets + entry.pending_senders;
+        entry.pending_senders += 1;
+        let limit = self.settings.max_sender_sockets_per_stream;
+        let taken = self
+            .store
+            .take_sender_slot(&msg.stream_id, &self.node_id, mine, live, limit);
+        Box::pin(taken.into_actor(self).map(move |taken, registry, ctx| {
+            let id = msg.stream_id.clone();
+            if let Some(entry) = registry.streams.get_mut(&id) {
+                entry.pending_senders -= 1;
+            }
+            match taken {
+                Ok(true) => {}
+                Ok(false) => {
+                    registry
+                        .settings
+                        .metrics
+                        .limit_hit("sender_sockets_per_stream");
+                    return Err(RegistryError::TooManySenderSockets { limit });
+                }
+                Err(e) => return Err(RegistryError::Storage(e)),
+            }
+            let admitted = registry.admit(msg, true, ctx);
+            if admitted.is_err() {
+                // The slot taken goes back.
+                let mine = registry
+                    .streams
+                    .get(&id)
+                    .map_or(0, |e| e.sender_sockets + e.pending_senders);
+                registry
+                    .store
+                    .set_sender_slots(&id, &registry.node_id, mine);
+            }
+            admitted
+        }))
+    }
+}
+
+impl Registry {
     /// Admits a socket to a stream this node runs, within the limits.
+    /// `slot_taken`: a sender's cluster-wide slot is taken already.
     fn admit(
         &mut self,
         msg: OpenSocket,
+        slot_taken: bool,
         ctx: &mut Context<Self>,
     ) -> Result<Admission, RegistryError> {
         // Checked first: a socket refused while the server stops must hear
@@ -1166,7 +1238,7 @@ impl Registry {
             .is_some_and(|user| entry.senders.iter().any(|s| s.twizzle_user_id == *user));
         if sender {
             let limit = self.settings.max_sender_sockets_per_stream;
-            if entry.sender_sockets + remote.senders >= limit {
+            if !slot_taken && entry.sender_sockets + remote.senders >= limit {
                 self.settings.metrics.limit_hit("sender_sockets_per_stream");
                 return Err(RegistryError::TooManySenderSockets { limit });
             }
@@ -1223,6 +1295,11 @@ impl Handler<SocketClosed> for Registry {
             };
             *count = count.saturating_sub(1);
             self.counts_changed = true;
+            if msg.sender && self.cluster.is_some() {
+                let mine = entry.sender_sockets + entry.pending_senders;
+                self.store
+                    .set_sender_slots(&msg.stream_id, &self.node_id, mine);
+            }
             self.lease_changed(ctx);
         }
     }

@@ -472,6 +472,29 @@ pub trait StreamStore {
     fn withdraw_presence(&mut self) -> StoreFuture<()> {
         done(Ok(()))
     }
+
+    /// Cluster mode: takes one of stream `id`'s `max` sender-socket slots
+    /// for node `node`, which then has `mine + 1` sender sockets on it;
+    /// the slots of nodes not in `live` are free (their leases ran out).
+    /// Resolves to `false` if every slot is taken. A single node counts
+    /// its own sockets, so this is always `true` there.
+    fn take_sender_slot(
+        &mut self,
+        id: &StreamId,
+        node: &str,
+        mine: usize,
+        live: Vec<String>,
+        max: usize,
+    ) -> StoreFuture<bool> {
+        let _ = (id, node, mine, live, max);
+        done(Ok(true))
+    }
+
+    /// Cluster mode: node `node` has `mine` sender sockets on stream `id`
+    /// now (one closed, or a slot taken was not used).
+    fn set_sender_slots(&mut self, id: &StreamId, node: &str, mine: usize) {
+        let _ = (id, node, mine);
+    }
 }
 
 /// Which offsets a recording holds without a hole: every one from `from`

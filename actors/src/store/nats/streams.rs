@@ -451,6 +451,75 @@ fn told(known: &Mutex<Known>, news: &Recipient<ClusterNews>, entry: Entry) {
     }
 }
 
+/// The key of the sender-socket slots of stream `id`, by node.
+fn slots_key(id: &StreamId) -> String {
+    format!("senders.{id}")
+}
+
+/// Sets node `node`'s sender sockets on stream `id` to `count`, by
+/// compare-and-set on the key of every node's; with `check`, only if the
+/// live nodes' (`check.0`, and this one) come to at most `check.1` then.
+/// Resolves to whether it was set.
+async fn sender_slots(
+    nats: &Nats,
+    id: &StreamId,
+    node: &str,
+    count: usize,
+    check: Option<(&[String], usize)>,
+) -> Result<bool, StoreError> {
+    let key = slots_key(id);
+    const WHAT: &str = "cannot count a stream's sender sockets";
+    for _ in 0..CAS_ATTEMPTS {
+        let entry = nats
+            .streams
+            .entry(key.as_str())
+            .await
+            .map_err(|e| unavailable(WHAT, e))?;
+        let (mut slots, revision) = match entry {
+            Some(entry) => (
+                serde_json::from_slice::<HashMap<String, usize>>(&entry.value).unwrap_or_default(),
+                Some(entry.revision),
+            ),
+            None => (HashMap::new(), None),
+        };
+        if let Some((live, _)) = check {
+            // Nodes whose leases ran out hold no slots.
+            slots.retain(|n, _| n == node || live.iter().any(|l| l == n));
+        }
+        if count == 0 {
+            slots.remove(node);
+        } else {
+            slots.insert(node.to_owned(), count);
+        }
+        if let Some((_, max)) = check {
+            if slots.values().sum::<usize>() > max {
+                return Ok(false);
+            }
+        }
+        let value: bytes::Bytes = serde_json::to_vec(&slots)
+            .map_err(|e| StoreError::Failed(e.to_string()))?
+            .into();
+        let written = match revision {
+            Some(revision) => match nats.streams.update(key.as_str(), value, revision).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
+                Err(e) => return Err(unavailable(WHAT, e)),
+            },
+            None => match nats.streams.create(key.as_str(), value).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => false,
+                Err(e) => return Err(unavailable(WHAT, e)),
+            },
+        };
+        if written {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Unavailable(
+        "a stream's sender sockets keep changing elsewhere".to_owned(),
+    ))
+}
+
 /// Writes the change to stream `id`'s record: on the revision known, else
 /// (or if the record changed meanwhile) on the one read back.
 async fn write_change(
@@ -793,6 +862,39 @@ impl StreamStore for NatsStreams {
         if let Some(presence) = &self.presence {
             presence.publish(sockets);
         }
+    }
+
+    fn take_sender_slot(
+        &mut self,
+        id: &StreamId,
+        node: &str,
+        mine: usize,
+        live: Vec<String>,
+        max: usize,
+    ) -> StoreFuture<bool> {
+        let nats = self.nats.clone();
+        let (id, node) = (id.clone(), node.to_owned());
+        self.in_turn(async move {
+            nats.connected()?;
+            sender_slots(&nats, &id, &node, mine + 1, Some((&live, max))).await
+        })
+    }
+
+    fn set_sender_slots(&mut self, id: &StreamId, node: &str, mine: usize) {
+        let nats = self.nats.clone();
+        let (id, node) = (id.clone(), node.to_owned());
+        let written = self.in_turn(async move {
+            nats.connected()?;
+            sender_slots(&nats, &id, &node, mine, None)
+                .await
+                .map(|_| ())
+        });
+        actix::spawn(async move {
+            if let Err(e) = written.await {
+                // The slot frees itself when this node's lease runs out.
+                log::warn!("NATS: a sender slot is not given back yet: {e}");
+            }
+        });
     }
 
     fn withdraw_presence(&mut self) -> StoreFuture<()> {

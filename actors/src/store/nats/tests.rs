@@ -1155,3 +1155,57 @@ mod cluster_users {
         );
     }
 }
+
+#[actix::test]
+async fn sender_socket_slots_are_counted_over_nodes_exactly() {
+    let Some(server) = NatsServer::start("slots") else {
+        return;
+    };
+    let mut a = NatsStreams::new(connect(&server).await);
+    let mut b = NatsStreams::new(connect(&server).await);
+    let id = StreamId::random();
+    let live_a = || vec!["node_a".to_owned()];
+    let live_b = || vec!["node_b".to_owned()];
+    assert!(a
+        .take_sender_slot(&id, "node_a", 0, live_b(), 3)
+        .await
+        .unwrap());
+    assert!(a
+        .take_sender_slot(&id, "node_a", 1, live_b(), 3)
+        .await
+        .unwrap());
+    assert!(b
+        .take_sender_slot(&id, "node_b", 0, live_a(), 3)
+        .await
+        .unwrap());
+    assert!(
+        !b.take_sender_slot(&id, "node_b", 1, live_a(), 3)
+            .await
+            .unwrap(),
+        "three taken over two nodes"
+    );
+    // One of A's closes: B may take it.
+    a.set_sender_slots(&id, "node_a", 1);
+    a.sync().await.unwrap();
+    assert!(b
+        .take_sender_slot(&id, "node_b", 1, live_a(), 3)
+        .await
+        .unwrap());
+    assert!(!a
+        .take_sender_slot(&id, "node_a", 1, live_b(), 3)
+        .await
+        .unwrap());
+    // B's lease ran out: its slots are free for A.
+    assert!(a
+        .take_sender_slot(&id, "node_a", 1, Vec::new(), 3)
+        .await
+        .unwrap());
+    assert!(a
+        .take_sender_slot(&id, "node_a", 2, Vec::new(), 3)
+        .await
+        .unwrap());
+    assert!(!a
+        .take_sender_slot(&id, "node_a", 3, Vec::new(), 3)
+        .await
+        .unwrap());
+}
