@@ -701,6 +701,43 @@ impl Registry {
         if self.streams.contains_key(&record.id) || self.shutting_down {
             return;
         }
+        // Its senders first, so that it is never shown with unknown ones
+        // here; a request for it meanwhile reads it from the store.
+        let lookup = self.users.as_ref().map(|users| {
+            users.send(LookupUsers {
+                user_ids: record.senders.clone(),
+            })
+        });
+        let looked_up = async move {
+            match lookup {
+                Some(lookup) => lookup.await.ok(),
+                None => None,
+            }
+        };
+        ctx.spawn(looked_up.into_actor(self).map(move |infos, registry, ctx| {
+            let launched = registry.launch_adopted(record, ctx);
+            match infos {
+                Some(infos) => registry.update_senders(infos),
+                // Looked up again, as a stream found on a request is.
+                None => {
+                    if let Some(lookup) = launched {
+                        ctx.spawn(lookup);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Launches a stream made on another node; resolves once its senders
+    /// are looked up. `None` if it runs here already.
+    fn launch_adopted(
+        &mut self,
+        record: StreamRecord,
+        ctx: &mut Context<Self>,
+    ) -> Option<ResponseActFuture<Self, ()>> {
+        if self.streams.contains_key(&record.id) || self.shutting_down {
+            return None;
+        }
         let senders = record.senders.iter().map(PublicUserInfo::unknown).collect();
         log::debug!("stream {} taken in from the shared store", record.id);
         self.launch(
@@ -710,8 +747,7 @@ impl Registry {
             record.idle_since_ms,
             ctx,
         );
-        let lookup = self.look_up(record.senders);
-        ctx.spawn(lookup);
+        Some(self.look_up(record.senders))
     }
 
     /// Forgets a stream: frees its creator's slot and, if `record_end` and
@@ -901,15 +937,24 @@ impl Registry {
         }
         let found = self.store.find(id)?;
         let id = id.clone();
-        Some(Box::pin(found.into_actor(self).map(
-            move |found, registry, ctx| match found {
-                Ok(Some(record)) => registry.adopt(record, ctx),
-                Ok(None) => {
-                    if let Some(cluster) = &mut registry.cluster {
-                        cluster.miss(id);
+        // Answered once its senders are looked up too: the stream found is
+        // shown with their names, as on the node that made it.
+        Some(Box::pin(found.into_actor(self).then(
+            move |found, registry, ctx| -> ResponseActFuture<Self, ()> {
+                match found {
+                    Ok(Some(record)) => {
+                        if let Some(lookup) = registry.launch_adopted(record, ctx) {
+                            return lookup;
+                        }
                     }
+                    Ok(None) => {
+                        if let Some(cluster) = &mut registry.cluster {
+                            cluster.miss(id);
+                        }
+                    }
+                    Err(e) => log::debug!("stream {id}: cannot look it up: {e}"),
                 }
-                Err(e) => log::debug!("stream {id}: cannot look it up: {e}"),
+                Box::pin(fut::ready(()))
             },
         )))
     }

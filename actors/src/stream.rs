@@ -500,13 +500,19 @@ impl StreamActor {
         }
         .into_actor(self)
         .then(|(), actor, _| {
-            let checkpoint = actor
-                .recording
-                .checkpoint(&actor.replay.snapshot(), actor.kept);
+            // Of a shared recording, the nodes that appended since their
+            // last snapshot keep it (another's would say less).
+            let checkpoint = (!actor.following || actor.appended).then(|| {
+                actor
+                    .recording
+                    .checkpoint(&actor.replay.snapshot(), actor.kept)
+            });
             let sync = actor.recording.sync();
             async move {
                 // Each store logs its own failure; the end goes on regardless.
-                let _ = checkpoint.await;
+                if let Some(checkpoint) = checkpoint {
+                    let _ = checkpoint.await;
+                }
                 let _ = sync.await;
             }
             .into_actor(actor)

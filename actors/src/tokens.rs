@@ -679,16 +679,36 @@ impl Handler<Authenticate> for TokenActor {
 }
 
 impl Handler<LookupUsers> for TokenActor {
-    type Result = Vec<PublicUserInfo>;
+    type Result = ResponseActFuture<Self, Vec<PublicUserInfo>>;
 
     fn handle(&mut self, msg: LookupUsers, _: &mut Self::Context) -> Self::Result {
-        msg.user_ids
+        let known = |actor: &TokenActor, ids: &[UserId]| -> Vec<PublicUserInfo> {
+            ids.iter()
+                .map(|id| match actor.users.get(id) {
+                    Some(user) => public(user),
+                    None => PublicUserInfo::unknown(id),
+                })
+                .collect()
+        };
+        // On a shared store, a user another node made may not have come
+        // on the feed yet: looked up before they are shown as unknown.
+        let missing: Vec<UserId> = msg
+            .user_ids
             .iter()
-            .map(|id| match self.users.get(id) {
-                Some(user) => public(user),
-                None => PublicUserInfo::unknown(id),
-            })
-            .collect()
+            .filter(|id| !self.users.contains_key(id))
+            .cloned()
+            .collect();
+        if !self.shared || missing.is_empty() {
+            return Box::pin(fut::ready(known(self, &msg.user_ids)));
+        }
+        let finds: Vec<_> = missing.iter().map(|id| self.store.find_user(id)).collect();
+        let found = futures_util::future::join_all(finds);
+        Box::pin(found.into_actor(self).map(move |found, actor, _| {
+            for user in found.into_iter().flatten().flatten() {
+                actor.put_user(user, true);
+            }
+            known(actor, &msg.user_ids)
+        }))
     }
 }
 
