@@ -165,3 +165,43 @@ async fn every_family_is_there_and_moves() {
     assert!(total(&after, "process_resident_memory_bytes", &[]) > 1e6);
     assert!(total(&after, "process_open_fds", &[]) >= 3.0);
 }
+
+/// In cluster mode the engine shows: each append's time to JetStream's
+/// acknowledgement, and the times the connection to NATS came back.
+#[actix_web::test]
+async fn cluster_mode_shows_the_engine() {
+    let Some(mut nats) = twizzle_actors::testkit::NatsServer::start("metrics") else {
+        return;
+    };
+    let url = nats.url();
+    let app = spawn_app_with(|s| s.nats_url = Some(url)).await;
+    let before = scrape(&app).await;
+    assert_eq!(
+        total(&before, "twizzle_engine_publish_seconds_count", &[]),
+        0.0
+    );
+    assert_eq!(total(&before, "twizzle_engine_reconnects_total", &[]), 0.0);
+    assert_eq!(total(&before, "twizzle_gaps_repaired_total", &[]), 0.0);
+    let (token, id) = app.sender_with_stream(5, None, "Engine").await;
+    let mut sender = app.connect(&id, Some(&token)).await;
+    let mut viewer = app.connect(&id, None).await;
+    for n in 0..5 {
+        sender.send_json(&move_event(n)).await;
+        assert_eq!(viewer.next_json().await, move_event(n));
+    }
+    let sent = scrape(&app).await;
+    assert!(total(&sent, "twizzle_engine_publish_seconds_count", &[]) >= 5.0);
+
+    nats.restart();
+    let came_back = actix::clock::timeout(WAIT * 3, async {
+        loop {
+            let now = scrape(&app).await;
+            if total(&now, "twizzle_engine_reconnects_total", &[]) >= 1.0 {
+                return;
+            }
+            actix::clock::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(came_back.is_ok(), "the reconnect is counted");
+}
