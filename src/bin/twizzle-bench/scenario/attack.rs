@@ -717,7 +717,7 @@ impl Run<'_> {
         );
         let usage = Usage::between_except(&before, &after, &self.attacker_threads);
         figures.add("secs", "phase length", Some(usage.wall), "s", 1);
-        usage.add_to(&mut figures, self.o.threads);
+        usage.add_to(&mut figures, self.o.threads, None);
         failures.extend(failed.into_iter().map(|f| format!("{}: {f}", phase.name)));
         Ok(PhaseOutcome {
             name: phase.name,

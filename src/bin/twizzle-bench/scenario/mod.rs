@@ -113,7 +113,9 @@ impl Usage {
         }
     }
 
-    fn add_to(&self, f: &mut Figures, threads: usize) {
+    /// Adds the server's and the generator's CPU to `f`; with `deliveries`,
+    /// the server's CPU per delivery too, the unit the targets are stated in.
+    fn add_to(&self, f: &mut Figures, threads: usize, deliveries: Option<u64>) {
         f.add(
             "server_cpu_s",
             "server CPU (user+sys)",
@@ -128,6 +130,15 @@ impl Usage {
             "%",
             0,
         );
+        if let Some(deliveries) = deliveries {
+            f.add(
+                "server_cpu_per_delivery_us",
+                "server CPU per delivery",
+                per_delivery_us(self.server_cpu, deliveries),
+                "µs",
+                2,
+            );
+        }
         f.add(
             "gen_cpu_s",
             "generator CPU (user+sys)",
@@ -184,6 +195,13 @@ impl Usage {
             ));
         }
     }
+}
+
+/// Microseconds of `cpu_secs` per delivery; `None` without deliveries.
+fn per_delivery_us(cpu_secs: Option<f64>, deliveries: u64) -> Option<f64> {
+    cpu_secs
+        .filter(|_| deliveries > 0)
+        .map(|c| c * 1e6 / deliveries as f64)
 }
 
 fn mb(kb: Option<u64>) -> Option<f64> {
@@ -399,4 +417,16 @@ pub async fn run_all(o: &Options, fd_limit: u64) -> Result<Verdict, String> {
     Ok(passed(
         json!({"context": context(o, fd_limit), "runs": [figures.to_json()]}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_delivery_is_in_microseconds() {
+        assert_eq!(per_delivery_us(Some(1.5), 1_000_000), Some(1.5));
+        assert_eq!(per_delivery_us(Some(1.0), 0), None);
+        assert_eq!(per_delivery_us(None, 10), None);
+    }
 }

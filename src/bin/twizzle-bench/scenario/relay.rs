@@ -270,7 +270,7 @@ impl Plan<'_> {
         self.add_memory_figures(&mut f, outcome);
         let usage = &outcome.window.usage;
         f.add("window_s", "measured window", Some(usage.wall), "s", 2);
-        usage.add_to(&mut f, o.threads);
+        usage.add_to(&mut f, o.threads, Some(outcome.stats.delivered));
         if !self.load.floods() {
             add_schedule_figures(&mut f, &outcome.reports);
         }
