@@ -44,6 +44,24 @@ impl Scenario {
     }
 }
 
+/// Another server to run a scenario against: its name and how it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its column in the tables and its `target` in the JSON.
+    pub name: String,
+    /// How to start it.
+    pub start: PeerStart,
+}
+
+/// How another server starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerStart {
+    /// A command, split on spaces (`--peer-cmd`).
+    Command(String),
+    /// The Node peer in this folder (`--peer`).
+    Node(PathBuf),
+}
+
 /// Upper bounds on the options, so a typo cannot start an endless run.
 const MAX_SECS: f64 = 3600.0;
 const MAX_RATE: f64 = 100_000.0;
@@ -51,13 +69,15 @@ const MAX_THREADS: usize = 64;
 const MAX_ROUNDS: usize = 20;
 const MAX_SOURCES: usize = 250;
 const MAX_NODES: usize = 9;
+/// Longest `--peer-name`, so a name cannot widen the tables without end.
+const MAX_NAME: usize = 24;
 
 /// Everything the command line asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The scenario to run.
     pub scenario: Scenario,
-    /// Run it against our server and the peer, alternating, side by side.
+    /// Run it against our server and the other servers, alternating, side by side.
     pub compare: bool,
     /// Streams (fanout, saturate: default 1; idle: sockets / 100).
     pub streams: Option<usize>,
@@ -90,10 +110,13 @@ pub struct Options {
     pub window: u64,
     /// The command that starts our server, instead of the binary next to this one.
     pub server_cmd: Option<String>,
-    /// The Node peer's folder (with `node_modules`): `node DIR/server.mjs`.
+    /// The Node peer's folder (with `node_modules`): `node DIR/server.mjs`,
+    /// the server named `peer`.
     pub peer: Option<PathBuf>,
-    /// The command that starts the peer, instead of `--peer`.
-    pub peer_cmd: Option<String>,
+    /// Commands that start other servers, in the order given.
+    pub peer_cmds: Vec<String>,
+    /// The names of the servers `peer_cmds` start, the nth for the nth.
+    pub peer_names: Vec<String>,
     /// Extra `NAME=VALUE` environment for the servers, after the scenario's own.
     pub env: Vec<(String, String)>,
     /// Alternating rounds of `compare`.
@@ -119,6 +142,10 @@ Usage:
                                      then the same load on one node on NATS
   twizzle-bench compare [fanout|saturate|idle] [options] --peer DIR
                                      ours and the Node peer, alternating, side by side
+  twizzle-bench compare [fanout|saturate|idle] [options]
+                --peer-cmd CMD --peer-name NAME [--peer-cmd CMD --peer-name NAME ...] [--peer DIR]
+                                     ours and several other servers: each round runs
+                                     all of them, each round starting one later
 
 Each run starts the server as a child process on a free loopback port, with a
 fresh data directory and a fake WCA served by the benchmark, and stops it at
@@ -148,10 +175,16 @@ Options:
   --server-cmd CMD   start our server with CMD (split on spaces, no shell)
                      instead of twizzle-api-server next to this binary
   --peer DIR         the Node peer's folder, after `npm ci`: runs `node DIR/server.mjs`
-                     (alone: benchmark the peer; with compare: the other side)
-  --peer-cmd CMD     start the peer with CMD instead
+                     (alone: benchmark the peer; with compare: the column `peer`)
+  --peer-cmd CMD     start another server with CMD (split on spaces, no shell);
+                     repeatable with compare, one column each
+  --peer-name NAME   the name of a --peer-cmd server in the table and the JSON:
+                     the first --peer-name names the first --peer-cmd, and so on
+                     (letters, digits, - _ .; needed when compare has several
+                     other servers; one alone is `peer` by default)
   --env NAME=VALUE   extra environment for the servers (repeatable)
-  --rounds R         compare: alternating rounds, medians shown (default 1)
+  --rounds R         compare: rounds, each running every server, each round
+                     starting one server later; medians shown (default 1)
   --json FILE        write the figures as JSON too
   --help             print this
 "
@@ -243,7 +276,8 @@ impl Options {
             window: 0,
             server_cmd: None,
             peer: None,
-            peer_cmd: None,
+            peer_cmds: Vec::new(),
+            peer_names: Vec::new(),
             env: Vec::new(),
             rounds: 1,
             json: None,
@@ -279,7 +313,8 @@ impl Options {
             }
             "server-cmd" => self.server_cmd = Some(value),
             "peer" => self.peer = Some(PathBuf::from(value)),
-            "peer-cmd" => self.peer_cmd = Some(value),
+            "peer-cmd" => self.peer_cmds.push(value),
+            "peer-name" => self.peer_names.push(value),
             "env" => {
                 let (k, v) = value
                     .split_once('=')
@@ -293,19 +328,66 @@ impl Options {
         Ok(())
     }
 
+    /// Whether any server other than ours was given.
+    fn has_peers(&self) -> bool {
+        self.peer.is_some() || !self.peer_cmds.is_empty()
+    }
+
+    /// The other servers, in column order: each `--peer-cmd` as given, then
+    /// the Node peer of `--peer`; or why their names do not work.
+    pub fn peers(&self) -> Result<Vec<Peer>, String> {
+        if self.peer_names.len() > self.peer_cmds.len() {
+            return Err(format!(
+                "{} --peer-name for {} --peer-cmd: each --peer-name names the --peer-cmd of the same position",
+                self.peer_names.len(),
+                self.peer_cmds.len()
+            ));
+        }
+        let alone = self.peer_cmds.len() + usize::from(self.peer.is_some()) == 1;
+        let mut peers = Vec::new();
+        for (i, command) in self.peer_cmds.iter().enumerate() {
+            let name = match self.peer_names.get(i) {
+                Some(name) => name.clone(),
+                None if alone => "peer".to_owned(),
+                None => {
+                    return Err(format!(
+                        "--peer-cmd {command:?} has no name: with several other servers, name each --peer-cmd with a --peer-name"
+                    ))
+                }
+            };
+            peers.push(Peer {
+                name,
+                start: PeerStart::Command(command.clone()),
+            });
+        }
+        if let Some(dir) = &self.peer {
+            peers.push(Peer {
+                name: "peer".to_owned(),
+                start: PeerStart::Node(dir.clone()),
+            });
+        }
+        for (i, peer) in peers.iter().enumerate() {
+            check_name(&peer.name)?;
+            if peers[..i].iter().any(|p| p.name == peer.name) {
+                return Err(format!(
+                    "two servers are named {:?} (--peer is named peer): give each --peer-cmd a --peer-name of its own",
+                    peer.name
+                ));
+            }
+        }
+        Ok(peers)
+    }
+
     /// Refuses options that do not go together.
     fn check(&self) -> Result<(), String> {
-        if self.scenario == Scenario::Attack
-            && (self.compare || self.peer.is_some() || self.peer_cmd.is_some())
-        {
+        let peers = self.peers()?;
+        if self.scenario == Scenario::Attack && (self.compare || self.has_peers()) {
             return Err(
                 "attack checks our server's limits as SPEC sets them: it runs against our server only (--server-cmd at most)"
                     .to_owned(),
             );
         }
-        if self.scenario == Scenario::Cluster
-            && (self.compare || self.peer.is_some() || self.peer_cmd.is_some())
-        {
+        if self.scenario == Scenario::Cluster && (self.compare || self.has_peers()) {
             return Err(
                 "cluster runs our server's cluster mode, which the peer has not: --server-cmd at most"
                     .to_owned(),
@@ -314,23 +396,42 @@ impl Options {
         if self.scenario == Scenario::Cluster && self.streams.is_some_and(|s| s != 1) {
             return Err("cluster runs one stream; --streams does not apply".to_owned());
         }
-        if self.compare && self.peer.is_none() && self.peer_cmd.is_none() {
+        if self.compare && !self.has_peers() {
             return Err(
-                "compare needs the peer: --peer DIR (after `npm ci` there) or --peer-cmd CMD"
+                "compare needs another server: --peer DIR (after `npm ci` there) or --peer-cmd CMD (repeatable)"
                     .to_owned(),
             );
         }
-        if !self.compare
-            && self.server_cmd.is_some()
-            && (self.peer.is_some() || self.peer_cmd.is_some())
-        {
+        if !self.compare && self.server_cmd.is_some() && self.has_peers() {
             return Err(
                 "give either --server-cmd or --peer/--peer-cmd for a single run, or use compare"
                     .to_owned(),
             );
         }
+        if !self.compare && peers.len() > 1 {
+            return Err(
+                "a single run takes one server: give one of --peer and --peer-cmd, or use compare"
+                    .to_owned(),
+            );
+        }
         Ok(())
     }
+}
+
+/// Refuses a server name that is not a plain word, or is ours.
+fn check_name(name: &str) -> Result<(), String> {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > MAX_NAME || !plain {
+        return Err(format!(
+            "--peer-name: expected 1 to {MAX_NAME} letters, digits, '-', '_' or '.', got {name:?}"
+        ));
+    }
+    if name == "ours" {
+        return Err("--peer-name: ours is our server's name".to_owned());
+    }
+    Ok(())
 }
 
 fn count(flag: &str, value: &str, max: usize) -> Result<usize, String> {
@@ -389,6 +490,95 @@ mod tests {
         assert!(run(&["--help"]).is_err());
         assert!(run(&["compare", "attack", "--peer", "x"]).is_err());
         assert!(run(&["attack", "--peer", "x"]).is_err());
+    }
+
+    #[test]
+    fn one_peer_is_named_peer() {
+        let o = run(&["compare", "--peer-cmd", "/old/twizzle-api-server --x"]).unwrap();
+        assert_eq!(
+            o.peers().unwrap(),
+            vec![Peer {
+                name: "peer".to_owned(),
+                start: PeerStart::Command("/old/twizzle-api-server --x".to_owned()),
+            }]
+        );
+        let o = run(&["compare", "--peer", "/tmp/peer"]).unwrap();
+        assert_eq!(
+            o.peers().unwrap(),
+            vec![Peer {
+                name: "peer".to_owned(),
+                start: PeerStart::Node(PathBuf::from("/tmp/peer")),
+            }]
+        );
+        let o = run(&["fanout", "--peer-cmd", "x", "--peer-name", "limit"]).unwrap();
+        assert_eq!(o.peers().unwrap()[0].name, "limit");
+    }
+
+    #[test]
+    fn several_peers_parse_in_order() {
+        let o = run(&[
+            "compare",
+            "saturate",
+            "--peer-cmd",
+            "/l/twizzle-limit",
+            "--peer",
+            "/tmp/peer",
+            "--peer-name=limit",
+            "--peer-cmd",
+            "/old/server",
+            "--peer-name",
+            "before",
+        ])
+        .unwrap();
+        let names: Vec<String> = o.peers().unwrap().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["limit", "before", "peer"]);
+        assert_eq!(
+            o.peers().unwrap()[1].start,
+            PeerStart::Command("/old/server".to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_peer_names_are_refused() {
+        let refused = |args: &[&str]| run(args).unwrap_err();
+        assert!(refused(&["compare", "--peer-cmd", "a", "--peer-cmd", "b"]).contains("--peer-name"));
+        assert!(refused(&["compare", "--peer-cmd", "a", "--peer", "p"]).contains("--peer-name"));
+        assert!(refused(&["compare", "--peer", "p", "--peer-name", "x"]).contains("--peer-name"));
+        assert!(refused(&[
+            "compare",
+            "--peer-cmd",
+            "a",
+            "--peer-name",
+            "x",
+            "--peer-cmd",
+            "b",
+            "--peer-name",
+            "x"
+        ])
+        .contains("\"x\""));
+        assert!(refused(&[
+            "compare",
+            "--peer-cmd",
+            "a",
+            "--peer-name",
+            "peer",
+            "--peer",
+            "p"
+        ])
+        .contains("\"peer\""));
+        assert!(refused(&["compare", "--peer-cmd", "a", "--peer-name", "ours"]).contains("ours"));
+        assert!(refused(&["compare", "--peer-cmd", "a", "--peer-name", "a b"]).contains("letters"));
+        assert!(refused(&["compare", "--peer-cmd", "a", "--peer-name", ""]).contains("letters"));
+        assert!(refused(&[
+            "fanout",
+            "--peer-cmd",
+            "a",
+            "--peer-name",
+            "x",
+            "--peer",
+            "p"
+        ])
+        .contains("single run"));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!
 //! - `cli`: the command line and its defaults.
 //! - `scenario`: one file per scenario (`fanout`, `saturate`, `idle`, `attack`,
-//!   `cluster`, and `compare` for two servers), the load fanout and saturate
+//!   `cluster`, and `compare` for ours beside others), the load fanout and saturate
 //!   share, and what all share.
 //! - `nats`: the `nats-server` the cluster scenario starts.
 //! - `target`: the server under test as a child process, signed into through the

@@ -3,14 +3,15 @@
 
 use serde_json::{json, Value};
 
-use super::{context, ours, peer};
+use super::{context, others, ours};
 use crate::cli::Options;
 use crate::report::{self, Column, Figures};
 
 /// Runs `o.rounds` rounds of every server, prints them side by side under
 /// `title`, and returns every run, and each server's medians, as JSON.
 pub(super) async fn run(o: &Options, fd_limit: u64, title: &str) -> Result<Value, String> {
-    let targets = [ours(o)?, peer(o)?];
+    let mut targets = vec![ours(o)?];
+    targets.extend(others(o)?);
     let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
     let mut runs = Vec::new();
     for round in 0..o.rounds {

@@ -7,7 +7,8 @@
 //! - `attack`: an honest stream while attackers try the limits, phase by phase.
 //! - `cluster`: one stream over several nodes on one NATS, each node's
 //!   viewers counted apart, beside one node on NATS.
-//! - `compare`: a scenario against our server and the peer, in alternating rounds.
+//! - `compare`: a scenario against our server and one or more others, in
+//!   rounds that rotate which goes first.
 //!
 //! This file holds what they share: CPU clocks and the usage between two,
 //! signing in and making streams, and running one scenario against one server.
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use actix_web::rt::time::sleep;
 use serde_json::{json, Value};
 
-use crate::cli::{Options, Scenario};
+use crate::cli::{Options, PeerStart, Scenario};
 use crate::load::{SocketSpec, ViewerStats};
 use crate::measure;
 use crate::report::{self, Figures};
@@ -372,13 +373,20 @@ fn ours(o: &Options) -> Result<Target, String> {
     }
 }
 
-/// The peer: `--peer-cmd`, or the Node peer in `--peer`.
-fn peer(o: &Options) -> Result<Target, String> {
-    match (&o.peer_cmd, &o.peer) {
-        (Some(command), _) => Target::from_command("peer", command),
-        (None, Some(dir)) => Target::peer(dir),
-        (None, None) => Err("no peer given (--peer DIR or --peer-cmd CMD)".to_owned()),
-    }
+/// The other servers, in column order: each `--peer-cmd`, then the Node
+/// peer in `--peer`.
+fn others(o: &Options) -> Result<Vec<Target>, String> {
+    o.peers()?
+        .into_iter()
+        .map(|peer| {
+            let mut target = match &peer.start {
+                PeerStart::Command(command) => Target::from_command(&peer.name, command)?,
+                PeerStart::Node(dir) => Target::peer(dir)?,
+            };
+            target.label = peer.name;
+            Ok(target)
+        })
+        .collect()
 }
 
 /// What a run hands back: its figures as JSON, and why it failed, if it did.
@@ -403,8 +411,11 @@ pub async fn run_all(o: &Options, fd_limit: u64) -> Result<Verdict, String> {
     let target = match &o.server_cmd {
         // Whatever it runs, it is not necessarily ours: say what it was.
         Some(command) => Target::from_command(command, command)?,
-        None if o.peer.is_some() || o.peer_cmd.is_some() => peer(o)?,
-        None => ours(o)?,
+        // The options were checked: a single run has one other server at most.
+        None => match others(o)?.into_iter().next() {
+            Some(other) => other,
+            None => ours(o)?,
+        },
     };
     if o.scenario == Scenario::Attack {
         return attack::run(o, &target, fd_limit).await;
