@@ -20,6 +20,12 @@ use crate::measure::{self, epoch, now_us};
 use crate::report::Figures;
 use crate::target::RunningServer;
 
+/// How long the first viewer may take to see its stream's start marker
+/// once the sockets are open. A server that does not send a joining viewer
+/// the stream's start (a bare broadcast server) sends none, and its viewers
+/// count as joined once their socket is open.
+const MARKER_WAIT: Duration = Duration::from_secs(3);
+
 /// What a run puts on the server.
 pub(super) struct Load {
     /// Streams, each with one sender.
@@ -73,6 +79,9 @@ struct Opening {
     connected: u64,
     /// Every connected viewer saw its stream's start marker in time.
     all_ready: bool,
+    /// Some viewer saw the start marker: the server sends a joining viewer
+    /// the stream's start, so the marker says who is joined.
+    replays: bool,
 }
 
 /// The measured window.
@@ -203,13 +212,19 @@ impl Plan<'_> {
         let all_opened = wait_until(limit, || shared.settled() >= total as u64).await;
         let secs = connect_started.elapsed().as_secs_f64();
         let connected = shared.connected.load(Relaxed);
-        let all_ready = wait_until(JOIN_WAIT, || shared.ready.load(Relaxed) >= connected).await;
+        let replays = wait_until(MARKER_WAIT, || {
+            connected == 0 || shared.ready.load(Relaxed) > 0
+        })
+        .await;
+        let all_ready =
+            replays && wait_until(JOIN_WAIT, || shared.ready.load(Relaxed) >= connected).await;
         Opening {
             all_opened,
             limit,
             secs,
             connected,
             all_ready,
+            replays,
         }
     }
 
@@ -415,7 +430,11 @@ impl Plan<'_> {
                 opening.limit
             ));
         }
-        if !opening.all_ready {
+        if !opening.replays {
+            f.notes.push(format!(
+                "no viewer saw its stream's start marker within {MARKER_WAIT:?}: the server does not send a joining viewer the stream's start, so viewers count as joined once their socket is open"
+            ));
+        } else if !opening.all_ready {
             f.warnings.push(format!(
                 "{} viewer(s) never saw the start marker, so may have joined after the first events",
                 opening.connected.saturating_sub(shared.ready.load(Relaxed))
