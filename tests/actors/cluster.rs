@@ -35,9 +35,19 @@ async fn node(server: &NatsServer) -> Nats {
 
 /// A stream actor for stream `id` whose recording is in `nats`.
 fn shared_stream(nats: &Nats, id: &StreamId) -> Addr<StreamActor> {
+    shared_stream_with(nats, id, twizzle_actors::stream::StreamLimits::NONE)
+}
+
+/// [`shared_stream`], held to `limits`.
+fn shared_stream_with(
+    nats: &Nats,
+    id: &StreamId,
+    limits: twizzle_actors::stream::StreamLimits,
+) -> Addr<StreamActor> {
     StreamActor::new(StreamSetup {
         id: id.clone(),
         recording: Box::new(NatsRecording::new(nats.clone(), id)),
+        limits,
         ..setup()
     })
     .start()
@@ -419,16 +429,8 @@ async fn events_past_the_quota_still_reach_the_other_nodes() {
         max_recording_bytes: 500,
         ..twizzle_actors::stream::StreamLimits::NONE
     };
-    let start = |nats: &Nats| {
-        StreamActor::new(StreamSetup {
-            id: id.clone(),
-            recording: Box::new(NatsRecording::new(nats.clone(), &id)),
-            limits,
-            ..setup()
-        })
-        .start()
-    };
-    let (a, b) = (start(&a_nats), start(&b_nats));
+    let a = shared_stream_with(&a_nats, &id, limits);
+    let b = shared_stream_with(&b_nats, &id, limits);
     let mut on_b = Peer::join(&b, None).await;
     let sender = Peer::join(&a, Some(OWNER)).await;
     let events: Vec<Event> = (1..=12).map(mv).collect();
@@ -484,16 +486,8 @@ async fn a_senders_rate_counts_what_they_sent_on_every_node() {
         event_burst: 10.0,
         ..twizzle_actors::stream::StreamLimits::NONE
     };
-    let start = |nats: &Nats| {
-        StreamActor::new(StreamSetup {
-            id: id.clone(),
-            recording: Box::new(NatsRecording::new(nats.clone(), &id)),
-            limits,
-            ..setup()
-        })
-        .start()
-    };
-    let (a, b) = (start(&a_nats), start(&b_nats));
+    let a = shared_stream_with(&a_nats, &id, limits);
+    let b = shared_stream_with(&b_nats, &id, limits);
     let mut on_b = Peer::join(&b, None).await;
     let on_a = Peer::join(&a, Some(OWNER)).await;
     let mut also_on_b = Peer::join(&b, Some(OWNER)).await;
