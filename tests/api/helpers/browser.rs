@@ -71,6 +71,9 @@ pub fn free_port() -> u16 {
     free.local_addr().unwrap().port()
 }
 
+/// Ports tried for chromedriver before a browser session is given up.
+const START_ATTEMPTS: u32 = 3;
+
 /// chromedriver and the Chromium it started, with one WebDriver session.
 pub struct Browser {
     /// The session.
@@ -89,47 +92,58 @@ impl Browser {
         if !have(CHROMIUM) || !have(CHROMEDRIVER) {
             return None;
         }
-        let profile = TempDir::new("chromium");
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // A group of its own, so that killing it takes every browser
-            // process along, even those chromedriver did not wait for.
-            .process_group(0)
-            .spawn()
-            .expect("chromedriver starts");
-        let mut starting = Starting(Some(driver));
-        let deadline = Instant::now() + START_WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen within {START_WAIT:?}"
+        // A free port can be taken by another test's server between the
+        // look and chromedriver's bind (the suite starts many at once):
+        // then the session cannot be made there, and another port is tried.
+        for attempt in 1..=START_ATTEMPTS {
+            let profile = TempDir::new("chromium");
+            let port = free_port();
+            let driver = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                // A group of its own, so that killing it takes every browser
+                // process along, even those chromedriver did not wait for.
+                .process_group(0)
+                .spawn()
+                .expect("chromedriver starts");
+            let mut starting = Starting(Some(driver));
+            let deadline = Instant::now() + START_WAIT;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "chromedriver did not listen within {START_WAIT:?}"
+                );
+                actix::clock::sleep(LOOK_EVERY).await; // polling for chromedriver to listen
+            }
+            let mut flags: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
+            flags.push(format!("--user-data-dir={}", profile.path().display()));
+            let mut capabilities = fantoccini::wd::Capabilities::new();
+            capabilities.insert(
+                "goog:chromeOptions".to_owned(),
+                json!({ "binary": which(CHROMIUM), "args": flags }),
             );
-            actix::clock::sleep(LOOK_EVERY).await; // polling for chromedriver to listen
+            let session =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(capabilities)
+                    .connect(&format!("http://127.0.0.1:{port}"))
+                    .await;
+            let client = match session {
+                Ok(client) => client,
+                Err(e) if attempt < START_ATTEMPTS => {
+                    eprintln!("no browser session on port {port} ({e}); trying another port");
+                    continue;
+                }
+                Err(e) => panic!("no browser session: {e}"),
+            };
+            return Some(Browser {
+                client,
+                driver: starting.0.take().unwrap(),
+                _profile: profile,
+            });
         }
-        let mut flags: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
-        flags.push(format!("--user-data-dir={}", profile.path().display()));
-        let mut capabilities = fantoccini::wd::Capabilities::new();
-        capabilities.insert(
-            "goog:chromeOptions".to_owned(),
-            json!({ "binary": which(CHROMIUM), "args": flags }),
-        );
-        let session = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await;
-        let client = match session {
-            Ok(client) => client,
-            Err(e) => panic!("no browser session: {e}"),
-        };
-        Some(Browser {
-            client,
-            driver: starting.0.take().unwrap(),
-            _profile: profile,
-        })
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Opens `url` and waits for it to load.
