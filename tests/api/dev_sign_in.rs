@@ -76,7 +76,7 @@ async fn dev_sign_in_end_to_end(nodes: Nodes) {
     assert_eq!(again.status, 401);
 
     let id = app.create_stream(&token).await;
-    let listed = app.get("/v0/streams").await.body;
+    let listed = app.list_with(&id).await;
     assert_eq!(listed["streams"][0]["streamID"], id);
     assert_eq!(listed["streams"][0]["senders"][0], info);
     let mut sender = app.connect(&id, Some(&token)).await;

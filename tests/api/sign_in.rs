@@ -67,7 +67,7 @@ async fn second_sign_in_keeps_the_token_and_refreshes_the_name(nodes: Nodes) {
     assert_eq!(info2["name"], "New Cuber (2026NEWC01)");
     assert_eq!(info2["twizzleUserID"], info["twizzleUserID"]);
     let id = app.create_stream(&first).await;
-    let listed = app.get("/v0/streams").await.body;
+    let listed = app.list_with(&id).await;
     assert_eq!(listed["streams"][0]["streamID"], id);
     assert_eq!(
         listed["streams"][0]["senders"][0]["name"],

@@ -303,6 +303,28 @@ impl TestApp {
         answer(self.client.get(self.url(path)), "GET").await
     }
 
+    /// `GET /v0/streams` once it lists stream `id`: at once on one node; a
+    /// node of a cluster lists a stream made on another once its watch of
+    /// the stream records has told it, within milliseconds (a request for
+    /// the stream itself reads the records and finds it at once).
+    pub async fn list_with(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let listed = self.get("/v0/streams").await.body;
+            let found = listed["streams"]
+                .as_array()
+                .is_some_and(|streams| streams.iter().any(|s| s["streamID"] == id));
+            if found {
+                return listed;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stream {id} not listed within {WAIT:?}: {listed}"
+            );
+            actix::clock::sleep(std::time::Duration::from_millis(20)).await; // polling for the watch
+        }
+    }
+
     /// `POST path` with no body, answered.
     pub async fn post(&self, path: &str) -> Answer {
         answer(self.client.post(self.url(path)), "POST").await
