@@ -730,11 +730,30 @@ impl StreamStore for NatsStreams {
             .map(|(id, doc)| (id.clone(), doc.clone()))
             .collect();
         let nats = self.nats.clone();
+        let known = Arc::clone(&self.known);
         Box::pin(async move {
             if ended.is_empty() {
                 return Ok(Vec::new());
             }
             nats.connected()?;
+            // Another node may have deleted some, which this one's watch has
+            // not told yet: only those whose records are still there.
+            let present: std::collections::HashSet<StreamId> =
+                entries(&nats.streams, STREAM_PREFIX)
+                    .await?
+                    .into_iter()
+                    .filter_map(|(key, _, _)| {
+                        key.strip_prefix(STREAM_PREFIX).and_then(StreamId::parse)
+                    })
+                    .collect();
+            let (ended, gone): (Vec<_>, Vec<_>) =
+                ended.into_iter().partition(|(id, _)| present.contains(id));
+            {
+                let mut known = lock(&known);
+                for (id, _) in gone {
+                    known.docs.remove(&id);
+                }
+            }
             let sizes = recording::sizes(&nats).await?;
             Ok(ended
                 .into_iter()
@@ -781,12 +800,21 @@ impl StreamStore for NatsStreams {
         cursor: Cursor,
         max: usize,
     ) -> StoreFuture<Option<Chunk>> {
-        if !lock(&self.known).docs.contains_key(id) {
-            return Box::pin(std::future::ready(Ok(None)));
-        }
+        let ended = match lock(&self.known).docs.get(id) {
+            None => return Box::pin(std::future::ready(Ok(None))),
+            Some(doc) => doc.ended_ms.is_some(),
+        };
         let nats = self.nats.clone();
-        let subject = recording::subject(id);
+        let known = Arc::clone(&self.known);
+        let (id, subject) = (id.clone(), recording::subject(id));
         Box::pin(async move {
+            // An ended stream's recording may have been deleted on another
+            // node, which this one's watch has not told yet: its record
+            // goes with it.
+            if ended && cursor.byte.is_none() && read_record(&nats, &id).await?.is_none() {
+                lock(&known).docs.remove(&id);
+                return Ok(None);
+            }
             recording::read_chunk(&nats, &subject, after, cursor, max)
                 .await
                 .map(Some)
