@@ -88,13 +88,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The capacity of a socket's mailbox: the queued-event limit, plus room
+    /// The capacity of a socket's outbox: the queued-event limit, plus room
     /// for one sender's burst (at most the limit again). A burst the rate
-    /// limit lets through can land in a mailbox faster than a busy worker
+    /// limit lets through can land in an outbox faster than a busy worker
     /// thread drains it; that must not cost an honest viewer its socket.
     /// Bounded either way, so a client that stops reading costs at most this
     /// many events of memory before it is dropped.
-    pub fn mailbox_capacity(&self) -> usize {
+    pub fn outbox_capacity(&self) -> usize {
         let burst = self.sender_event_burst.min(self.max_queued_events as f64) as usize;
         self.max_queued_events.saturating_add(burst)
     }

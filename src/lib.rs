@@ -37,3 +37,4 @@ pub mod testkit;
 pub mod time;
 pub mod watch;
 pub mod wca;
+pub mod ws_context;

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Handler, Message};
+use actix_http::ws::Codec;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -41,6 +42,7 @@ use crate::inflow::{BoundedPayload, Inflow};
 use crate::session::{SessionSetup, WsSession};
 use crate::time::js_date_string;
 use crate::wca::WcaClient;
+use crate::ws_context::WsContext;
 
 /// How long a handler waits for an actor's answer; past it the request is
 /// answered 503 `server busy`, so that a stuck actor (a disk that hangs a
@@ -544,7 +546,7 @@ async fn open_socket(
         admission,
         since,
         heartbeat: state.settings.heartbeat,
-        mailbox_capacity: limits.mailbox_capacity(),
+        outbox_capacity: limits.outbox_capacity(),
         cutoff: req
             .conn_data::<ConnectionFd>()
             .map(|fd| Arc::new(Cutoff::new(fd.0))),
@@ -555,11 +557,11 @@ async fn open_socket(
             burst: limits.sender_event_burst,
         },
     });
-    let mut response =
-        ws::WsResponseBuilder::new(session, req, BoundedPayload::new(payload, inflow))
-            .frame_size(limits.max_frame_bytes)
-            .start()
-            .map_err(|_| ApiError::NotAnUpgrade)?;
+    let codec = Codec::new().max_size(limits.max_frame_bytes);
+    let body = WsContext::create(session, BoundedPayload::new(payload, inflow), codec);
+    let mut response = ws::handshake(req)
+        .map_err(|_| ApiError::NotAnUpgrade)?
+        .streaming(body);
     // The answer names `twizzle.v0` whenever it was offered: a browser fails
     // a socket whose offered protocols go unanswered. It is set here rather
     // than by `WsResponseBuilder::protocols`, which reads only the first

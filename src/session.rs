@@ -31,11 +31,13 @@ use twizzle_actors::event::{error_frame, parse_event};
 use twizzle_actors::gate::Rate;
 use twizzle_actors::ids::UserId;
 use twizzle_actors::metrics::Metrics;
+use twizzle_actors::outbox;
 use twizzle_actors::rate::TokenBucket;
-use twizzle_actors::stream::{Disconnect, Joined, Outbound, Publish, RATE_LIMITED};
+use twizzle_actors::stream::{Disconnect, Frame, Joined, Outbound, Publish, RATE_LIMITED};
 
 use crate::connection::Cutoff;
 use crate::inflow::{payload_len, Inflow};
+use crate::ws_context::WsContext;
 
 /// A socket silent for this many heartbeat intervals is closed.
 pub const SILENT_INTERVALS: u32 = 3;
@@ -51,8 +53,8 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub const REFUSALS_PER_SEC: f64 = 1000.0;
 
 /// The error frame of an event over its sender's rate, encoded once.
-static RATE_LIMITED_FRAME: LazyLock<String> =
-    LazyLock::new(|| error_frame(RATE_LIMITED).to_string());
+static RATE_LIMITED_FRAME: LazyLock<Frame> =
+    LazyLock::new(|| Frame::text(&error_frame(RATE_LIMITED)));
 
 /// Everything a session is made from.
 pub struct SessionSetup {
@@ -62,9 +64,9 @@ pub struct SessionSetup {
     pub since: Option<u64>,
     /// How often to ping.
     pub heartbeat: Duration,
-    /// Mailbox capacity: unsent events queued before the stream drops the
-    /// socket (see `Limits::mailbox_capacity`).
-    pub mailbox_capacity: usize,
+    /// Outbox capacity: unsent events queued before the stream drops the
+    /// socket (see `Limits::outbox_capacity`).
+    pub outbox_capacity: usize,
     /// Cuts the connection if the client stops reading; `None` if unknown.
     pub cutoff: Option<Arc<Cutoff>>,
     /// Told of every frame processed, so the connection reads on.
@@ -102,7 +104,7 @@ pub struct WsSession {
     /// How often to ping.
     heartbeat: Duration,
     /// Unsent events queued before the stream drops the socket.
-    mailbox_capacity: usize,
+    outbox_capacity: usize,
     /// Lets the stream cut the connection; forgotten when the session goes.
     cutoff: Option<Arc<Cutoff>>,
     /// Told of every frame processed, so the connection reads on.
@@ -129,7 +131,7 @@ impl WsSession {
             joined: None,
             last_heard: Instant::now(),
             heartbeat: setup.heartbeat,
-            mailbox_capacity: setup.mailbox_capacity,
+            outbox_capacity: setup.outbox_capacity,
             cutoff: setup.cutoff,
             inflow: setup.inflow,
             closing: false,
@@ -189,7 +191,7 @@ impl WsSession {
     /// A data frame arrived: a viewer may not send; a sender's frame is
     /// checked and published (its stream holds the sender to its rate,
     /// over all of the sender's sockets there).
-    fn on_data(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: Result<&str, &'static str>) {
+    fn on_data(&mut self, ctx: &mut WsContext<Self>, text: Result<&str, &'static str>) {
         let Some(joined) = self.joined else { return };
         if !joined.sender {
             self.metrics.rejected("not_permitted");
@@ -223,10 +225,10 @@ impl WsSession {
 
     /// Refuses a sender's frame over its rate, as its stream would, and
     /// past [`REFUSALS_PER_SEC`] waits before it reads the next frame.
-    fn over_rate(&mut self, ctx: &mut ws::WebsocketContext<Self>, now: Instant) {
+    fn over_rate(&mut self, ctx: &mut WsContext<Self>, now: Instant) {
         self.metrics.rejected("rate_limited");
         self.metrics.limit_hit("sender_events");
-        ctx.text(RATE_LIMITED_FRAME.as_str());
+        ctx.frame(RATE_LIMITED_FRAME.clone());
         let Some(pace) = &mut self.pace else { return };
         if !pace.refusals.take(now) {
             // This refusal is paid for with the next token, once it is
@@ -245,13 +247,13 @@ impl WsSession {
     }
 
     /// Answers a refused frame with an error frame; the socket stays open.
-    fn refuse(&mut self, ctx: &mut ws::WebsocketContext<Self>, refusal: &str) {
+    fn refuse(&mut self, ctx: &mut WsContext<Self>, refusal: &str) {
         self.metrics.rejected("invalid");
         send_error(ctx, refusal);
     }
 
     /// A frame over the size limit closes the socket.
-    fn too_big(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn too_big(&mut self, ctx: &mut WsContext<Self>) {
         self.metrics.limit_hit("frame_bytes");
         self.close_with(ctx, close::TOO_BIG);
     }
@@ -260,7 +262,7 @@ impl WsSession {
     /// is fanning out slower than its senders send), the session waits for
     /// it before reading another frame, so the sender's own socket backs up
     /// instead of the stream's memory growing.
-    fn publish(&mut self, publish: Publish, ctx: &mut ws::WebsocketContext<Self>) {
+    fn publish(&mut self, publish: Publish, ctx: &mut WsContext<Self>) {
         let stream = self.admission.stream();
         match stream.try_send(publish) {
             Ok(()) | Err(SendError::Closed(_)) => {}
@@ -271,16 +273,14 @@ impl WsSession {
     }
 }
 
-impl Handler<Outbound> for WsSession {
-    type Result = ();
-
+impl StreamHandler<Outbound> for WsSession {
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
             Outbound::Event(_) | Outbound::Batch(_) if self.closing => {}
-            Outbound::Event(text) => ctx.text(text),
-            Outbound::Batch(texts) => {
-                for text in texts {
-                    ctx.text(text);
+            Outbound::Event(frame) => ctx.frame(frame),
+            Outbound::Batch(frames) => {
+                for frame in frames {
+                    ctx.frame(frame);
                 }
             }
             Outbound::Close(close) => self.close_with(ctx, close),
@@ -292,7 +292,7 @@ impl WsSession {
     /// Sends the close frame `close`, then stops when the client answers
     /// it, or after [`CLOSE_GRACE`]. A second close is ignored: one close
     /// frame per socket.
-    fn close_with(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
+    fn close_with(&mut self, ctx: &mut WsContext<Self>, close: Close) {
         if self.closing {
             return;
         }
@@ -307,7 +307,7 @@ impl WsSession {
 }
 
 /// Answers a sender's refused frame with an error frame; the socket stays open.
-fn send_error(ctx: &mut ws::WebsocketContext<WsSession>, message: &str) {
+fn send_error(ctx: &mut WsContext<WsSession>, message: &str) {
     ctx.text(error_frame(message));
 }
 
@@ -321,7 +321,7 @@ impl WsSession {
     }
 
     /// Pings every interval; closes a socket silent for [`SILENT_INTERVALS`].
-    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn heartbeat(&self, ctx: &mut WsContext<Self>) {
         ctx.run_interval(self.heartbeat, |session, ctx| {
             if session.closing {
                 return;
@@ -340,14 +340,17 @@ impl WsSession {
 
     /// Joins the stream; no frame is read or written before the stream has
     /// taken the socket in and queued its replay.
-    fn join(&self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn join(&self, ctx: &mut WsContext<Self>) {
         let disconnect = self
             .cutoff
             .clone()
             .map(|cutoff| cutoff as Arc<dyn Disconnect>);
-        let join = self
-            .admission
-            .join(ctx.address().recipient(), disconnect, self.since);
+        // The stream `try_send`s events to the outbox; a full one means the
+        // client stopped reading, and the stream drops the socket. See
+        // `SessionSetup::outbox_capacity` for the size.
+        let (outbox, outgoing) = outbox::channel(self.outbox_capacity);
+        ctx.add_stream(outgoing);
+        let join = self.admission.join(outbox, disconnect, self.since);
         let joining = self.admission.stream().send(join);
         ctx.wait(joining.into_actor(self).map(|answer, session, ctx| {
             match answer {
@@ -383,13 +386,9 @@ impl WsSession {
 }
 
 impl Actor for WsSession {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = WsContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // The stream `try_send`s events here; a full mailbox means the client
-        // stopped reading, and the stream drops the socket. See
-        // `SessionSetup::mailbox_capacity` for the size.
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
         self.heartbeat(ctx);
         self.join(ctx);
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::ids::{StreamId, UserId};
-use crate::stream::{Disconnect, Join, Leave, Outbound, SocketId, StreamActor};
+use crate::stream::{Disconnect, Join, Leave, Outbox, SocketId, StreamActor};
 
 /// A socket admitted by the registry has gone; its slot is free.
 #[derive(Message, Debug, Clone)]
@@ -90,7 +90,7 @@ impl Admission {
     /// resumes gives the offset of the last event it has as `since`.
     pub fn join(
         &self,
-        outbox: Recipient<Outbound>,
+        outbox: Outbox,
         disconnect: Option<Arc<dyn Disconnect>>,
         since: Option<u64>,
     ) -> Join {

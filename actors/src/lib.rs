@@ -54,6 +54,7 @@ pub mod gate;
 pub mod health;
 pub mod ids;
 pub mod metrics;
+pub mod outbox;
 pub mod rate;
 pub mod registry;
 pub mod replay;

@@ -18,6 +18,7 @@ use crate::close::{self, Close};
 use crate::event::{error_frame, recorded_line, with_offset, Event, EventKind};
 use crate::ids::{StreamId, UserId};
 use crate::metrics::Metrics;
+pub use crate::outbox::{Frame, Outbound, Outbox, Refused};
 use crate::rate::TokenBucket;
 use crate::replay::Replay;
 use crate::store::journal::epoch_ms;
@@ -86,20 +87,6 @@ pub type SocketId = u64;
 /// The socket of an event another node recorded: none here.
 const NO_SOCKET: SocketId = SocketId::MAX;
 
-/// What a stream tells one of its sockets.
-#[derive(Message, Debug, Clone, PartialEq, Eq)]
-#[rtype(result = "()")]
-pub enum Outbound {
-    /// An event to write to the socket as a text frame.
-    Event(ByteString),
-    /// Events to write in order: part of a recording a resuming viewer
-    /// catches up on. Sent one batch at a time, each once the socket took
-    /// the last, so a viewer catching up holds at most one in memory.
-    Batch(Vec<ByteString>),
-    /// Close the socket with this code and reason.
-    Close(Close),
-}
-
 /// Cuts a socket's connection from outside its session: for a session that
 /// cannot run because its client stopped reading.
 pub trait Disconnect: Send + Sync {
@@ -117,7 +104,7 @@ pub struct Join {
     /// The socket, as the registry numbered it.
     pub socket: SocketId,
     /// Where the stream sends the socket's events.
-    pub outbox: Recipient<Outbound>,
+    pub outbox: Outbox,
     /// The signed-in user of the socket, if any.
     pub user_id: Option<UserId>,
     /// Cuts the connection when its client stops reading.
@@ -267,7 +254,7 @@ pub struct ClearRecording;
 /// One joined socket.
 struct Member {
     /// Where its events go.
-    outbox: Recipient<Outbound>,
+    outbox: Outbox,
     /// The sender it belongs to; `None` for a viewer.
     sender: Option<UserId>,
     /// Cuts its connection if it stops reading.
@@ -285,7 +272,7 @@ struct CatchUp {
     /// Where the next read goes on from.
     cursor: Cursor,
     /// Live events relayed meanwhile, sent once it has caught up.
-    held: Vec<ByteString>,
+    held: Vec<Frame>,
 }
 
 /// An accepted event on its way: recorded first, then relayed.
@@ -368,9 +355,9 @@ pub struct StreamActor {
     /// Each sender's rate budget, shared by all its sockets here.
     budgets: HashMap<UserId, TokenBucket>,
     /// The error frame for an event over the rate, encoded once.
-    rate_limited: ByteString,
+    rate_limited: Frame,
     /// The error frame for an event refused while the recording is behind.
-    storage_busy: ByteString,
+    storage_busy: Frame,
     /// Set once the recording reached its quota: events are no longer
     /// recorded, and the snapshot is kept with each write instead, so that
     /// the replay and the offsets still survive a crash.
@@ -445,8 +432,8 @@ impl StreamActor {
             limits: setup.limits,
             metrics: setup.metrics,
             budgets: HashMap::new(),
-            rate_limited: error_frame(RATE_LIMITED),
-            storage_busy: error_frame(STORAGE_BUSY),
+            rate_limited: Frame::text(&error_frame(RATE_LIMITED)),
+            storage_busy: Frame::text(&error_frame(STORAGE_BUSY)),
             recording_full: false,
             registry: setup.registry,
             ending: None,
@@ -522,7 +509,7 @@ impl StreamActor {
                 actor.metrics.role(member.sender.is_some()).dec();
                 // `do_send` on purpose: the close must get through even to a
                 // socket whose queue is full.
-                member.outbox.do_send(Outbound::Close(close));
+                member.outbox.push(Outbound::Close(close));
             }
             actor.connected_senders = 0;
             ctx.stop();
@@ -797,11 +784,11 @@ impl StreamActor {
         if refused.is_empty() {
             return;
         }
-        let frame = error_frame(error.public_message());
+        let frame = Frame::text(&error_frame(error.public_message()));
         for event in refused {
             self.metrics.rejected("storage_unavailable");
             if let Some(member) = self.members.get(&event.from) {
-                let _ = member.outbox.try_send(Outbound::Event(frame.clone()));
+                let _ = member.outbox.try_send(frame.clone());
             }
         }
         log::warn!(
@@ -850,9 +837,7 @@ impl StreamActor {
                 self.metrics.rejected("rate_limited");
                 self.metrics.limit_hit("sender_events");
                 if let Some(member) = self.members.get(&event.from) {
-                    let _ = member
-                        .outbox
-                        .try_send(Outbound::Event(self.rate_limited.clone()));
+                    let _ = member.outbox.try_send(self.rate_limited.clone());
                 }
             } else {
                 self.metrics.rejected("reset_loop");
@@ -910,7 +895,7 @@ impl StreamActor {
                     event.recorded.offset
                 );
                 let gap = gap_frame(next - 1, event.recorded.offset - 1);
-                self.fan_out(NO_SOCKET, &gap, ctx);
+                self.fan_out(NO_SOCKET, &Frame::text(&gap), ctx);
             }
             self.read_to_end = false;
             self.take_remote(event, ctx);
@@ -1003,7 +988,7 @@ impl StreamActor {
                         recorded.offset
                     );
                     let gap = gap_frame(next - 1, recorded.offset - 1);
-                    actor.fan_out(NO_SOCKET, &gap, ctx);
+                    actor.fan_out(NO_SOCKET, &Frame::text(&gap), ctx);
                 }
                 let Ok(parsed) = crate::event::parse_recorded(&recorded.text) else {
                     continue;
@@ -1070,15 +1055,16 @@ impl StreamActor {
 
     /// Relays a recorded event to every socket but its sender's.
     fn relay(&mut self, event: Unrecorded, ctx: &mut Context<Self>) {
-        self.replay
-            .remember(event.kind, event.offset, event.frame.clone());
-        self.fan_out(event.from, &event.frame, ctx);
+        // Encoded once here, for every socket.
+        let frame = Frame::text(&event.frame);
+        self.replay.remember(event.kind, event.offset, event.frame);
+        self.fan_out(event.from, &frame, ctx);
         let took = event.received.elapsed();
         self.metrics.fanout_seconds.observe(took.as_secs_f64());
     }
 
     /// Hands `text` to every socket but `from`; drops those that are full or gone.
-    fn fan_out(&mut self, from: SocketId, text: &ByteString, ctx: &mut Context<Self>) {
+    fn fan_out(&mut self, from: SocketId, frame: &Frame, ctx: &mut Context<Self>) {
         let mut dropped = Vec::new();
         let mut delivered = 0;
         for (&socket, member) in &mut self.members {
@@ -1087,17 +1073,17 @@ impl StreamActor {
             }
             if let Some(catch_up) = &mut member.catch_up {
                 if catch_up.held.len() < CATCH_UP_HELD {
-                    catch_up.held.push(text.clone());
+                    catch_up.held.push(frame.clone());
                     delivered += 1;
                 } else {
                     dropped.push((socket, true));
                 }
                 continue;
             }
-            match member.outbox.try_send(Outbound::Event(text.clone())) {
+            match member.outbox.try_send(frame.clone()) {
                 Ok(()) => delivered += 1,
-                Err(SendError::Full(_)) => dropped.push((socket, true)),
-                Err(SendError::Closed(_)) => dropped.push((socket, false)),
+                Err(Refused::Full) => dropped.push((socket, true)),
+                Err(Refused::Gone) => dropped.push((socket, false)),
             }
         }
         // One add per event, not one per delivery.
@@ -1121,7 +1107,7 @@ impl StreamActor {
             );
             // The close frame reaches a client that reads again; one
             // that does not is cut off, since its session cannot run.
-            member.outbox.do_send(Outbound::Close(close::TOO_SLOW));
+            member.outbox.push(Outbound::Close(close::TOO_SLOW));
             if let Some(disconnect) = &member.disconnect {
                 disconnect.disconnect();
             }
@@ -1138,9 +1124,9 @@ impl StreamActor {
         match since {
             None => {
                 for text in self.replay.frames() {
-                    // At most three messages, so `do_send` cannot grow a
-                    // mailbox without bound, and the replay is never cut short.
-                    member.outbox.do_send(Outbound::Event(text.clone()));
+                    // At most three frames, so pushing past the queue's
+                    // bound costs little, and the replay is never cut short.
+                    member.outbox.push(Outbound::Event(Frame::text(text)));
                 }
             }
             Some(since) if since >= latest => {}
@@ -1155,7 +1141,7 @@ impl StreamActor {
             }
             Some(since) => {
                 let frames = gap_then_replay(&self.replay, since, latest);
-                member.outbox.do_send(Outbound::Batch(frames));
+                member.outbox.push(Outbound::Batch(frames));
             }
         }
     }
@@ -1201,7 +1187,7 @@ impl StreamActor {
                     hole = true;
                     break;
                 }
-                frames.push(frame_of(event));
+                frames.push(Frame::text(&frame_of(event)));
                 catch_up.after = event.offset;
             }
             catch_up.cursor = chunk.next;
@@ -1217,7 +1203,7 @@ impl StreamActor {
             member.catch_up = None;
             frames.extend(held);
         }
-        let sent = member.outbox.send(Outbound::Batch(frames));
+        let sent = member.outbox.send_batch(frames);
         ctx.spawn(sent.into_actor(self).map(move |sent, actor, ctx| {
             if sent.is_err() {
                 actor.drop_member(socket, false, ctx);
@@ -1231,9 +1217,13 @@ impl StreamActor {
 /// A `gap` frame for the events after `after` up to `until`, then the
 /// replay's frames among them: the state as of `until` for a viewer that
 /// cannot have every event.
-fn gap_then_replay(replay: &Replay, after: u64, until: u64) -> Vec<ByteString> {
-    let mut frames = vec![gap_frame(after, until)];
-    frames.extend(replay.frames_between(after, until).cloned());
+fn gap_then_replay(replay: &Replay, after: u64, until: u64) -> Vec<Frame> {
+    let mut frames = vec![Frame::text(&gap_frame(after, until))];
+    frames.extend(
+        replay
+            .frames_between(after, until)
+            .map(|text| Frame::text(text)),
+    );
     frames
 }
 
@@ -1392,9 +1382,7 @@ impl Handler<Publish> for StreamActor {
             // comes: only then has this node read every event before it.
             if self.unrecorded.len() >= MAX_UNRECORDED {
                 self.metrics.rejected("storage_busy");
-                let _ = member
-                    .outbox
-                    .try_send(Outbound::Event(self.storage_busy.clone()));
+                let _ = member.outbox.try_send(self.storage_busy.clone());
                 return;
             }
             self.unrecorded.push(Unrecorded {
@@ -1421,17 +1409,13 @@ impl Handler<Publish> for StreamActor {
             self.metrics.rejected("rate_limited");
             self.metrics.limit_hit("sender_events");
             // One error frame per dropped event; a sender not reading its
-            // own socket loses them rather than growing its mailbox.
-            let _ = member
-                .outbox
-                .try_send(Outbound::Event(self.rate_limited.clone()));
+            // own socket loses them rather than growing its outbox.
+            let _ = member.outbox.try_send(self.rate_limited.clone());
             return;
         }
         if self.unrecorded.len() >= MAX_UNRECORDED {
             self.metrics.rejected("storage_busy");
-            let _ = member
-                .outbox
-                .try_send(Outbound::Event(self.storage_busy.clone()));
+            let _ = member.outbox.try_send(self.storage_busy.clone());
             return;
         }
         let Some(offset) = self.head.admit(msg.event.kind) else {

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use twizzle_actors::close::STREAM_ENDED;
 use twizzle_actors::registry::{Registry, RegistryError, RegistrySettings};
 use twizzle_actors::store::memory::MemoryStreams;
-use twizzle_actors::stream::{Outbound, StreamLimits};
+use twizzle_actors::stream::StreamLimits;
 
 use crate::support::*;
 
@@ -72,13 +72,13 @@ async fn a_session_dropped_with_its_join_pending_leaves_no_phantom_sender() {
 
     let release = hold(&streams).await;
     let mut cx = TaskContext::from_waker(Waker::noop());
-    let (outbox, _outbox_inbox) = probe::<Outbound>();
+    let (outbox, _outbox_inbox, _probe) = socket_probe();
     let mut pending = Vec::new();
     for _ in 0..2 {
         let ticket = open_socket_as(&registry, &created.id, Some(OWNER))
             .await
             .unwrap();
-        let join = ticket.join(outbox.clone().recipient(), None, None);
+        let join = ticket.join(outbox.clone(), None, None);
         let mut joining = Box::pin(ticket.stream().send(join));
         assert!(
             joining.as_mut().poll(&mut cx).is_pending(),

@@ -266,11 +266,9 @@ async fn idle_stream_ends_and_closes_every_socket() {
         notices.next("Expired").await,
         StreamNotice::Expired { id: id.clone() }
     );
-    let (late, _inbox) = probe::<Outbound>();
+    let (late, _inbox, _probe) = socket_probe();
     assert!(
-        join_with(&stream, late.recipient(), Some(OWNER))
-            .await
-            .is_err(),
+        join_with(&stream, late, Some(OWNER)).await.is_err(),
         "a join after the countdown ran out must fail"
     );
     assert!(
@@ -397,10 +395,8 @@ async fn senders_hold_the_countdown() {
         }
     }
     assert_eq!(heard, ["live", "idle", "live", "idle", "expired"]);
-    let (late, _inbox) = probe::<Outbound>();
-    assert!(join_with(&stream, late.recipient(), Some(OWNER))
-        .await
-        .is_err());
+    let (late, _inbox, _probe) = socket_probe();
+    assert!(join_with(&stream, late, Some(OWNER)).await.is_err());
     end_stream(&stream, CLOSE_NORMAL, STREAM_ENDED).await;
     viewer
         .expect_close(CLOSE_NORMAL, STREAM_ENDED, "the viewer")
@@ -444,7 +440,7 @@ async fn full_socket_is_dropped_and_others_get_everything() {
     let sender = Peer::join(&stream, Some(OWNER)).await;
     let mut honest = Peer::join(&stream, None).await;
     let (stuck, mut stuck_inbox, release) = stuck_socket(CAPACITY);
-    join_with(&stream, stuck.recipient(), None)
+    join_with(&stream, stuck, None)
         .await
         .expect("the stream is running");
     assert_eq!(status(&stream).await.sockets, 3);
@@ -497,7 +493,7 @@ async fn gone_socket_is_removed() {
     let stream = start();
     let sender = Peer::join(&stream, Some(OWNER)).await;
     let mut viewer = Peer::join(&stream, None).await;
-    join_with(&stream, gone_socket().await, None)
+    join_with(&stream, gone_socket(), None)
         .await
         .expect("the stream is running");
     assert_eq!(status(&stream).await.sockets, 3);

@@ -13,6 +13,7 @@ use twizzle_actors::admission::Admission;
 use twizzle_actors::close::Close;
 use twizzle_actors::event::{parse_event, Event};
 use twizzle_actors::ids::{StreamId, UserId};
+use twizzle_actors::outbox::{self, Outbox};
 use twizzle_actors::registry::{
     CountSockets, CreateStream, OpenSocket, Registry, RegistryError, StreamSummary,
 };
@@ -183,56 +184,51 @@ where
 /// How many messages a probe's mailbox holds.
 pub const PROBE_CAPACITY: usize = 512;
 
-/// A stand-in socket whose actor handles nothing until released, with a
-/// mailbox of `capacity`: a client that stopped reading.
-///
-/// The actor `ctx.wait`s on the release from its first poll, and actix does
-/// not touch a mailbox while a `wait` future is pending, so every message
-/// stays queued and counts against the capacity.
-pub fn stuck_socket(capacity: usize) -> (Addr<Probe<Outbound>>, Inbox<Outbound>, Post<()>) {
-    let (post, inbox) = channel();
-    let (release, mut released) = channel::<()>();
-    let addr = Probe::create(move |ctx| {
-        ctx.set_mailbox_capacity(capacity);
-        ctx.wait(actix::fut::wrap_future(async move {
-            released.recv().await;
-        }));
-        Probe { post }
-    });
-    (addr, inbox, release)
-}
-
-/// A socket actor that stops as soon as it starts: a session already gone.
-pub struct GoneSocket;
-
-impl Actor for GoneSocket {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
+impl StreamHandler<Outbound> for Probe<Outbound> {
+    fn handle(&mut self, msg: Outbound, _: &mut Self::Context) {
+        self.post.push(msg);
     }
 }
 
-impl Handler<Outbound> for GoneSocket {
-    type Result = ();
-
-    fn handle(&mut self, _: Outbound, _: &mut Self::Context) {}
+/// A stand-in socket: the outbox a stream sends it, the inbox it posts
+/// all of that to, and its actor. Its queue holds a few hundred events: a
+/// stream relays the events of one write at once, before the probe (on
+/// the same thread here) has had a turn.
+pub fn socket_probe() -> (Outbox, Inbox<Outbound>, Addr<Probe<Outbound>>) {
+    let (post, inbox) = channel();
+    let (outbox, outgoing) = outbox::channel(PROBE_CAPACITY);
+    let addr = Probe::create(|ctx| {
+        ctx.add_stream(outgoing);
+        Probe { post }
+    });
+    (outbox, inbox, addr)
 }
 
-/// A started [`GoneSocket`], returned once its mailbox is closed.
-pub async fn gone_socket() -> Recipient<Outbound> {
-    let addr = GoneSocket.start();
-    // A request to a stopped actor fails once its mailbox is dropped, so
-    // this returns exactly when the actor is gone.
-    let ping = addr.send(Outbound::Close(Close {
-        code: 1000,
-        reason: "ping",
-    }));
-    assert!(
-        within("a gone socket to stop", ping).await.is_err(),
-        "a GoneSocket must not answer"
-    );
-    addr.recipient()
+/// A stand-in socket that reads nothing until released, with a queue of
+/// `capacity`: a client that stopped reading.
+///
+/// The actor `ctx.wait`s on the release from its first poll, and actix
+/// polls none of an actor's streams while a `wait` future is pending, so
+/// every event stays queued and counts against the capacity.
+pub fn stuck_socket(capacity: usize) -> (Outbox, Inbox<Outbound>, Post<()>) {
+    let (post, inbox) = channel();
+    let (release, mut released) = channel::<()>();
+    let (outbox, outgoing) = outbox::channel(capacity);
+    Probe::create(move |ctx| {
+        ctx.wait(actix::fut::wrap_future(async move {
+            released.recv().await;
+        }));
+        ctx.add_stream(outgoing);
+        Probe { post }
+    });
+    (outbox, inbox, release)
+}
+
+/// The outbox of a socket whose session is gone.
+pub fn gone_socket() -> Outbox {
+    let (outbox, outgoing) = outbox::channel(PROBE_CAPACITY);
+    drop(outgoing);
+    outbox
 }
 
 /// A test socket joined to a stream.
@@ -265,8 +261,8 @@ impl Peer {
         user: Option<&str>,
         since: Option<u64>,
     ) -> Peer {
-        let (addr, inbox) = probe::<Outbound>();
-        let joined = join_with_since(stream, addr.clone().recipient(), user, since)
+        let (outbox, inbox, addr) = socket_probe();
+        let joined = join_with_since(stream, outbox, user, since)
             .await
             .expect("the stream has not ended");
         Peer {
@@ -340,7 +336,7 @@ impl Peer {
 /// Sends a `Join` within [`WAIT`]; `Err` if the stream refused or is gone.
 pub async fn join_with(
     stream: &Addr<StreamActor>,
-    outbox: Recipient<Outbound>,
+    outbox: Outbox,
     user: Option<&str>,
 ) -> Result<Joined, String> {
     join_with_since(stream, outbox, user, None).await
@@ -349,7 +345,7 @@ pub async fn join_with(
 /// [`join_with`], resuming after `since`.
 pub async fn join_with_since(
     stream: &Addr<StreamActor>,
-    outbox: Recipient<Outbound>,
+    outbox: Outbox,
     user: Option<&str>,
     since: Option<u64>,
 ) -> Result<Joined, String> {

@@ -1,0 +1,364 @@
+//! The context a WebSocket session actor runs in, and the response body it
+//! is: frames in from the client's payload, frames out to the connection.
+//!
+//! It does what actix-web-actors' `WebsocketContext` does, with one thing
+//! more: besides messages to encode, it takes frames already encoded
+//! ([`Frame`]), which is how every relayed event comes. A stream encodes an
+//! event once for all of its sockets; here the frame's bytes go to the
+//! connection as they are. When the only thing to write is one such frame,
+//! its shared bytes are the chunk handed to actix-http, with no copy here;
+//! several waiting are written as one chunk, so one write to the socket.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix::dev::{
+    AsyncContextParts, ContextFut, ContextParts, Envelope, Mailbox, OneshotSender, ToEnvelope,
+};
+use actix::fut::ActorFuture;
+use actix::prelude::*;
+use actix_codec::{Decoder, Encoder};
+use actix_http::ws::{Codec, Frame as WireFrame, Message, ProtocolError};
+use actix_web::error::{Error, PayloadError};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_util::Stream;
+use twizzle_actors::stream::Frame;
+
+/// What waits to be written, in order.
+enum Out {
+    /// A frame encoded already.
+    Frame(Bytes),
+    /// A message for the codec to encode.
+    Message(Message),
+}
+
+/// The context of a WebSocket session actor.
+pub struct WsContext<A>
+where
+    A: Actor<Context = WsContext<A>>,
+{
+    parts: ContextParts<A>,
+    out: VecDeque<Out>,
+    /// Set once the actor closed its side: nothing is written after that.
+    closed: bool,
+}
+
+impl<A> WsContext<A>
+where
+    A: Actor<Context = Self> + StreamHandler<Result<Message, ProtocolError>>,
+{
+    /// Starts `actor` on the client's `payload`; the returned stream is the
+    /// response body, to be polled by actix-http on the connection's thread.
+    pub fn create<S>(
+        actor: A,
+        payload: S,
+        codec: Codec,
+    ) -> impl Stream<Item = Result<Bytes, Error>> + 'static
+    where
+        S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+    {
+        let mailbox = Mailbox::default();
+        let mut ctx = WsContext {
+            parts: ContextParts::new(mailbox.sender_producer()),
+            out: VecDeque::new(),
+            closed: false,
+        };
+        ctx.add_stream(Incoming {
+            payload,
+            codec: codec.clone(),
+            buf: BytesMut::new(),
+            ended: false,
+        });
+        Body {
+            fut: ContextFut::new(ctx, actor, mailbox),
+            codec,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+impl<A> WsContext<A>
+where
+    A: Actor<Context = Self>,
+{
+    /// Writes a frame encoded already, shared with the stream's other sockets.
+    pub fn frame(&mut self, frame: Frame) {
+        if !self.closed {
+            self.out.push_back(Out::Frame(frame.into_bytes()));
+        }
+    }
+
+    /// Writes a text frame.
+    pub fn text(&mut self, text: impl Into<ByteString>) {
+        self.write(Message::Text(text.into()));
+    }
+
+    /// Writes a ping.
+    pub fn ping(&mut self, payload: &[u8]) {
+        self.write(Message::Ping(Bytes::copy_from_slice(payload)));
+    }
+
+    /// Writes a pong.
+    pub fn pong(&mut self, payload: &[u8]) {
+        self.write(Message::Pong(Bytes::copy_from_slice(payload)));
+    }
+
+    /// Writes the close frame; nothing is written after it. The body ends
+    /// when the actor stops, so the session can wait for the client's answer.
+    pub fn close(&mut self, reason: Option<actix_http::ws::CloseReason>) {
+        self.write(Message::Close(reason));
+        self.closed = true;
+    }
+
+    fn write(&mut self, message: Message) {
+        if !self.closed {
+            self.out.push_back(Out::Message(message));
+        }
+    }
+}
+
+impl<A> ActorContext for WsContext<A>
+where
+    A: Actor<Context = Self>,
+{
+    fn stop(&mut self) {
+        self.parts.stop();
+    }
+
+    fn terminate(&mut self) {
+        self.parts.terminate();
+    }
+
+    fn state(&self) -> ActorState {
+        self.parts.state()
+    }
+}
+
+impl<A> AsyncContext<A> for WsContext<A>
+where
+    A: Actor<Context = Self>,
+{
+    fn spawn<F>(&mut self, fut: F) -> SpawnHandle
+    where
+        F: ActorFuture<A, Output = ()> + 'static,
+    {
+        self.parts.spawn(fut)
+    }
+
+    fn wait<F>(&mut self, fut: F)
+    where
+        F: ActorFuture<A, Output = ()> + 'static,
+    {
+        self.parts.wait(fut);
+    }
+
+    fn waiting(&self) -> bool {
+        self.parts.waiting()
+            || matches!(
+                self.parts.state(),
+                ActorState::Stopping | ActorState::Stopped
+            )
+    }
+
+    fn cancel_future(&mut self, handle: SpawnHandle) -> bool {
+        self.parts.cancel_future(handle)
+    }
+
+    fn address(&self) -> Addr<A> {
+        self.parts.address()
+    }
+}
+
+impl<A> AsyncContextParts<A> for WsContext<A>
+where
+    A: Actor<Context = Self>,
+{
+    fn parts(&mut self) -> &mut ContextParts<A> {
+        &mut self.parts
+    }
+}
+
+impl<A, M> ToEnvelope<A, M> for WsContext<A>
+where
+    A: Actor<Context = WsContext<A>> + Handler<M>,
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+{
+    fn pack(msg: M, tx: Option<OneshotSender<M::Result>>) -> Envelope<A> {
+        Envelope::new(msg, tx)
+    }
+}
+
+/// The response body: runs the actor, then hands actix-http what it wrote.
+struct Body<A>
+where
+    A: Actor<Context = WsContext<A>>,
+{
+    fut: ContextFut<A, WsContext<A>>,
+    codec: Codec,
+    /// Frames gathered for one chunk; its capacity is used again once
+    /// actix-http let go of the last chunk.
+    buf: BytesMut,
+}
+
+impl<A> Stream for Body<A>
+where
+    A: Actor<Context = WsContext<A>>,
+{
+    type Item = Result<Bytes, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.fut.alive() {
+            let _ = Pin::new(&mut this.fut).poll(cx);
+        }
+        let out = &mut this.fut.ctx().out;
+        if out.len() == 1 {
+            if let Some(Out::Frame(_)) = out.front() {
+                if let Some(Out::Frame(bytes)) = out.pop_front() {
+                    return Poll::Ready(Some(Ok(bytes)));
+                }
+            }
+        }
+        while let Some(item) = out.pop_front() {
+            match item {
+                Out::Frame(bytes) => this.buf.extend_from_slice(&bytes),
+                Out::Message(message) => this.codec.encode(message, &mut this.buf)?,
+            }
+        }
+        if !this.buf.is_empty() {
+            Poll::Ready(Some(Ok(this.buf.split().freeze())))
+        } else if this.fut.alive() {
+            Poll::Pending
+        } else {
+            Poll::Ready(None)
+        }
+    }
+}
+
+/// The client's frames, decoded from the request's payload.
+struct Incoming<S> {
+    payload: S,
+    codec: Codec,
+    buf: BytesMut,
+    /// Set once the payload ended.
+    ended: bool,
+}
+
+impl<S> Stream for Incoming<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Message, ProtocolError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        while !this.ended {
+            match Pin::new(&mut this.payload).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
+                // Reading goes on after an error: past an oversized frame,
+                // the payload drops what the client sends until its close
+                // frame passed, and only then ends.
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(ProtocolError::Io(std::io::Error::other(
+                        e.to_string(),
+                    )))));
+                }
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending => break,
+            }
+        }
+        match this.codec.decode(&mut this.buf)? {
+            Some(frame) => Poll::Ready(Some(Ok(match frame {
+                WireFrame::Text(data) => Message::Text(
+                    ByteString::try_from(data)
+                        .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?,
+                ),
+                WireFrame::Binary(data) => Message::Binary(data),
+                WireFrame::Ping(payload) => Message::Ping(payload),
+                WireFrame::Pong(payload) => Message::Pong(payload),
+                WireFrame::Close(reason) => Message::Close(reason),
+                WireFrame::Continuation(item) => Message::Continuation(item),
+            }))),
+            None if this.ended => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    /// Writes what it is given when it starts, then waits.
+    struct Writer(Vec<Write>);
+
+    enum Write {
+        Frame(Frame),
+        Text(&'static str),
+        Close,
+    }
+
+    impl Actor for Writer {
+        type Context = WsContext<Self>;
+
+        fn started(&mut self, ctx: &mut Self::Context) {
+            for write in self.0.drain(..) {
+                match write {
+                    Write::Frame(frame) => ctx.frame(frame),
+                    Write::Text(text) => ctx.text(text),
+                    Write::Close => ctx.close(None),
+                }
+            }
+        }
+    }
+
+    impl StreamHandler<Result<Message, ProtocolError>> for Writer {
+        fn handle(&mut self, _: Result<Message, ProtocolError>, _: &mut Self::Context) {}
+    }
+
+    fn body(writes: Vec<Write>) -> Pin<Box<impl Stream<Item = Result<Bytes, Error>>>> {
+        let payload = futures_util::stream::pending::<Result<Bytes, PayloadError>>();
+        Box::pin(WsContext::create(Writer(writes), payload, Codec::new()))
+    }
+
+    #[actix::test]
+    async fn one_frame_alone_goes_out_as_its_shared_bytes() {
+        let frame = Frame::text("hello");
+        let mut body = body(vec![Write::Frame(frame.clone())]);
+        let chunk = body.next().await.unwrap().unwrap();
+        assert_eq!(chunk, frame.bytes());
+        assert_eq!(chunk.as_ptr(), frame.bytes().as_ptr(), "no copy");
+    }
+
+    #[actix::test]
+    async fn frames_waiting_go_out_in_one_chunk_and_nothing_after_the_close() {
+        let (a, b) = (Frame::text("a"), Frame::text("b"));
+        let mut body = body(vec![
+            Write::Frame(a.clone()),
+            Write::Text("c"),
+            Write::Frame(b.clone()),
+            Write::Close,
+            Write::Frame(Frame::text("after the close")),
+            Write::Text("after the close"),
+        ]);
+        let chunk = body.next().await.unwrap().unwrap();
+        let mut expected = a.bytes().to_vec();
+        expected.extend_from_slice(Frame::text("c").bytes());
+        expected.extend_from_slice(b.bytes());
+        // A close frame without a reason: FIN and opcode 8, no payload.
+        expected.extend_from_slice(&[0x88, 0x00]);
+        assert_eq!(chunk, expected);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            body.as_mut().poll_next(&mut cx).is_pending(),
+            "the body stays open for the client's close"
+        );
+    }
+}
