@@ -360,11 +360,17 @@ impl Application {
                         }
                     }
                 })
+                // The outermost layer: its future is what a connection holds
+                // while a request is handled, and, being the largest variant
+                // of the connection's state, what it is sized by for as long
+                // as it lives. Boxed, a WebSocket's connection is smaller by
+                // the whole chain of middleware futures, which are freed once
+                // the upgrade is answered.
                 .wrap_fn(|req, srv| {
                     use actix_web::dev::Service;
                     let too_long = req.query_string().len() > MAX_QUERY_BYTES;
                     let fut = (!too_long).then(|| srv.call(req));
-                    async move {
+                    Box::pin(async move {
                         match fut {
                             Some(fut) => fut.await,
                             None => Err(ApiError::BadQuery(format!(
@@ -372,7 +378,7 @@ impl Application {
                             ))
                             .into()),
                         }
-                    }
+                    })
                 })
                 .configure(|cfg| {
                     if dev_sign_in {
