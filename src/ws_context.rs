@@ -12,7 +12,9 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use actix::dev::{
     AsyncContextParts, ContextFut, ContextParts, Envelope, Mailbox, OneshotSender, ToEnvelope,
@@ -24,6 +26,7 @@ use actix_http::ws::{Codec, Frame as WireFrame, Message, ProtocolError};
 use actix_web::error::{Error, PayloadError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
 use futures_util::Stream;
 use twizzle_actors::stream::Frame;
 
@@ -66,12 +69,7 @@ where
             out: VecDeque::new(),
             closed: false,
         };
-        ctx.add_stream(Incoming {
-            payload,
-            codec: codec.clone(),
-            buf: BytesMut::new(),
-            ended: false,
-        });
+        ctx.add_stream(Incoming::new(payload, codec.clone()));
         Body {
             fut: ContextFut::new(ctx, actor, mailbox),
             codec,
@@ -240,12 +238,57 @@ where
 }
 
 /// The client's frames, decoded from the request's payload.
+///
+/// An actor's context polls each of its streams whenever the actor runs,
+/// and a viewer's runs for every event it is sent. The payload is read only
+/// when it woke the task (its waker is [`PayloadWake`]), so relaying an
+/// event to a viewer does not also poll the viewer's silent payload.
 struct Incoming<S> {
     payload: S,
     codec: Codec,
     buf: BytesMut,
     /// Set once the payload ended.
     ended: bool,
+    /// What the payload wakes: it notes that, then wakes the task.
+    wake: Arc<PayloadWake>,
+    /// `wake` as a waker, made once.
+    waker: Waker,
+}
+
+/// The payload's waker: notes that the payload has something, then wakes
+/// the connection's task.
+struct PayloadWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for PayloadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<S> Incoming<S> {
+    fn new(payload: S, codec: Codec) -> Incoming<S> {
+        // Woken to begin with: the payload is read the first time.
+        let wake = Arc::new(PayloadWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Incoming {
+            payload,
+            codec,
+            buf: BytesMut::new(),
+            ended: false,
+            waker: Waker::from(Arc::clone(&wake)),
+            wake,
+        }
+    }
 }
 
 impl<S> Stream for Incoming<S>
@@ -256,13 +299,22 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        while !this.ended {
-            match Pin::new(&mut this.payload).poll_next(cx) {
+        this.wake.task.register(cx.waker());
+        // Taken before the payload is read: a wake from now on is seen next time.
+        let woken = this.wake.woken.swap(false, Ordering::Acquire);
+        if !woken && this.buf.is_empty() && !this.ended {
+            return Poll::Pending;
+        }
+        let mut payload_cx = Context::from_waker(&this.waker);
+        while woken && !this.ended {
+            match Pin::new(&mut this.payload).poll_next(&mut payload_cx) {
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                 // Reading goes on after an error: past an oversized frame,
                 // the payload drops what the client sends until its close
                 // frame passed, and only then ends.
                 Poll::Ready(Some(Err(e))) => {
+                    // The payload may have more: it is read again next time.
+                    this.wake.woken.store(true, Ordering::Release);
                     return Poll::Ready(Some(Err(ProtocolError::Io(std::io::Error::other(
                         e.to_string(),
                     )))));
