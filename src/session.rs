@@ -273,7 +273,11 @@ impl WsSession {
     }
 }
 
-impl StreamHandler<Outbound> for WsSession {
+/// What the stream sends comes here only as a close: its context writes
+/// the events and batches itself (see `ws_context`), in order before it.
+impl Handler<Outbound> for WsSession {
+    type Result = ();
+
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
             Outbound::Event(_) | Outbound::Batch(_) if self.closing => {}
@@ -349,7 +353,7 @@ impl WsSession {
         // client stopped reading, and the stream drops the socket. See
         // `SessionSetup::outbox_capacity` for the size.
         let (outbox, outgoing) = outbox::channel(self.outbox_capacity);
-        ctx.add_stream(outgoing);
+        ctx.relay_from(outgoing);
         let join = self.admission.join(outbox, disconnect, self.since);
         let joining = self.admission.stream().send(join);
         ctx.wait(joining.into_actor(self).map(|answer, session, ctx| {

@@ -1,13 +1,21 @@
 //! The context a WebSocket session actor runs in, and the response body it
 //! is: frames in from the client's payload, frames out to the connection.
 //!
-//! It does what actix-web-actors' `WebsocketContext` does, with one thing
-//! more: besides messages to encode, it takes frames already encoded
-//! ([`Frame`]), which is how every relayed event comes. A stream encodes an
-//! event once for all of its sockets; here the frame's bytes go to the
-//! connection as they are. When the only thing to write is one such frame,
-//! its shared bytes are the chunk handed to actix-http, with no copy here;
-//! several waiting are written as one chunk, so one write to the socket.
+//! It does what actix-web-actors' `WebsocketContext` does, with two things
+//! more:
+//!
+//! - Besides messages to encode, it takes frames already encoded
+//!   ([`Frame`]), which is how every relayed event comes. A stream encodes
+//!   an event once for all of its sockets; here the frame's bytes go to the
+//!   connection as they are. When the only thing to write is one such
+//!   frame, its shared bytes are the chunk handed to actix-http, with no
+//!   copy here; several waiting are written as one chunk, so one write.
+//! - The socket's outbox, what its stream sends it ([`WsContext::relay_from`]),
+//!   is read by the body itself, not by the actor: an event goes from the
+//!   stream to the connection without the actor running. The actor runs
+//!   when something of its own wakes it (the client's frames, its timers,
+//!   its mailbox, its futures), and hears of a close the stream sends as an
+//!   [`Outbound::Close`] message, in order after the events before it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,7 +36,12 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 use futures_util::Stream;
-use twizzle_actors::stream::Frame;
+use twizzle_actors::outbox::Outgoing;
+use twizzle_actors::stream::{Frame, Outbound};
+
+/// Bytes of relayed frames gathered into one chunk at most; past it the
+/// chunk goes out, and the rest of the outbox is read for the next.
+const RELAY_CHUNK: usize = 64 * 1024;
 
 /// What waits to be written, in order.
 enum Out {
@@ -47,11 +60,13 @@ where
     out: VecDeque<Out>,
     /// Set once the actor closed its side: nothing is written after that.
     closed: bool,
+    /// What the socket's stream sends it, once the session joined.
+    outgoing: Option<Outgoing>,
 }
 
 impl<A> WsContext<A>
 where
-    A: Actor<Context = Self> + StreamHandler<Result<Message, ProtocolError>>,
+    A: Actor<Context = Self> + StreamHandler<Result<Message, ProtocolError>> + Handler<Outbound>,
 {
     /// Starts `actor` on the client's `payload`; the returned stream is the
     /// response body, to be polled by actix-http on the connection's thread.
@@ -68,12 +83,20 @@ where
             parts: ContextParts::new(mailbox.sender_producer()),
             out: VecDeque::new(),
             closed: false,
+            outgoing: None,
         };
         ctx.add_stream(Incoming::new(payload, codec.clone()));
+        // Woken to begin with: the actor starts on the first poll.
+        let wake = Arc::new(TaskWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         Body {
             fut: ContextFut::new(ctx, actor, mailbox),
             codec,
             buf: BytesMut::new(),
+            actor_waker: Waker::from(Arc::clone(&wake)),
+            actor_wake: wake,
         }
     }
 }
@@ -82,6 +105,13 @@ impl<A> WsContext<A>
 where
     A: Actor<Context = Self>,
 {
+    /// Writes what the socket's stream sends it from now on: the body reads
+    /// `outgoing` itself, writes its events and batches in order, and hands
+    /// the actor a close as an [`Outbound::Close`] message.
+    pub fn relay_from(&mut self, outgoing: Outgoing) {
+        self.outgoing = Some(outgoing);
+    }
+
     /// Writes a frame encoded already, shared with the stream's other sockets.
     pub fn frame(&mut self, frame: Frame) {
         if !self.closed {
@@ -190,7 +220,8 @@ where
     }
 }
 
-/// The response body: runs the actor, then hands actix-http what it wrote.
+/// The response body: runs the actor when it was woken, relays what the
+/// stream sent, then hands actix-http what was written.
 struct Body<A>
 where
     A: Actor<Context = WsContext<A>>,
@@ -200,18 +231,103 @@ where
     /// Frames gathered for one chunk; its capacity is used again once
     /// actix-http let go of the last chunk.
     buf: BytesMut,
+    /// What the actor's own wakers wake: it notes that, then wakes the task.
+    actor_wake: Arc<TaskWake>,
+    /// `actor_wake` as a waker, made once.
+    actor_waker: Waker,
+}
+
+/// A waker between a part of the connection's work and its task: notes
+/// that the part has something to do, then wakes the task, which does that
+/// part only when it was woken for it.
+struct TaskWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for TaskWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl TaskWake {
+    /// Whether the part was woken since the last call; `cx` is the task's.
+    fn take(&self, cx: &Context<'_>) -> bool {
+        self.task.register(cx.waker());
+        self.woken.swap(false, Ordering::Acquire)
+    }
+}
+
+impl<A> Body<A>
+where
+    A: Actor<Context = WsContext<A>> + Handler<Outbound>,
+{
+    /// Runs the actor if something of its own woke it.
+    fn run_actor(&mut self, cx: &Context<'_>) {
+        if self.fut.alive() && self.actor_wake.take(cx) {
+            let mut actor_cx = Context::from_waker(&self.actor_waker);
+            let _ = Pin::new(&mut self.fut).poll(&mut actor_cx);
+        }
+    }
+
+    /// Moves what the stream sent into what is written, up to
+    /// [`RELAY_CHUNK`] bytes; `true` if a close went to the actor.
+    fn relay(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.fut.alive() {
+            return false;
+        }
+        let ctx = self.fut.ctx();
+        let Some(outgoing) = ctx.outgoing.as_mut() else {
+            return false;
+        };
+        let mut bytes = 0;
+        let mut close = None;
+        while bytes < RELAY_CHUNK {
+            match Pin::new(&mut *outgoing).poll_next(cx) {
+                // Dropped once the actor closed its side, as `frame` does.
+                Poll::Ready(Some(Outbound::Event(_) | Outbound::Batch(_))) if ctx.closed => {}
+                Poll::Ready(Some(Outbound::Event(frame))) => {
+                    bytes += frame.bytes().len();
+                    ctx.out.push_back(Out::Frame(frame.into_bytes()));
+                }
+                Poll::Ready(Some(Outbound::Batch(frames))) => {
+                    for frame in frames {
+                        bytes += frame.bytes().len();
+                        ctx.out.push_back(Out::Frame(frame.into_bytes()));
+                    }
+                }
+                Poll::Ready(Some(item @ Outbound::Close(_))) => {
+                    close = Some(item);
+                    break;
+                }
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        // After the events before it; the stream sends none after.
+        let Some(close) = close else { return false };
+        self.fut.address().do_send(close);
+        true
+    }
 }
 
 impl<A> Stream for Body<A>
 where
-    A: Actor<Context = WsContext<A>>,
+    A: Actor<Context = WsContext<A>> + Handler<Outbound>,
 {
     type Item = Result<Bytes, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.fut.alive() {
-            let _ = Pin::new(&mut this.fut).poll(cx);
+        this.run_actor(cx);
+        if this.relay(cx) {
+            // The close is in the actor's mailbox, which woke it.
+            this.run_actor(cx);
         }
         let out = &mut this.fut.ctx().out;
         if out.len() == 1 {
@@ -241,8 +357,8 @@ where
 ///
 /// An actor's context polls each of its streams whenever the actor runs,
 /// and a viewer's runs for every event it is sent. The payload is read only
-/// when it woke the task (its waker is [`PayloadWake`]), so relaying an
-/// event to a viewer does not also poll the viewer's silent payload.
+/// when it woke the task (its waker is a [`TaskWake`]), so a viewer's
+/// silent payload is not polled each time the viewer runs.
 struct Incoming<S> {
     payload: S,
     codec: Codec,
@@ -250,33 +366,15 @@ struct Incoming<S> {
     /// Set once the payload ended.
     ended: bool,
     /// What the payload wakes: it notes that, then wakes the task.
-    wake: Arc<PayloadWake>,
+    wake: Arc<TaskWake>,
     /// `wake` as a waker, made once.
     waker: Waker,
-}
-
-/// The payload's waker: notes that the payload has something, then wakes
-/// the connection's task.
-struct PayloadWake {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for PayloadWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
 }
 
 impl<S> Incoming<S> {
     fn new(payload: S, codec: Codec) -> Incoming<S> {
         // Woken to begin with: the payload is read the first time.
-        let wake = Arc::new(PayloadWake {
+        let wake = Arc::new(TaskWake {
             woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
         });
@@ -299,9 +397,8 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        this.wake.task.register(cx.waker());
         // Taken before the payload is read: a wake from now on is seen next time.
-        let woken = this.wake.woken.swap(false, Ordering::Acquire);
+        let woken = this.wake.take(cx);
         if !woken && this.buf.is_empty() && !this.ended {
             return Poll::Pending;
         }
@@ -354,6 +451,7 @@ mod tests {
         Frame(Frame),
         Text(&'static str),
         Close,
+        Relay(Outgoing),
     }
 
     impl Actor for Writer {
@@ -365,6 +463,7 @@ mod tests {
                     Write::Frame(frame) => ctx.frame(frame),
                     Write::Text(text) => ctx.text(text),
                     Write::Close => ctx.close(None),
+                    Write::Relay(outgoing) => ctx.relay_from(outgoing),
                 }
             }
         }
@@ -372,6 +471,16 @@ mod tests {
 
     impl StreamHandler<Result<Message, ProtocolError>> for Writer {
         fn handle(&mut self, _: Result<Message, ProtocolError>, _: &mut Self::Context) {}
+    }
+
+    impl Handler<Outbound> for Writer {
+        type Result = ();
+
+        fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+            if let Outbound::Close(_) = msg {
+                ctx.close(None);
+            }
+        }
     }
 
     fn body(writes: Vec<Write>) -> Pin<Box<impl Stream<Item = Result<Bytes, Error>>>> {
@@ -411,6 +520,42 @@ mod tests {
         assert!(
             body.as_mut().poll_next(&mut cx).is_pending(),
             "the body stays open for the client's close"
+        );
+    }
+
+    #[actix::test]
+    async fn relayed_events_go_out_in_order_and_a_close_reaches_the_actor() {
+        let (outbox, outgoing) = twizzle_actors::outbox::channel(8);
+        let mut body = body(vec![Write::Relay(outgoing)]);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(body.as_mut().poll_next(&mut cx).is_pending());
+
+        let (a, b) = (Frame::text("a"), Frame::text("b"));
+        outbox.try_send(a.clone()).unwrap();
+        assert_eq!(
+            body.next().await.unwrap().unwrap(),
+            a.bytes(),
+            "one event alone"
+        );
+        outbox.try_send(b.clone()).unwrap();
+        outbox.push(Outbound::Batch(vec![a.clone(), b.clone()]));
+        outbox.push(Outbound::Close(twizzle_actors::close::TOO_SLOW));
+        outbox.try_send(Frame::text("after the close")).unwrap();
+        let chunk = body.next().await.unwrap().unwrap();
+        let mut expected = b.bytes().to_vec();
+        expected.extend_from_slice(a.bytes());
+        expected.extend_from_slice(b.bytes());
+        // The actor's close frame, after the events before it.
+        expected.extend_from_slice(&[0x88, 0x00]);
+        assert_eq!(chunk, expected);
+        assert!(
+            body.as_mut().poll_next(&mut cx).is_pending(),
+            "nothing is written after the close"
+        );
+        assert!(
+            outbox.is_empty(),
+            "what came after the close was read and dropped"
         );
     }
 }
