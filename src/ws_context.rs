@@ -228,8 +228,8 @@ where
 {
     fut: ContextFut<A, WsContext<A>>,
     codec: Codec,
-    /// Frames gathered for one chunk; its capacity is used again once
-    /// actix-http let go of the last chunk.
+    /// Frames gathered for one chunk, each chunk in an allocation of its
+    /// own: one kept for the next would hold a burst's size per socket.
     buf: BytesMut,
     /// What the actor's own wakers wake: it notes that, then wakes the task.
     actor_wake: Arc<TaskWake>,
@@ -344,7 +344,7 @@ where
             }
         }
         if !this.buf.is_empty() {
-            Poll::Ready(Some(Ok(this.buf.split().freeze())))
+            Poll::Ready(Some(Ok(std::mem::take(&mut this.buf).freeze())))
         } else if this.fut.alive() {
             Poll::Pending
         } else {
