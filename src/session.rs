@@ -19,7 +19,7 @@
 //! lingers).
 
 use std::rc::Rc;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -33,7 +33,7 @@ use twizzle_actors::ids::UserId;
 use twizzle_actors::metrics::Metrics;
 use twizzle_actors::outbox;
 use twizzle_actors::rate::TokenBucket;
-use twizzle_actors::stream::{Disconnect, Frame, Joined, Outbound, Publish, RATE_LIMITED};
+use twizzle_actors::stream::{Disconnect, Joined, Outbound, Publish, RATE_LIMITED_FRAME};
 
 use crate::connection::Cutoff;
 use crate::inflow::{payload_len, Inflow};
@@ -51,10 +51,6 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// as fast, so a client flooding at wire speed is slowed down by TCP rather
 /// than served a core. An honest sender is never near its rate.
 pub const REFUSALS_PER_SEC: f64 = 1000.0;
-
-/// The error frame of an event over its sender's rate, encoded once.
-static RATE_LIMITED_FRAME: LazyLock<Frame> =
-    LazyLock::new(|| Frame::text(&error_frame(RATE_LIMITED)));
 
 /// Everything a session is made from.
 pub struct SessionSetup {
@@ -279,15 +275,8 @@ impl Handler<Outbound> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
-        match msg {
-            Outbound::Event(_) | Outbound::Batch(_) if self.closing => {}
-            Outbound::Event(frame) => ctx.frame(frame),
-            Outbound::Batch(frames) => {
-                for frame in frames {
-                    ctx.frame(frame);
-                }
-            }
-            Outbound::Close(close) => self.close_with(ctx, close),
+        if let Outbound::Close(close) = msg {
+            self.close_with(ctx, close);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! and hears when it stops.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
@@ -55,6 +55,10 @@ impl StreamLimits {
 
 /// The message of the error frame for an event over the sender's rate.
 pub const RATE_LIMITED: &str = "rate limit exceeded";
+/// The error frame for an event over its sender's rate, encoded once for
+/// the stream and the sessions, which refuse such events too.
+pub static RATE_LIMITED_FRAME: LazyLock<Frame> =
+    LazyLock::new(|| Frame::text(&error_frame(RATE_LIMITED)));
 /// The message of the error frame for an event refused because the
 /// recording is this far behind (a stalled disk).
 pub const STORAGE_BUSY: &str = "storage busy";
@@ -354,8 +358,6 @@ pub struct StreamActor {
     metrics: Arc<Metrics>,
     /// Each sender's rate budget, shared by all its sockets here.
     budgets: HashMap<UserId, TokenBucket>,
-    /// The error frame for an event over the rate, encoded once.
-    rate_limited: Frame,
     /// The error frame for an event refused while the recording is behind.
     storage_busy: Frame,
     /// Set once the recording reached its quota: events are no longer
@@ -432,7 +434,6 @@ impl StreamActor {
             limits: setup.limits,
             metrics: setup.metrics,
             budgets: HashMap::new(),
-            rate_limited: Frame::text(&error_frame(RATE_LIMITED)),
             storage_busy: Frame::text(&error_frame(STORAGE_BUSY)),
             recording_full: false,
             registry: setup.registry,
@@ -837,7 +838,7 @@ impl StreamActor {
                 self.metrics.rejected("rate_limited");
                 self.metrics.limit_hit("sender_events");
                 if let Some(member) = self.members.get(&event.from) {
-                    let _ = member.outbox.try_send(self.rate_limited.clone());
+                    let _ = member.outbox.try_send(RATE_LIMITED_FRAME.clone());
                 }
             } else {
                 self.metrics.rejected("reset_loop");
@@ -1410,7 +1411,7 @@ impl Handler<Publish> for StreamActor {
             self.metrics.limit_hit("sender_events");
             // One error frame per dropped event; a sender not reading its
             // own socket loses them rather than growing its outbox.
-            let _ = member.outbox.try_send(self.rate_limited.clone());
+            let _ = member.outbox.try_send(RATE_LIMITED_FRAME.clone());
             return;
         }
         if self.unrecorded.len() >= MAX_UNRECORDED {
